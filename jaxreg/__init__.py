@@ -1,0 +1,43 @@
+"""jaxreg: composable regularization for JAX.
+
+Gradient-space transforms (before the optimizer) and parameter-space transforms (after
+it) that drop into ``optax.chain``, loss penalties, learning-rate schedules and
+parameter selectors. See the README for the map from PyTorch to jaxreg.
+"""
+
+from jaxreg import masks, penalties, schedules
+from jaxreg.clipping import ClipByNormState, ClipState, clip, clip_by_global_norm, clip_by_leaf_norm
+from jaxreg.decay import coupled_weight_decay, decoupled_weight_decay
+from jaxreg.masks import masked
+from jaxreg._param_space import StepCountState
+from jaxreg.projections import max_norm, project_box, project_l1_ball, project_l2_ball, project_nonnegative
+from jaxreg.proximal import elastic_net_prox, group_lasso_prox, l1_prox, soft_threshold
+from jaxreg.schedules import epoch_decay, inverse_sqrt_decay
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ClipByNormState",
+    "ClipState",
+    "StepCountState",
+    "clip",
+    "clip_by_global_norm",
+    "clip_by_leaf_norm",
+    "coupled_weight_decay",
+    "decoupled_weight_decay",
+    "elastic_net_prox",
+    "epoch_decay",
+    "group_lasso_prox",
+    "inverse_sqrt_decay",
+    "l1_prox",
+    "masked",
+    "masks",
+    "max_norm",
+    "penalties",
+    "project_box",
+    "project_l1_ball",
+    "project_l2_ball",
+    "project_nonnegative",
+    "schedules",
+    "soft_threshold",
+]

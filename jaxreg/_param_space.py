@@ -1,0 +1,137 @@
+"""The contract every parameter-space transform follows (DESIGN.md, principle 4).
+
+A parameter-space transform sits after the optimizer in ``optax.chain``. It reads the
+current ``params`` and the optimizer's ``updates`` ``u`` and returns new updates ``u2``
+with ``optax.apply_updates(params, u2) == op(params + u)`` on the leaves its mask
+selects; elsewhere ``u2 == u``. Exact zeros produced by ``op`` stay exactly zero after
+``apply_updates``, because ``p + (0 - p) == 0`` in floating point.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxreg import _tree
+
+# op(selected_updates, selected_params, count, *per_leaf_values) -> new selected updates.
+UpdatesOp = Callable[..., list[jax.Array]]
+# op(selected_new_params, count, *per_leaf_values) -> projected / shrunk new params.
+ParamsOp = Callable[..., list[jax.Array]]
+LeafCheck = Callable[[Sequence[_tree.KeyPath], Sequence[jax.Array]], None]
+
+
+class StepCountState(NamedTuple):
+    """State of a parameter-space transform."""
+
+    count: jax.Array  # steps taken, for learning-rate and strength schedules
+
+
+def compute_dtype(x: jax.Array) -> jnp.dtype:
+    """float32, or wider when ``x`` is wider: bf16/f16 math runs in float32 (principle 7)."""
+    return jnp.promote_types(x.dtype, jnp.float32)
+
+
+def wide(x: jax.Array) -> jax.Array:
+    """``x`` in its compute dtype."""
+    return x.astype(compute_dtype(x))
+
+
+def needs_params_error(fn: str) -> ValueError:
+    """The error raised when a transform that reads params is updated without them."""
+    return ValueError(
+        f"{fn}: this transform reads the parameters, but update() got params=None; "
+        "call tx.update(updates, state, params) (optax.chain and nnx.Optimizer pass "
+        "them on)."
+    )
+
+
+def updates_transform(
+    fn: str,
+    op: UpdatesOp,
+    *,
+    mask: Any = None,
+    check: LeafCheck | None = None,
+    per_leaf: Sequence[tuple[str, Any]] = (),
+) -> optax.GradientTransformationExtraArgs:
+    """A transform that rewrites the updates of the selected leaves, reading params.
+
+    Args:
+      fn: public name of the transform, used in error messages.
+      op: maps the selected updates, the selected params and the step count to the
+        new selected updates.
+      mask: pytree of bools or callable ``params -> mask``; True where ``op`` applies.
+      check: raises on selected leaves that ``op`` cannot handle (e.g. an axis out of
+        range); called at ``init`` and when tracing ``update``.
+      per_leaf: ``(name, value)`` pairs of hyperparameters given as one value or as a
+        tree with the params' structure; ``op`` gets the selected leaves of each as
+        extra list arguments.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` with a ``StepCountState``.
+    """
+
+    def select(params: Any) -> tuple[list[bool], list[jax.Array], Any, list[_tree.KeyPath]]:
+        paths, leaves, treedef = _tree.leaves_with_paths(params)
+        selected = _tree.resolve_mask(fn, mask, params)
+        if check is not None:
+            check(
+                [p for p, s in zip(paths, selected) if s],
+                [x for x, s in zip(leaves, selected) if s],
+            )
+        return selected, leaves, treedef, paths
+
+    def init_fn(params: optax.Params) -> StepCountState:
+        select(params)
+        return StepCountState(count=jnp.zeros([], jnp.int32))
+
+    def update_fn(
+        updates: optax.Updates,
+        state: StepCountState,
+        params: optax.Params | None = None,
+        **extra_args: Any,
+    ) -> tuple[optax.Updates, StepCountState]:
+        del extra_args
+        if params is None:
+            raise needs_params_error(fn)
+        selected, p_leaves, treedef, _ = select(params)
+        u_leaves = _tree.match_tree(fn, "updates", updates, params, broadcast=False)
+        picked = [i for i, s in enumerate(selected) if s]
+        extras = [_tree.match_tree(fn, name, value, params) for name, value in per_leaf]
+        new = op(
+            [u_leaves[i] for i in picked],
+            [p_leaves[i] for i in picked],
+            state.count,
+            *[[column[i] for i in picked] for column in extras],
+        )
+        out = list(u_leaves)
+        for i, u2 in zip(picked, new):
+            out[i] = u2.astype(u_leaves[i].dtype)
+        return treedef.unflatten(out), StepCountState(optax.safe_increment(state.count))
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def params_transform(
+    fn: str,
+    op: ParamsOp,
+    *,
+    mask: Any = None,
+    check: LeafCheck | None = None,
+    per_leaf: Sequence[tuple[str, Any]] = (),
+) -> optax.GradientTransformationExtraArgs:
+    """A transform that maps the new params ``w = p + u`` through ``op`` (prox, projection).
+
+    The new params are formed in the params' dtype, as ``optax.apply_updates`` would,
+    and the returned updates are ``op(w) - p``.
+    """
+
+    def to_updates(us: list[jax.Array], ps: list[jax.Array], count: jax.Array, *extras: Any) -> list[jax.Array]:
+        ws = [(p + u).astype(p.dtype) for u, p in zip(us, ps)]
+        return [w2.astype(p.dtype) - p for w2, p in zip(op(ws, count, *extras), ps)]
+
+    return updates_transform(fn, to_updates, mask=mask, check=check, per_leaf=per_leaf)

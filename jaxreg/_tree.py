@@ -1,0 +1,179 @@
+"""Pytree plumbing shared by every jaxreg piece: NNX unboxing, leaf paths, masks, norms.
+
+Nothing here is public. The functions work on plain dicts, Flax linen param dicts and
+Flax NNX ``State`` alike: NNX ``Variable`` boxes are unwrapped to their arrays first, so
+that ``tx.init`` (which ``nnx.Optimizer`` calls with boxed variables) and ``tx.update``
+(called with plain arrays) see the same tree.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+KeyPath = tuple[Any, ...]
+
+
+def _is_variable(x: Any) -> bool:
+    # Only NNX boxes values in Variables; if flax.nnx was never imported there are none,
+    # and jaxreg need not pay for importing it.
+    nnx = sys.modules.get("flax.nnx")
+    return nnx is not None and isinstance(x, nnx.Variable)
+
+
+def unbox(tree: Any) -> Any:
+    """Replaces every NNX ``Variable`` in ``tree`` by the array it holds."""
+    if tree is None:
+        return None
+    return jax.tree.map(
+        lambda x: x.get_value() if _is_variable(x) else x, tree, is_leaf=_is_variable
+    )
+
+
+def path_str(path: KeyPath) -> str:
+    """``('dense1', 'kernel')``-style key path as ``'dense1/kernel'`` (for regex masks)."""
+    parts = []
+    for key in path:
+        if isinstance(key, jax.tree_util.DictKey):
+            parts.append(str(key.key))
+        elif isinstance(key, jax.tree_util.SequenceKey):
+            parts.append(str(key.idx))
+        elif isinstance(key, jax.tree_util.GetAttrKey):
+            parts.append(key.name)
+        elif isinstance(key, jax.tree_util.FlattenedIndexKey):
+            parts.append(str(key.key))
+        else:
+            parts.append(str(key))
+    return "/".join(parts)
+
+
+def leaves_with_paths(tree: Any) -> tuple[list[KeyPath], list[Any], Any]:
+    """Flattens an (unboxed) tree into paths, leaves and its treedef."""
+    pairs, treedef = jax.tree_util.tree_flatten_with_path(unbox(tree))
+    return [p for p, _ in pairs], [x for _, x in pairs], treedef
+
+
+def _first_difference(want: Sequence[KeyPath], have: Sequence[KeyPath]) -> str:
+    have_set, want_set = set(have), set(want)
+    for path in want:
+        if path not in have_set:
+            return f"has no entry for params{jax.tree_util.keystr(path)}"
+    for path in have:
+        if path not in want_set:
+            return f"has an entry params{jax.tree_util.keystr(path)} that the params lack"
+    return "has a different tree structure than the params"
+
+
+def match_tree(fn: str, arg: str, value: Any, params: Any, broadcast: bool = True) -> list[Any]:
+    """Leaves of ``value`` aligned with the leaves of ``params``.
+
+    ``value`` is a pytree with the params' structure or, when ``broadcast``, also one
+    value for every leaf (a scalar or a single array). A mismatch raises a
+    ``ValueError`` that names the first leaf path that differs.
+    """
+    paths, leaves, treedef = leaves_with_paths(params)
+    value_pairs, value_def = jax.tree_util.tree_flatten_with_path(unbox(value))
+    if broadcast and value_def.num_leaves == 1 and value_def.num_nodes == 1:
+        return [value_pairs[0][1]] * len(leaves)
+    if value_def != treedef:
+        where = _first_difference(paths, [p for p, _ in value_pairs])
+        raise ValueError(
+            f"{fn}: {arg} {where}; give {arg} with the same tree structure as the "
+            "params, or one value for all of them."
+        )
+    return [x for _, x in value_pairs]
+
+
+def resolve_mask(fn: str, mask: Any, params: Any) -> list[bool]:
+    """The mask (a tree of bools or a callable ``params -> tree``) as a list per leaf.
+
+    ``None`` selects every leaf. Mask leaves must be Python or NumPy booleans: they
+    decide which leaves a transform touches, which is static structure, not data.
+    """
+    params = unbox(params)
+    n = jax.tree_util.tree_structure(params).num_leaves
+    if mask is None:
+        return [True] * n
+    tree = mask(params) if callable(mask) else mask
+    paths, _, treedef = leaves_with_paths(params)
+    pairs, mask_def = jax.tree_util.tree_flatten_with_path(unbox(tree))
+    if mask_def != treedef:
+        where = _first_difference(paths, [p for p, _ in pairs])
+        raise ValueError(
+            f"{fn}: mask {where}; give a mask with the same tree structure as the "
+            "params (True where the transform applies), or a callable params -> mask."
+        )
+    out = []
+    for path, leaf in pairs:
+        if isinstance(leaf, jax.core.Tracer) or getattr(leaf, "shape", ()) != ():
+            raise TypeError(
+                f"{fn}: mask leaf at params{jax.tree_util.keystr(path)} must be a Python "
+                f"bool, got {type(leaf).__name__} with shape {getattr(leaf, 'shape', '?')}."
+            )
+        out.append(bool(leaf))
+    return out
+
+
+def check_axis(fn: str, axis: int, paths: Sequence[KeyPath], leaves: Sequence[Any]) -> None:
+    """Raises a ValueError naming the leaf whose rank cannot hold ``axis``."""
+    for path, leaf in zip(paths, leaves):
+        ndim = jnp.ndim(leaf)
+        if not -ndim <= axis < ndim:
+            raise ValueError(
+                f"{fn}: axis {axis} is out of range for params"
+                f"{jax.tree_util.keystr(path)} with shape {jnp.shape(leaf)}; the axis "
+                f"must lie in [{-ndim}, {ndim}). Exclude such leaves with mask=."
+            )
+
+
+def other_axes(ndim: int, axis: int) -> tuple[int, ...]:
+    """All axes of an ``ndim`` array except ``axis``: the axes a per-unit norm sums."""
+    axis = axis % ndim
+    return tuple(a for a in range(ndim) if a != axis)
+
+
+def unit_norms(x: jax.Array, axis: int) -> jax.Array:
+    """L2 norm (float32) of each slice along ``axis``, shaped to broadcast against ``x``."""
+    x32 = x.astype(jnp.float32)
+    return jnp.sqrt(jnp.sum(x32 * x32, axis=other_axes(x.ndim, axis), keepdims=True))
+
+
+def leaf_power_sum(x: jax.Array, ord: float) -> jax.Array:
+    """``sum |x|^ord`` of one leaf in float32 (``max |x|`` when ``ord`` is inf)."""
+    a = jnp.abs(x.astype(jnp.float32))
+    if math.isinf(ord):
+        return jnp.max(a, initial=0.0)
+    if ord == 2:
+        return jnp.sum(a * a)
+    if ord == 1:
+        return jnp.sum(a)
+    return jnp.sum(a**ord)
+
+
+def combine_power_sums(sums: Sequence[jax.Array], ord: float) -> jax.Array:
+    """The ``ord``-norm from per-leaf partial reductions (one scalar all-reduce)."""
+    if not sums:
+        return jnp.zeros([], jnp.float32)
+    if math.isinf(ord):
+        return jnp.max(jnp.stack(sums))
+    total = sum(sums[1:], sums[0])
+    if ord == 1:
+        return total
+    if ord == 2:
+        return jnp.sqrt(total)
+    return total ** (1.0 / ord)
+
+
+def global_norm(leaves: Sequence[jax.Array], ord: float = 2.0) -> jax.Array:
+    """The ``ord``-norm of all leaves together, accumulated in float32 without a gather."""
+    return combine_power_sums([leaf_power_sum(x, ord) for x in leaves], ord)
+
+
+def value_at(hyper: Any, count: jax.Array) -> Any:
+    """A hyperparameter's value at step ``count``: schedules are called, values returned."""
+    return hyper(count) if callable(hyper) else hyper

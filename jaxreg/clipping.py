@@ -1,0 +1,155 @@
+"""Gradient-space clipping: by value, by global norm, by per-leaf norm.
+
+Place these *before* the optimizer. Clipping guards against exploding gradients; it is
+not a regularizer of the parameters. Each keeps in its state what PyTorch returns and
+optax throws away (the pre-clip norm, the fraction clipped), so a training loop can log
+it. Norms accumulate in float32 from per-leaf partial sums (one scalar all-reduce on
+sharded gradients). Non-finite gradients propagate, as in optax and PyTorch: an ``inf``
+norm scales finite entries to 0 and ``inf`` entries to NaN; combine with
+``optax.apply_if_finite`` to skip such steps.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxreg import _checks, _tree
+
+
+class ClipState(NamedTuple):
+    """State of :func:`clip`."""
+
+    count: jax.Array  # steps taken, for a schedule of max_delta
+    clipped_fraction: jax.Array  # fraction of gradient entries clipped on the last step
+
+
+class ClipByNormState(NamedTuple):
+    """State of :func:`clip_by_global_norm` and :func:`clip_by_leaf_norm`."""
+
+    count: jax.Array  # steps taken, for a schedule of max_norm
+    norm: Any  # pre-clip norm of the last step: a scalar, or one per leaf
+
+
+def clip(max_delta: chex.Numeric | optax.Schedule) -> optax.GradientTransformation:
+    """Clips every gradient entry into ``[-max_delta, max_delta]``.
+
+    Same numbers as ``optax.clip`` and ``torch.nn.utils.clip_grad_value_``; its state
+    also records ``clipped_fraction``, the share of entries that hit the bound on the
+    last step (a cheap signal that ``max_delta`` is too tight). NaN stays NaN, ``inf``
+    becomes ``max_delta``.
+
+    Args:
+      max_delta: the bound L >= 0 (float, array or schedule).
+
+    Returns:
+      An ``optax.GradientTransformation`` with a :class:`ClipState`.
+    """
+    fn = "clip"
+    _checks.check_nonnegative(fn, "max_delta", max_delta)
+
+    def init_fn(params: optax.Params) -> ClipState:
+        del params
+        return ClipState(jnp.zeros([], jnp.int32), jnp.zeros([], jnp.float32))
+
+    def update_fn(updates: optax.Updates, state: ClipState, params: optax.Params | None = None) -> tuple[optax.Updates, ClipState]:
+        del params
+        bound = _tree.value_at(max_delta, state.count)
+        leaves = jax.tree.leaves(updates)
+        hit = sum((jnp.sum(jnp.abs(g) > bound, dtype=jnp.float32) for g in leaves), jnp.zeros([], jnp.float32))
+        total = max(sum(jnp.size(g) for g in leaves), 1)
+        clipped = jax.tree.map(lambda g: jnp.clip(g, -bound, bound).astype(g.dtype), updates)
+        return clipped, ClipState(optax.safe_increment(state.count), hit / total)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _scale_by_coefficient(g: jax.Array, norm: jax.Array, max_norm: Any, eps: float) -> jax.Array:
+    # PyTorch's rule: coef = max_norm / (norm + eps), clamped to 1. With eps = 0 and a
+    # zero norm the coefficient is inf, clamped to 1: zero gradients stay zero, no NaN.
+    coef = jnp.minimum(max_norm / (norm + eps), 1.0)
+    return (g.astype(jnp.promote_types(g.dtype, jnp.float32)) * coef).astype(g.dtype)
+
+
+def _check_norm_args(fn: str, max_norm: Any, norm_type: Any, eps: Any) -> float:
+    _checks.check_positive(fn, "max_norm", max_norm)
+    _checks.check_nonnegative(fn, "eps", eps)
+    return _checks.check_norm_type(fn, norm_type)
+
+
+def clip_by_global_norm(
+    max_norm: chex.Numeric | optax.Schedule, norm_type: float | str = 2.0, eps: float = 0.0
+) -> optax.GradientTransformation:
+    """Rescales all gradients together so that their global norm is at most ``max_norm``.
+
+    With ``n`` the ``norm_type``-norm of all gradient entries together, every gradient
+    is multiplied by ``min(1, max_norm / (n + eps))``. With ``eps=1e-6`` this is
+    ``torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type)`` exactly; with
+    ``eps=0`` it matches ``optax.clip_by_global_norm`` (which supports only the 2-norm
+    and forgets ``n``). The state keeps ``n`` of the last step, before clipping, as the
+    value ``clip_grad_norm_`` returns. All-zero gradients give zero updates.
+
+    Args:
+      max_norm: largest allowed global norm, > 0 (float, array or schedule).
+      norm_type: the p of the p-norm: any p >= 1, or ``inf`` (max absolute entry).
+      eps: added to the norm in the denominator, >= 0.
+
+    Returns:
+      An ``optax.GradientTransformation`` with a :class:`ClipByNormState`.
+
+    References:
+      Pascanu et al., *On the difficulty of training recurrent neural networks*, 2013.
+    """
+    fn = "clip_by_global_norm"
+    p = _check_norm_args(fn, max_norm, norm_type, eps)
+
+    def init_fn(params: optax.Params) -> ClipByNormState:
+        del params
+        return ClipByNormState(jnp.zeros([], jnp.int32), jnp.zeros([], jnp.float32))
+
+    def update_fn(updates: optax.Updates, state: ClipByNormState, params: optax.Params | None = None) -> tuple[optax.Updates, ClipByNormState]:
+        del params
+        bound = _tree.value_at(max_norm, state.count)
+        norm = _tree.global_norm(jax.tree.leaves(updates), p)
+        clipped = jax.tree.map(lambda g: _scale_by_coefficient(g, norm, bound, eps), updates)
+        return clipped, ClipByNormState(optax.safe_increment(state.count), norm)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def clip_by_leaf_norm(
+    max_norm: chex.Numeric | optax.Schedule, norm_type: float | str = 2.0, eps: float = 0.0
+) -> optax.GradientTransformation:
+    """Rescales each gradient tensor on its own so that its norm is at most ``max_norm``.
+
+    Like :func:`clip_by_global_norm` applied to every leaf separately (PyTorch:
+    ``clip_grad_norm_`` called once per parameter). The state keeps each leaf's
+    pre-clip norm, in a tree with the gradients' structure.
+
+    Args:
+      max_norm: largest allowed norm per leaf, > 0 (float, array or schedule).
+      norm_type: the p of the p-norm: any p >= 1, or ``inf``.
+      eps: added to the norm in the denominator, >= 0.
+
+    Returns:
+      An ``optax.GradientTransformation`` with a :class:`ClipByNormState`.
+    """
+    fn = "clip_by_leaf_norm"
+    p = _check_norm_args(fn, max_norm, norm_type, eps)
+
+    def init_fn(params: optax.Params) -> ClipByNormState:
+        norms = jax.tree.map(lambda _: jnp.zeros([], jnp.float32), _tree.unbox(params))
+        return ClipByNormState(jnp.zeros([], jnp.int32), norms)
+
+    def update_fn(updates: optax.Updates, state: ClipByNormState, params: optax.Params | None = None) -> tuple[optax.Updates, ClipByNormState]:
+        del params
+        bound = _tree.value_at(max_norm, state.count)
+        norms = jax.tree.map(lambda g: _tree.global_norm([g], p), updates)
+        clipped = jax.tree.map(lambda g, n: _scale_by_coefficient(g, n, bound, eps), updates, norms)
+        return clipped, ClipByNormState(optax.safe_increment(state.count), norms)
+
+    return optax.GradientTransformation(init_fn, update_fn)

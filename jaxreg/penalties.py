@@ -1,0 +1,105 @@
+"""Loss-side penalties: differentiable (or subdifferentiable) terms to add to the loss.
+
+Each returns a float32 scalar summed over the leaves a mask selects. Adding a penalty to
+the loss regularizes through the gradient (the "soft" way); the matching transforms in
+:mod:`jaxreg.proximal` and :mod:`jaxreg.decay` do the same through the update and, for
+L1, give exact zeros. The conventions match those transforms: the L2 terms carry a 1/2,
+so that ``grad(l2(w, lam)) == lam * w``, the update ``coupled_weight_decay(lam)`` adds.
+"""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxreg import _checks, _tree
+from jaxreg.masks import Mask
+
+
+def _selected(fn: str, params: optax.Params, mask: Mask) -> list[jax.Array]:
+    _, leaves, _ = _tree.leaves_with_paths(params)
+    return [x for x, keep in zip(leaves, _tree.resolve_mask(fn, mask, params)) if keep]
+
+
+def _total(terms: list[jax.Array]) -> jax.Array:
+    return sum(terms, jnp.zeros([], jnp.float32))
+
+
+def l1(params: optax.Params, strength: chex.Numeric = 1.0, mask: Mask = None) -> jax.Array:
+    """``strength * sum |w|`` over the selected leaves.
+
+    Args:
+      params: a pytree of arrays (NNX ``State`` works too).
+      strength: coefficient lambda >= 0.
+      mask: pytree of bools or callable ``params -> mask``; True where it applies.
+
+    Returns:
+      A float32 scalar.
+    """
+    _checks.check_nonnegative("l1", "strength", strength)
+    return strength * _tree.global_norm(_selected("l1", params, mask), 1.0)
+
+
+def l2(params: optax.Params, strength: chex.Numeric = 1.0, mask: Mask = None) -> jax.Array:
+    """``strength / 2 * sum w^2`` over the selected leaves (note the 1/2).
+
+    The 1/2 makes the gradient ``strength * w``, the convention of PyTorch's
+    ``weight_decay`` and of :func:`jaxreg.coupled_weight_decay`. The source articles
+    write the penalty as ``lambda * sum(w^2)``: that is ``l2(params, 2 * lambda)``.
+
+    Args:
+      params: a pytree of arrays (NNX ``State`` works too).
+      strength: coefficient lambda >= 0.
+      mask: pytree of bools or callable ``params -> mask``; True where it applies.
+
+    Returns:
+      A float32 scalar.
+    """
+    _checks.check_nonnegative("l2", "strength", strength)
+    leaves = _selected("l2", params, mask)
+    return strength / 2 * _total([_tree.leaf_power_sum(x, 2.0) for x in leaves])
+
+
+def elastic_net(params: optax.Params, l1_strength: chex.Numeric, l2_strength: chex.Numeric, mask: Mask = None) -> jax.Array:
+    """``l1_strength * ||w||_1 + l2_strength / 2 * ||w||^2``: the objective of ``elastic_net_prox``.
+
+    scikit-learn's ``ElasticNet(alpha, l1_ratio)`` penalty is
+    ``elastic_net(w, alpha * l1_ratio, alpha * (1 - l1_ratio))``.
+
+    Args:
+      params: a pytree of arrays (NNX ``State`` works too).
+      l1_strength: L1 coefficient >= 0.
+      l2_strength: L2 coefficient >= 0.
+      mask: pytree of bools or callable ``params -> mask``; True where it applies.
+
+    Returns:
+      A float32 scalar.
+    """
+    return l1(params, l1_strength, mask) + l2(params, l2_strength, mask)
+
+
+def group_lasso(params: optax.Params, strength: chex.Numeric = 1.0, axis: int = -1, mask: Mask = None) -> jax.Array:
+    """``strength * sum_g ||w_g||_2`` with groups the slices along ``axis``.
+
+    The objective of :func:`jaxreg.group_lasso_prox`, with the same axis convention:
+    ``axis`` indexes the groups (units), norms run over the other axes.
+
+    Args:
+      params: a pytree of arrays (NNX ``State`` works too).
+      strength: coefficient lambda >= 0.
+      axis: the axis that indexes the groups.
+      mask: pytree of bools or callable ``params -> mask``; True where it applies.
+
+    Returns:
+      A float32 scalar.
+    """
+    fn = "group_lasso"
+    _checks.check_nonnegative(fn, "strength", strength)
+    axis = _checks.check_axis_arg(fn, axis)
+    paths, leaves, _ = _tree.leaves_with_paths(params)
+    keep = _tree.resolve_mask(fn, mask, params)
+    chosen = [(p, x) for p, x, k in zip(paths, leaves, keep) if k]
+    _tree.check_axis(fn, axis, [p for p, _ in chosen], [x for _, x in chosen])
+    return strength * _total([jnp.sum(_tree.unit_norms(x, axis)) for _, x in chosen])

@@ -1,0 +1,219 @@
+"""Constraint sets as parameter-space transforms: box, non-negative, L2 ball, L1 ball, max-norm.
+
+Place them *after* the optimizer (and after any prox): each maps the new parameters
+``w = p + u`` to their Euclidean projection onto the set, so the parameters satisfy the
+constraint after every step (projected gradient descent). ``optax.projections`` has the
+bare projection functions; jaxreg calls them where they compute the same thing (box,
+non-negative) and otherwise accumulates norms in float32 from per-leaf partial sums,
+never concatenating the tree (optax's L1-ball projection ravels it into one vector and
+sorts it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxreg import _checks, _param_space, _tree
+from jaxreg.masks import Mask
+from jaxreg.proximal import soft_threshold
+
+# Bisection steps before the exact finishing steps of the L1-ball threshold: enough to
+# pin the support in float32, so the finishing Newton loop ends after a pass or two.
+_L1_BISECTION_STEPS = 30
+
+
+def _scoped(scope: str, project: Any) -> Any:
+    """Applies ``project(list_of_leaves)`` to all leaves at once or to each alone."""
+    if scope == "global":
+        return project
+    return lambda ws: [project([w])[0] for w in ws]
+
+
+def project_box(lower: chex.Numeric | Any, upper: chex.Numeric | Any, mask: Mask = None) -> optax.GradientTransformationExtraArgs:
+    """Clips every parameter into ``[lower, upper]``: the "hard" parameter box.
+
+    Maps ``w = p + u`` to ``clip(w, lower, upper)``, i.e.
+    ``optax.projections.projection_box`` applied as a transform. PyTorch users write
+    this as ``p.data.clamp_(lower, upper)`` after ``optimizer.step()``.
+
+    Args:
+      lower: lower bound: a scalar, or a pytree with the params' structure holding one
+        bound per leaf (scalar) or per element (array).
+      upper: upper bound, in the same form; ``lower <= upper`` everywhere.
+      mask: pytree of bools or callable ``params -> mask``; True where it applies.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` that needs ``params`` in ``update``.
+    """
+    fn = "project_box"
+    lows, highs = jax.tree.leaves(_tree.unbox(lower)), jax.tree.leaves(_tree.unbox(upper))
+    for low, high in zip(lows if len(lows) > 1 else lows * len(highs), highs if len(highs) > 1 else highs * len(lows)):
+        lo, hi = _checks.concrete(low), _checks.concrete(high)
+        if lo is not None and hi is not None and not np.all(lo <= hi):
+            raise ValueError(f"{fn}: lower must be <= upper, got lower={lower!r} and upper={upper!r}.")
+
+    def op(ws: list[jax.Array], count: jax.Array, lo: list[Any], hi: list[Any]) -> list[jax.Array]:
+        del count
+        return optax.projections.projection_box(ws, lo, hi)
+
+    return _param_space.params_transform(fn, op, mask=mask, per_leaf=(("lower", lower), ("upper", upper)))
+
+
+def project_nonnegative(mask: Mask = None) -> optax.GradientTransformationExtraArgs:
+    """Clips negative parameters to zero: ``w <- max(w, 0)``.
+
+    ``optax.projections.projection_non_negative`` applied as a transform.
+
+    Args:
+      mask: pytree of bools or callable ``params -> mask``; True where it applies.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` that needs ``params`` in ``update``.
+    """
+
+    def op(ws: list[jax.Array], count: jax.Array) -> list[jax.Array]:
+        del count
+        return optax.projections.projection_non_negative(ws)
+
+    return _param_space.params_transform("project_nonnegative", op, mask=mask)
+
+
+def project_l2_ball(radius: chex.Numeric, scope: str = "global", mask: Mask = None) -> optax.GradientTransformationExtraArgs:
+    """Rescales the parameters into the L2 ball of ``radius``: ``w <- w * min(1, r / ||w||)``.
+
+    With ``scope="global"`` the norm is over all selected leaves together (as
+    ``optax.projections.projection_l2_ball`` on the tree, but accumulated in float32
+    from per-leaf sums); with ``scope="leaf"`` each leaf is projected on its own.
+    Parameters already inside the ball are returned unchanged, bit for bit.
+
+    Args:
+      radius: the ball's radius, > 0.
+      scope: ``"global"`` or ``"leaf"``.
+      mask: pytree of bools or callable ``params -> mask``; True where it applies.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` that needs ``params`` in ``update``.
+    """
+    fn = "project_l2_ball"
+    _checks.check_positive(fn, "radius", radius)
+    _checks.check_scope(fn, scope)
+
+    def project(ws: list[jax.Array]) -> list[jax.Array]:
+        norm = _tree.global_norm(ws)
+        factor = jnp.where(norm > radius, radius / jnp.where(norm > 0, norm, 1), 1)
+        return [_param_space.wide(w) * factor for w in ws]
+
+    return _param_space.params_transform(fn, lambda ws, count: _scoped(scope, project)(ws), mask=mask)
+
+
+def _l1_ball_threshold(ws: list[jax.Array], radius: chex.Numeric) -> jax.Array:
+    """The ``tau >= 0`` with ``sum max(|w| - tau, 0) == radius`` (given ``||w||_1 > radius``).
+
+    Bisection brackets ``tau`` with per-leaf partial sums (O(number of leaves) extra
+    memory, no sort, no concatenation); then Newton steps from below on the piecewise
+    linear excess function (Michelot's algorithm) make it exact: each step solves for
+    ``tau`` on the current support and stops once the support no longer shrinks.
+    """
+
+    def excess(tau):
+        return sum(jnp.sum(jnp.maximum(jnp.abs(_param_space.wide(w)) - tau, 0)) for w in ws)
+
+    def bisect(_, bounds):
+        lo, hi = bounds
+        mid = (lo + hi) / 2
+        above = excess(mid) > radius
+        return jnp.where(above, mid, lo), jnp.where(above, hi, mid)
+
+    top = jnp.max(jnp.stack([jnp.max(jnp.abs(_param_space.wide(w)), initial=0.0) for w in ws]))
+    lo, _ = jax.lax.fori_loop(0, _L1_BISECTION_STEPS, bisect, (jnp.zeros_like(top), top))
+
+    def newton(tau):
+        on = [jnp.abs(_param_space.wide(w)) > tau for w in ws]
+        size = sum(jnp.sum(m, dtype=jnp.float32) for m in on)
+        mass = sum(jnp.sum(jnp.where(m, jnp.abs(_param_space.wide(w)), 0)) for m, w in zip(on, ws))
+        return jnp.maximum((mass - radius) / jnp.maximum(size, 1), tau)
+
+    def step(carry):
+        _, tau = carry
+        return tau, newton(tau)
+
+    _, tau = jax.lax.while_loop(lambda c: c[1] > c[0], step, (lo, newton(lo)))
+    return tau
+
+
+def project_l1_ball(radius: chex.Numeric, scope: str = "global", mask: Mask = None) -> optax.GradientTransformationExtraArgs:
+    """Projects the parameters onto the L1 ball of ``radius``: a soft-threshold by ``tau``.
+
+    ``w <- sign(w) * max(|w| - tau, 0)`` with the smallest ``tau >= 0`` that brings
+    ``||w||_1`` down to ``radius`` (identity inside the ball). Same result as
+    ``optax.projections.projection_l1_ball``, but ``tau`` is found by bisection plus
+    exact Newton steps over per-leaf sums instead of sorting the raveled tree, so it
+    needs O(number of leaves) extra memory and works on sharded parameters.
+
+    Args:
+      radius: the ball's radius, > 0.
+      scope: ``"global"`` (one ball for all selected leaves) or ``"leaf"``.
+      mask: pytree of bools or callable ``params -> mask``; True where it applies.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` that needs ``params`` in ``update``.
+
+    References:
+      Duchi et al., *Efficient projections onto the l1-ball*, ICML 2008; Condat,
+      *Fast projection onto the simplex and the l1 ball*, 2016.
+    """
+    fn = "project_l1_ball"
+    _checks.check_positive(fn, "radius", radius)
+    _checks.check_scope(fn, scope)
+
+    def project(ws: list[jax.Array]) -> list[jax.Array]:
+        norm = _tree.global_norm(ws, 1.0)
+        tau = jax.lax.cond(norm > radius, lambda: _l1_ball_threshold(ws, radius), lambda: jnp.zeros([], jnp.float32))
+        return [soft_threshold(w, tau) for w in ws]
+
+    return _param_space.params_transform(fn, lambda ws, count: _scoped(scope, project)(ws), mask=mask)
+
+
+def max_norm(max_value: chex.Numeric, axis: int = -1, mask: Mask = None) -> optax.GradientTransformationExtraArgs:
+    """Caps the L2 norm of every unit's weights at ``max_value`` (max-norm constraint).
+
+    The units are the slices along ``axis``; each one's norm runs over all other axes.
+    With ``axis=-1`` (the default) a unit is an output neuron of a Flax ``Dense`` kernel
+    ``(in, out)`` or a filter of a ``Conv`` kernel: its incoming weights, as in
+    Srivastava et al. Units with a larger norm are rescaled onto the sphere, the others
+    are untouched. Note the convention: Keras' ``MaxNorm(axis=0)`` names the axis the
+    norm runs over, jaxreg (like ``torch.nn.utils.prune.ln_structured``'s ``dim``)
+    names the axis of the units.
+
+    Args:
+      max_value: the largest allowed norm per unit, > 0.
+      axis: the axis that indexes the units.
+      mask: pytree of bools or callable ``params -> mask``; True where it applies. Every
+        selected leaf needs ``axis`` in range: leave out biases and scalars.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` that needs ``params`` in ``update``.
+
+    References:
+      Srivastava et al., *Dropout: a simple way to prevent neural networks from
+      overfitting*, JMLR 2014, section 5.1.
+    """
+    fn = "max_norm"
+    _checks.check_positive(fn, "max_value", max_value)
+    axis = _checks.check_axis_arg(fn, axis)
+
+    def project(w: jax.Array) -> jax.Array:
+        norms = _tree.unit_norms(w, axis)
+        factor = jnp.where(norms > max_value, max_value / jnp.where(norms > 0, norms, 1), 1)
+        return _param_space.wide(w) * factor
+
+    def check(paths, leaves):
+        _tree.check_axis(fn, axis, paths, leaves)
+
+    return _param_space.params_transform(fn, lambda ws, count: [project(w) for w in ws], mask=mask, check=check)

@@ -1,0 +1,56 @@
+"""Learning-rate decays from the source articles, as plain optax schedules."""
+
+from __future__ import annotations
+
+import chex
+import jax.numpy as jnp
+import optax
+
+from jaxreg import _checks
+
+
+def inverse_sqrt_decay(init_value: chex.Numeric, gamma: chex.Numeric) -> optax.Schedule:
+    """``eta_t = init_value / sqrt(1 + gamma^2 * t)``.
+
+    The decay of the second source article: fast early progress, step sizes that still
+    sum to infinity (so gradient descent converges) while their squares grow only like
+    ``log t``.
+
+    Args:
+      init_value: eta_0 > 0.
+      gamma: decay speed >= 0; 0 gives a constant schedule.
+
+    Returns:
+      An optax schedule ``step -> learning rate``.
+    """
+    _checks.check_positive("inverse_sqrt_decay", "init_value", init_value)
+    _checks.check_nonnegative("inverse_sqrt_decay", "gamma", gamma)
+
+    def schedule(count: chex.Numeric) -> chex.Numeric:
+        return init_value / jnp.sqrt(1 + gamma**2 * jnp.asarray(count, jnp.float32))
+
+    return schedule
+
+
+def epoch_decay(init_value: chex.Numeric, decay: chex.Numeric, steps_per_epoch: int) -> optax.Schedule:
+    """``eta = init_value * (1 - decay) ** epoch``, constant within an epoch.
+
+    The per-epoch multiplicative decay ``eta <- eta * (1 - decay)`` of the second
+    source article; ``optax.exponential_decay`` with ``staircase=True`` underneath.
+
+    Args:
+      init_value: eta_0 > 0.
+      decay: fraction removed per epoch, in [0, 1).
+      steps_per_epoch: optimizer steps per epoch, a positive int.
+
+    Returns:
+      An optax schedule ``step -> learning rate``.
+    """
+    fn = "epoch_decay"
+    _checks.check_positive(fn, "init_value", init_value)
+    value = _checks.concrete(decay)
+    if value is not None and not (0 <= value < 1):
+        raise ValueError(f"{fn}: decay must lie in [0, 1), got {decay!r}.")
+    if isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int) or steps_per_epoch < 1:
+        raise ValueError(f"{fn}: steps_per_epoch must be a positive int, got {steps_per_epoch!r}.")
+    return optax.exponential_decay(init_value, transition_steps=steps_per_epoch, decay_rate=1 - decay, staircase=True)

@@ -1,0 +1,28 @@
+"""Shared test set-up: strict dtype promotion and random pytrees of mixed shapes."""
+
+from __future__ import annotations
+
+import os
+
+# 8 simulated CPU devices for the sharding tests; must be set before jax initializes.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+
+import jax
+import numpy as np
+import pytest
+
+jax.config.update("jax_numpy_dtype_promotion", "strict")
+
+SHAPES = {"dense1": {"kernel": (5, 7), "bias": (7,)}, "conv": {"kernel": (3, 3, 2, 4)}, "out": {"kernel": (7, 3), "bias": (3,)}, "scale": ()}
+
+
+def random_tree(seed: int, dtype=np.float32, scale: float = 1.0, shapes=SHAPES):
+    """A dict of numpy arrays of mixed shapes (like a small model's params)."""
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda s: (scale * rng.standard_normal(s)).astype(dtype), shapes, is_leaf=lambda s: isinstance(s, tuple))
+
+
+@pytest.fixture
+def tree_pair():
+    """(params, updates) as numpy trees."""
+    return random_tree(0), random_tree(1, scale=0.3)
