@@ -6,10 +6,10 @@ parameter selectors. See the README for the map from PyTorch to jaxreg.
 """
 
 from jaxreg import masks, penalties, schedules
+from jaxreg._param_space import StepCountState
 from jaxreg.clipping import ClipByNormState, ClipState, clip, clip_by_global_norm, clip_by_leaf_norm
 from jaxreg.decay import coupled_weight_decay, decoupled_weight_decay
 from jaxreg.masks import masked
-from jaxreg._param_space import StepCountState
 from jaxreg.projections import max_norm, project_box, project_l1_ball, project_l2_ball, project_nonnegative
 from jaxreg.proximal import elastic_net_prox, group_lasso_prox, l1_prox, soft_threshold
 from jaxreg.schedules import epoch_decay, inverse_sqrt_decay

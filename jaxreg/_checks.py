@@ -78,9 +78,7 @@ def check_norm_type(fn: str, norm_type: Any) -> float:
     if isinstance(norm_type, str) and norm_type.lower() in ("inf", "infinity"):
         return math.inf
     if isinstance(norm_type, bool) or not isinstance(norm_type, (int, float, np.number)):
-        raise ValueError(
-            f"{fn}: norm_type must be a number p >= 1 or inf, got {norm_type!r}."
-        )
+        raise ValueError(f"{fn}: norm_type must be a number p >= 1 or inf, got {norm_type!r}.")
     p = float(norm_type)
     if not (p >= 1):
         raise ValueError(f"{fn}: norm_type must be a number p >= 1 or inf, got {norm_type!r}.")

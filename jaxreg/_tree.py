@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -30,9 +30,7 @@ def unbox(tree: Any) -> Any:
     """Replaces every NNX ``Variable`` in ``tree`` by the array it holds."""
     if tree is None:
         return None
-    return jax.tree.map(
-        lambda x: x.get_value() if _is_variable(x) else x, tree, is_leaf=_is_variable
-    )
+    return jax.tree.map(lambda x: x.get_value() if _is_variable(x) else x, tree, is_leaf=_is_variable)
 
 
 def path_str(path: KeyPath) -> str:
@@ -83,8 +81,7 @@ def match_tree(fn: str, arg: str, value: Any, params: Any, broadcast: bool = Tru
     if value_def != treedef:
         where = _first_difference(paths, [p for p, _ in value_pairs])
         raise ValueError(
-            f"{fn}: {arg} {where}; give {arg} with the same tree structure as the "
-            "params, or one value for all of them."
+            f"{fn}: {arg} {where}; give {arg} with the same tree structure as the params, or one value for all of them."
         )
     return [x for _, x in value_pairs]
 

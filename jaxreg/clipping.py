@@ -56,7 +56,9 @@ def clip(max_delta: chex.Numeric | optax.Schedule) -> optax.GradientTransformati
         del params
         return ClipState(jnp.zeros([], jnp.int32), jnp.zeros([], jnp.float32))
 
-    def update_fn(updates: optax.Updates, state: ClipState, params: optax.Params | None = None) -> tuple[optax.Updates, ClipState]:
+    def update_fn(
+        updates: optax.Updates, state: ClipState, params: optax.Params | None = None
+    ) -> tuple[optax.Updates, ClipState]:
         del params
         bound = _tree.value_at(max_delta, state.count)
         leaves = jax.tree.leaves(updates)
@@ -111,7 +113,9 @@ def clip_by_global_norm(
         del params
         return ClipByNormState(jnp.zeros([], jnp.int32), jnp.zeros([], jnp.float32))
 
-    def update_fn(updates: optax.Updates, state: ClipByNormState, params: optax.Params | None = None) -> tuple[optax.Updates, ClipByNormState]:
+    def update_fn(
+        updates: optax.Updates, state: ClipByNormState, params: optax.Params | None = None
+    ) -> tuple[optax.Updates, ClipByNormState]:
         del params
         bound = _tree.value_at(max_norm, state.count)
         norm = _tree.global_norm(jax.tree.leaves(updates), p)
@@ -145,7 +149,9 @@ def clip_by_leaf_norm(
         norms = jax.tree.map(lambda _: jnp.zeros([], jnp.float32), _tree.unbox(params))
         return ClipByNormState(jnp.zeros([], jnp.int32), norms)
 
-    def update_fn(updates: optax.Updates, state: ClipByNormState, params: optax.Params | None = None) -> tuple[optax.Updates, ClipByNormState]:
+    def update_fn(
+        updates: optax.Updates, state: ClipByNormState, params: optax.Params | None = None
+    ) -> tuple[optax.Updates, ClipByNormState]:
         del params
         bound = _tree.value_at(max_norm, state.count)
         norms = jax.tree.map(lambda g: _tree.global_norm([g], p), updates)

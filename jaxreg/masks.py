@@ -19,6 +19,8 @@ import optax
 
 from jaxreg import _tree
 
+__all__ = ["Mask", "all_params", "weights_only", "by_path", "mask_and", "mask_or", "mask_not", "masked"]
+
 Mask = Any  # a pytree of bools, or a callable params -> pytree of bools
 
 

@@ -17,6 +17,8 @@ import optax
 from jaxreg import _checks, _tree
 from jaxreg.masks import Mask
 
+__all__ = ["l1", "l2", "elastic_net", "group_lasso"]
+
 
 def _selected(fn: str, params: optax.Params, mask: Mask) -> list[jax.Array]:
     _, leaves, _ = _tree.leaves_with_paths(params)
@@ -62,7 +64,9 @@ def l2(params: optax.Params, strength: chex.Numeric = 1.0, mask: Mask = None) ->
     return strength / 2 * _total([_tree.leaf_power_sum(x, 2.0) for x in leaves])
 
 
-def elastic_net(params: optax.Params, l1_strength: chex.Numeric, l2_strength: chex.Numeric, mask: Mask = None) -> jax.Array:
+def elastic_net(
+    params: optax.Params, l1_strength: chex.Numeric, l2_strength: chex.Numeric, mask: Mask = None
+) -> jax.Array:
     """``l1_strength * ||w||_1 + l2_strength / 2 * ||w||^2``: the objective of ``elastic_net_prox``.
 
     scikit-learn's ``ElasticNet(alpha, l1_ratio)`` penalty is

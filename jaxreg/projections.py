@@ -35,7 +35,9 @@ def _scoped(scope: str, project: Any) -> Any:
     return lambda ws: [project([w])[0] for w in ws]
 
 
-def project_box(lower: chex.Numeric | Any, upper: chex.Numeric | Any, mask: Mask = None) -> optax.GradientTransformationExtraArgs:
+def project_box(
+    lower: chex.Numeric | Any, upper: chex.Numeric | Any, mask: Mask = None
+) -> optax.GradientTransformationExtraArgs:
     """Clips every parameter into ``[lower, upper]``: the "hard" parameter box.
 
     Maps ``w = p + u`` to ``clip(w, lower, upper)``, i.e.
@@ -53,7 +55,9 @@ def project_box(lower: chex.Numeric | Any, upper: chex.Numeric | Any, mask: Mask
     """
     fn = "project_box"
     lows, highs = jax.tree.leaves(_tree.unbox(lower)), jax.tree.leaves(_tree.unbox(upper))
-    for low, high in zip(lows if len(lows) > 1 else lows * len(highs), highs if len(highs) > 1 else highs * len(lows)):
+    # A scalar bound on one side is compared with every leaf of a tree on the other.
+    lows, highs = lows * (len(highs) if len(lows) == 1 else 1), highs * (len(lows) if len(highs) == 1 else 1)
+    for low, high in zip(lows, highs):
         lo, hi = _checks.concrete(low), _checks.concrete(high)
         if lo is not None and hi is not None and not np.all(lo <= hi):
             raise ValueError(f"{fn}: lower must be <= upper, got lower={lower!r} and upper={upper!r}.")
@@ -84,7 +88,9 @@ def project_nonnegative(mask: Mask = None) -> optax.GradientTransformationExtraA
     return _param_space.params_transform("project_nonnegative", op, mask=mask)
 
 
-def project_l2_ball(radius: chex.Numeric, scope: str = "global", mask: Mask = None) -> optax.GradientTransformationExtraArgs:
+def project_l2_ball(
+    radius: chex.Numeric, scope: str = "global", mask: Mask = None
+) -> optax.GradientTransformationExtraArgs:
     """Rescales the parameters into the L2 ball of ``radius``: ``w <- w * min(1, r / ||w||)``.
 
     With ``scope="global"`` the norm is over all selected leaves together (as
@@ -147,7 +153,9 @@ def _l1_ball_threshold(ws: list[jax.Array], radius: chex.Numeric) -> jax.Array:
     return tau
 
 
-def project_l1_ball(radius: chex.Numeric, scope: str = "global", mask: Mask = None) -> optax.GradientTransformationExtraArgs:
+def project_l1_ball(
+    radius: chex.Numeric, scope: str = "global", mask: Mask = None
+) -> optax.GradientTransformationExtraArgs:
     """Projects the parameters onto the L1 ball of ``radius``: a soft-threshold by ``tau``.
 
     ``w <- sign(w) * max(|w| - tau, 0)`` with the smallest ``tau >= 0`` that brings

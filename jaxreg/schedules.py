@@ -8,6 +8,8 @@ import optax
 
 from jaxreg import _checks
 
+__all__ = ["inverse_sqrt_decay", "epoch_decay"]
+
 
 def inverse_sqrt_decay(init_value: chex.Numeric, gamma: chex.Numeric) -> optax.Schedule:
     """``eta_t = init_value / sqrt(1 + gamma^2 * t)``.

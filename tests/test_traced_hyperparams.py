@@ -22,8 +22,14 @@ SWEEPS = {
     "clip_by_global_norm.max_norm": (lambda h: jaxreg.clip_by_global_norm(h), np.linspace(0.1, 3.0, 8)),
     "clip_by_leaf_norm.max_norm": (lambda h: jaxreg.clip_by_leaf_norm(h, eps=1e-6), np.linspace(0.1, 3.0, 8)),
     "coupled_weight_decay.rate": (lambda h: jaxreg.coupled_weight_decay(h), np.linspace(0.0, 0.5, 8)),
-    "decoupled_weight_decay.rate": (lambda h: jaxreg.decoupled_weight_decay(h, learning_rate=LR), np.linspace(0.0, 2.0, 8)),
-    "decoupled_weight_decay.learning_rate": (lambda h: jaxreg.decoupled_weight_decay(0.5, learning_rate=h), np.linspace(0.01, 0.2, 8)),
+    "decoupled_weight_decay.rate": (
+        lambda h: jaxreg.decoupled_weight_decay(h, learning_rate=LR),
+        np.linspace(0.0, 2.0, 8),
+    ),
+    "decoupled_weight_decay.learning_rate": (
+        lambda h: jaxreg.decoupled_weight_decay(0.5, learning_rate=h),
+        np.linspace(0.01, 0.2, 8),
+    ),
     "l1_prox.strength": (lambda h: jaxreg.l1_prox(h, learning_rate=LR), np.linspace(0.0, 0.5, 8)),
     "l1_prox.learning_rate": (lambda h: jaxreg.l1_prox(0.3, learning_rate=h), np.linspace(0.01, 0.2, 8)),
     "elastic_net_prox.l1": (lambda h: jaxreg.elastic_net_prox(h, 0.1, learning_rate=LR), np.linspace(0.0, 0.5, 8)),
@@ -80,7 +86,9 @@ def test_vmap_over_hyperparameter_matches_each_run(name):
     for lane, value in enumerate(values):
         single = _train(make, float(value))
         for key in single:
-            np.testing.assert_allclose(swept[key][lane], single[key], rtol=2e-5, atol=2e-6, err_msg=f"{name}={value} {key}")
+            np.testing.assert_allclose(
+                swept[key][lane], single[key], rtol=2e-5, atol=2e-6, err_msg=f"{name}={value} {key}"
+            )
     # The sweep really changes the outcome, so the test would catch an ignored value.
     assert not np.allclose(swept["w"][0], swept["w"][-1])
 
