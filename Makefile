@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test clean
+.PHONY: demo test notebooks clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The notebooks live as jupytext percent-format .py files; this renders .ipynb beside them.
+notebooks: $(STAMP)
+	$(BIN)/jupytext --to ipynb examples/[0-9]*.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

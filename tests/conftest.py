@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
-# 8 simulated CPU devices for the sharding tests; must be set before jax initializes.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
-
 import jax
 import numpy as np
 import pytest
