@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test notebooks clean
+.PHONY: demo test notebooks bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ test: $(STAMP)
 # The notebooks live as jupytext percent-format .py files; this renders .ipynb beside them.
 notebooks: $(STAMP)
 	$(BIN)/jupytext --to ipynb examples/[0-9]*.py
+
+# Benchmarks: JSON lines and a markdown table in bench/results/<machine>.{json,md}.
+bench: $(STAMP)
+	$(BIN)/python -m bench.run_all
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -1,0 +1,73 @@
+"""Timing and reporting shared by the benchmarks: medians after warm-up, JSON lines, tables."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+
+def machine_name() -> str:
+    """A short name for this machine kind, e.g. ``cpu-2core-x86_64`` or ``gpu-NVIDIA_H100``."""
+    device = jax.devices()[0]
+    if device.platform == "cpu":
+        return f"cpu-{os.cpu_count()}core-{platform.machine()}"
+    return f"{device.platform}-{device.device_kind.replace(' ', '_')}"
+
+
+def median_seconds(run: Callable[[], Any], repeats: int, warmup: int = 2) -> float:
+    """Median wall time of ``run()`` over ``repeats`` calls after ``warmup`` calls.
+
+    ``run`` must block until its work is done (``jax.block_until_ready`` on its output).
+    """
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def emit(record: dict[str, Any]) -> dict[str, Any]:
+    """Prints one measurement as a JSON line and returns it."""
+    print(json.dumps(record, sort_keys=True), flush=True)
+    return record
+
+
+def leaf_shapes(total: int, leaves: int = 50, seed: int = 0) -> list[tuple[int, ...]]:
+    """``leaves`` shapes of uneven sizes (Dirichlet) summing to about ``total`` elements.
+
+    Large leaves are matrices, small ones vectors, like a model's kernels and biases.
+    """
+    rng = np.random.default_rng(seed)
+    sizes = np.maximum((rng.dirichlet(np.full(leaves, 0.5)) * total).astype(int), 1)
+    shapes = []
+    for size in sizes:
+        if size >= 4096:
+            cols = 256
+            shapes.append((int(size) // cols, cols))
+        else:
+            shapes.append((int(size),))
+    return shapes
+
+
+def markdown_table(records: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    """A markdown table of ``records`` with the given columns (floats to 3 significant digits)."""
+
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.3g}"
+        return str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in records]
+    return "\n".join(lines)

@@ -1,0 +1,45 @@
+"""``make bench``: runs every benchmark, writes ``bench/results/<machine>.json`` and ``.md``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+
+from bench import compile as compile_bench
+from bench import harness, sweep, update_step
+
+RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+TABLES = {
+    "update_step": ["params", "impl", "median_s", "speedup_vs_optax", "speedup_vs_torch_fused", "roofline"],
+    "sweep": ["runs", "steps", "impl", "median_s", "speedup_vs_sequential"],
+    "compile": ["leaves", "impl", "median_s", "ratio_to_adam"],
+}
+
+
+def main(argv: list[str] | None = None) -> pathlib.Path:
+    """Runs all benchmarks at one size and writes the JSON records and markdown tables."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--size", choices=["tiny", "default"], default="default")
+    parser.add_argument("--out", type=pathlib.Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    repeats = 1 if args.size == "tiny" else None
+    records = []
+    for module in (update_step, sweep, compile_bench):
+        extra = ["--repeats", str(repeats)] if repeats else []
+        records += module.main(["--size", args.size, *extra])
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / harness.machine_name()
+    stem.with_suffix(".json").write_text("\n".join(json.dumps(r, sort_keys=True) for r in records) + "\n")
+    sections = [
+        f"### {name} ({harness.machine_name()})\n\n"
+        + harness.markdown_table([r for r in records if r["bench"] == name], columns)
+        for name, columns in TABLES.items()
+    ]
+    stem.with_suffix(".md").write_text("\n\n".join(sections) + "\n")
+    print(f"wrote {stem.with_suffix('.json')} and {stem.with_suffix('.md')}")
+    return stem
+
+
+if __name__ == "__main__":
+    main()
