@@ -7,7 +7,6 @@ no compilation cache is hit), against the same for ``optax.adam`` alone as a bas
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import jax
@@ -65,11 +64,7 @@ def run(size: str, repeats: int) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     """Command line: ``python -m bench.compile [--size tiny|default] [--repeats N]``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", choices=sorted(SIZES), default="default")
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args(argv)
-    return run(args.size, args.repeats)
+    return harness.command_line(__doc__, SIZES, 5, run, argv)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -71,3 +72,18 @@ def markdown_table(records: Sequence[dict[str, Any]], columns: Sequence[str]) ->
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in records]
     return "\n".join(lines)
+
+
+def command_line(
+    doc: str,
+    sizes: Sequence[str],
+    repeats: int,
+    run: Callable[[str, int], list[dict[str, Any]]],
+    argv: list[str] | None,
+) -> list[dict[str, Any]]:
+    """The shared ``--size`` / ``--repeats`` command line of a benchmark script."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--size", choices=sorted(sizes), default="default")
+    parser.add_argument("--repeats", type=int, default=repeats)
+    args = parser.parse_args(argv)
+    return run(args.size, args.repeats)

@@ -8,8 +8,6 @@ an argument (no recompilation, the fairest sequential baseline).
 
 from __future__ import annotations
 
-import argparse
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -64,11 +62,7 @@ def run(size: str, repeats: int) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     """Command line: ``python -m bench.sweep [--size tiny|default] [--repeats N]``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", choices=sorted(SIZES), default="default")
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args(argv)
-    return run(args.size, args.repeats)
+    return harness.command_line(__doc__, SIZES, 5, run, argv)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ w) divided by the measured time.
 
 from __future__ import annotations
 
-import argparse
 import os
 
 import jax
@@ -124,11 +123,11 @@ def time_bandwidth(size: int, repeats: int) -> float:
     return harness.median_seconds(run, repeats)
 
 
-def run(sizes: list[int], repeats: int) -> list[dict]:
+def run(size_name: str, repeats: int) -> list[dict]:
     """Measures every implementation at every size; prints and returns the records."""
     torch.set_num_threads(os.cpu_count() or 1)
     records = []
-    for size in sizes:
+    for size in SIZES[size_name]:
         shapes = harness.leaf_shapes(size)
         n = int(sum(np.prod(s) for s in shapes))
         copy_s = time_bandwidth(n, repeats)
@@ -159,11 +158,7 @@ def run(sizes: list[int], repeats: int) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     """Command line: ``python -m bench.update_step [--size tiny|default] [--repeats N]``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", choices=sorted(SIZES), default="default")
-    parser.add_argument("--repeats", type=int, default=15)
-    args = parser.parse_args(argv)
-    return run(SIZES[args.size], args.repeats)
+    return harness.command_line(__doc__, SIZES, 15, run, argv)
 
 
 if __name__ == "__main__":
