@@ -146,8 +146,9 @@ def group_lasso_prox(
     def shrink(w, lr, count):
         norms = _tree.unit_norms(w, axis)
         threshold = lr * _tree.value_at(strength, count)
-        keep = jnp.maximum(1 - threshold / jnp.where(norms > 0, norms, 1), 0)
-        return _param_space.wide(w) * jnp.where(norms > 0, keep, 0)
+        # A zero unit stays zero; a NaN norm makes the whole unit NaN (it propagates).
+        keep = jnp.maximum(1 - threshold / jnp.where(norms == 0, 1, norms), 0)
+        return _param_space.wide(w) * jnp.where(norms == 0, 0, keep)
 
     def check(paths, leaves):
         _tree.check_axis(fn, axis, paths, leaves)
