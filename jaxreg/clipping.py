@@ -71,9 +71,10 @@ def clip(max_delta: chex.Numeric | optax.Schedule) -> optax.GradientTransformati
 
 
 def _scale_by_coefficient(g: jax.Array, norm: jax.Array, max_norm: Any, eps: float) -> jax.Array:
-    # PyTorch's rule: coef = max_norm / (norm + eps), clamped to 1. With eps = 0 and a
-    # zero norm the coefficient is inf, clamped to 1: zero gradients stay zero, no NaN.
-    coef = jnp.minimum(max_norm / (norm + eps), 1.0)
+    # PyTorch's rule, computed its way (``scalar / tensor`` is reciprocal-then-multiply
+    # there): coef = max_norm * (1 / (norm + eps)), clamped to 1. With eps = 0 and a zero
+    # norm the coefficient is inf, clamped to 1: zero gradients stay zero, no NaN.
+    coef = jnp.minimum(max_norm * jnp.reciprocal(norm + eps), 1.0)
     return (g.astype(jnp.promote_types(g.dtype, jnp.float32)) * coef).astype(g.dtype)
 
 
@@ -90,9 +91,11 @@ def clip_by_global_norm(
 
     With ``n`` the ``norm_type``-norm of all gradient entries together, every gradient
     is multiplied by ``min(1, max_norm / (n + eps))``. With ``eps=1e-6`` this is
-    ``torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type)`` exactly; with
-    ``eps=0`` it matches ``optax.clip_by_global_norm`` (which supports only the 2-norm
-    and forgets ``n``). The state keeps ``n`` of the last step, before clipping, as the
+    ``torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type)``: the same formula,
+    evaluated the same way, so the result is bit for bit PyTorch's for ``norm_type=inf``
+    and within a few ulps for p-norms (the sums run in a different order). With
+    ``eps=0`` it matches ``optax.clip_by_global_norm`` to an ulp (optax supports only the
+    2-norm and forgets ``n``). The state keeps ``n`` of the last step, before clipping, as the
     value ``clip_grad_norm_`` returns. All-zero gradients give zero updates.
 
     Args:
