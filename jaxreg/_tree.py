@@ -134,6 +134,23 @@ def other_axes(ndim: int, axis: int) -> tuple[int, ...]:
     return tuple(a for a in range(ndim) if a != axis)
 
 
+def compute_dtype(dtype: Any) -> Any:
+    """float32, or the dtype itself when wider: bf16/f16 math runs in float32 (principle 7).
+
+    Written out rather than ``jnp.promote_types``, which refuses bf16 + f32 under
+    ``jax_numpy_dtype_promotion="strict"``.
+    """
+    dtype = jnp.dtype(dtype)
+    if jnp.issubdtype(dtype, jnp.floating) and dtype.itemsize >= 4:
+        return dtype
+    return jnp.dtype(jnp.float32)
+
+
+def wide(x: jax.Array) -> jax.Array:
+    """``x`` in its compute dtype (see :func:`compute_dtype`)."""
+    return x.astype(compute_dtype(x.dtype))
+
+
 def unit_norms(x: jax.Array, axis: int) -> jax.Array:
     """L2 norm (float32) of each slice along ``axis``, shaped to broadcast against ``x``."""
     x32 = x.astype(jnp.float32)

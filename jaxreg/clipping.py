@@ -75,7 +75,7 @@ def _scale_by_coefficient(g: jax.Array, norm: jax.Array, max_norm: Any, eps: flo
     # there): coef = max_norm * (1 / (norm + eps)), clamped to 1. With eps = 0 and a zero
     # norm the coefficient is inf, clamped to 1: zero gradients stay zero, no NaN.
     coef = jnp.minimum(max_norm * jnp.reciprocal(norm + eps), 1.0)
-    return (g.astype(jnp.promote_types(g.dtype, jnp.float32)) * coef).astype(g.dtype)
+    return (_tree.wide(g) * coef).astype(g.dtype)
 
 
 def _check_norm_args(fn: str, max_norm: Any, norm_type: Any, eps: Any) -> float:

@@ -83,6 +83,6 @@ def decoupled_weight_decay(
 
     def op(us: list[jax.Array], ps: list[jax.Array], count: jax.Array) -> list[jax.Array]:
         shrink = _tree.value_at(lr, count) * _tree.value_at(rate, count)
-        return [_param_space.wide(u) - shrink * _param_space.wide(p) for u, p in zip(us, ps)]
+        return [_tree.wide(u) - shrink * _tree.wide(p) for u, p in zip(us, ps)]
 
     return _param_space.updates_transform(fn, op, mask=mask)

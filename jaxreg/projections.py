@@ -42,7 +42,9 @@ def project_box(
 
     Maps ``w = p + u`` to ``clip(w, lower, upper)``, i.e.
     ``optax.projections.projection_box`` applied as a transform. PyTorch users write
-    this as ``p.data.clamp_(lower, upper)`` after ``optimizer.step()``.
+    this as ``p.data.clamp_(lower, upper)`` after ``optimizer.step()``. The constraint
+    holds exactly after ``optax.apply_updates``: where ``p + (clip(w) - p)`` would round
+    one ulp outside the box, the update is nudged one ulp inward.
 
     Args:
       lower: lower bound: a scalar, or a pytree with the params' structure holding one
@@ -66,7 +68,7 @@ def project_box(
         del count
         return optax.projections.projection_box(ws, lo, hi)
 
-    return _param_space.params_transform(fn, op, mask=mask, per_leaf=(("lower", lower), ("upper", upper)))
+    return _param_space.params_transform(fn, op, mask=mask, per_leaf=(("lower", lower), ("upper", upper)), bounded=True)
 
 
 def project_nonnegative(mask: Mask = None) -> optax.GradientTransformationExtraArgs:
@@ -81,11 +83,13 @@ def project_nonnegative(mask: Mask = None) -> optax.GradientTransformationExtraA
       An ``optax.GradientTransformationExtraArgs`` that needs ``params`` in ``update``.
     """
 
-    def op(ws: list[jax.Array], count: jax.Array) -> list[jax.Array]:
-        del count
+    def op(ws: list[jax.Array], count: jax.Array, *bounds: Any) -> list[jax.Array]:
+        del count, bounds
         return optax.projections.projection_non_negative(ws)
 
-    return _param_space.params_transform("project_nonnegative", op, mask=mask)
+    return _param_space.params_transform(
+        "project_nonnegative", op, mask=mask, per_leaf=(("lower", 0.0), ("upper", jnp.inf)), bounded=True
+    )
 
 
 def project_l2_ball(
@@ -113,7 +117,7 @@ def project_l2_ball(
     def project(ws: list[jax.Array]) -> list[jax.Array]:
         norm = _tree.global_norm(ws)
         factor = jnp.where(norm > radius, radius / jnp.where(norm > 0, norm, 1), 1)
-        return [_param_space.wide(w) * factor for w in ws]
+        return [_tree.wide(w) * factor for w in ws]
 
     return _param_space.params_transform(fn, lambda ws, count: _scoped(scope, project)(ws), mask=mask)
 
@@ -128,7 +132,7 @@ def _l1_ball_threshold(ws: list[jax.Array], radius: chex.Numeric) -> jax.Array:
     """
 
     def excess(tau):
-        return sum(jnp.sum(jnp.maximum(jnp.abs(_param_space.wide(w)) - tau, 0)) for w in ws)
+        return sum(jnp.sum(jnp.maximum(jnp.abs(_tree.wide(w)) - tau, 0)) for w in ws)
 
     def bisect(_, bounds):
         lo, hi = bounds
@@ -136,13 +140,13 @@ def _l1_ball_threshold(ws: list[jax.Array], radius: chex.Numeric) -> jax.Array:
         above = excess(mid) > radius
         return jnp.where(above, mid, lo), jnp.where(above, hi, mid)
 
-    top = jnp.max(jnp.stack([jnp.max(jnp.abs(_param_space.wide(w)), initial=0.0) for w in ws]))
+    top = jnp.max(jnp.stack([jnp.max(jnp.abs(_tree.wide(w)), initial=0.0) for w in ws]))
     lo, _ = jax.lax.fori_loop(0, _L1_BISECTION_STEPS, bisect, (jnp.zeros_like(top), top))
 
     def newton(tau):
-        on = [jnp.abs(_param_space.wide(w)) > tau for w in ws]
+        on = [jnp.abs(_tree.wide(w)) > tau for w in ws]
         size = sum(jnp.sum(m, dtype=jnp.float32) for m in on)
-        mass = sum(jnp.sum(jnp.where(m, jnp.abs(_param_space.wide(w)), 0)) for m, w in zip(on, ws))
+        mass = sum(jnp.sum(jnp.where(m, jnp.abs(_tree.wide(w)), 0)) for m, w in zip(on, ws))
         return jnp.maximum((mass - radius) / jnp.maximum(size, 1), tau)
 
     def step(carry):
@@ -219,7 +223,7 @@ def max_norm(max_value: chex.Numeric, axis: int = -1, mask: Mask = None) -> opta
     def project(w: jax.Array) -> jax.Array:
         norms = _tree.unit_norms(w, axis)
         factor = jnp.where(norms > max_value, max_value / jnp.where(norms > 0, norms, 1), 1)
-        return _param_space.wide(w) * factor
+        return _tree.wide(w) * factor
 
     def check(paths, leaves):
         _tree.check_axis(fn, axis, paths, leaves)

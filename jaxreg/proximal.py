@@ -29,7 +29,7 @@ def soft_threshold(x: jax.Array, threshold: chex.Numeric) -> jax.Array:
     Returns:
       The shrunk array, in the dtype of ``x`` computed in at least float32.
     """
-    wx = _param_space.wide(x)
+    wx = _tree.wide(x)
     return wx - jnp.clip(wx, -threshold, threshold)
 
 
@@ -148,7 +148,7 @@ def group_lasso_prox(
         threshold = lr * _tree.value_at(strength, count)
         # A zero unit stays zero; a NaN norm makes the whole unit NaN (it propagates).
         keep = jnp.maximum(1 - threshold / jnp.where(norms == 0, 1, norms), 0)
-        return _param_space.wide(w) * jnp.where(norms == 0, 0, keep)
+        return _tree.wide(w) * jnp.where(norms == 0, 0, keep)
 
     def check(paths, leaves):
         _tree.check_axis(fn, axis, paths, leaves)
