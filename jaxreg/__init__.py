@@ -5,7 +5,7 @@ it) that drop into ``optax.chain``, loss penalties, learning-rate schedules and
 parameter selectors. See the README for the map from PyTorch to jaxreg.
 """
 
-from jaxreg import masks, penalties, schedules
+from jaxreg import masks, penalties, schedules, training
 from jaxreg._param_space import StepCountState
 from jaxreg.clipping import ClipByNormState, ClipState, clip, clip_by_global_norm, clip_by_leaf_norm
 from jaxreg.decay import coupled_weight_decay, decoupled_weight_decay
@@ -40,4 +40,5 @@ __all__ = [
     "project_nonnegative",
     "schedules",
     "soft_threshold",
+    "training",
 ]

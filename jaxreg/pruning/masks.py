@@ -1,0 +1,448 @@
+"""Pruning masks: pure functions ``params -> pytree of bools``, True = *keep* the weight.
+
+A pruning mask has the params' structure and, leaf by leaf, their shapes; True keeps a
+weight and False prunes it, as PyTorch's ``weight_mask`` buffers (which hold 1.0/0.0).
+It is the opposite kind of tree from a selector (``where=`` here, ``mask=`` in the
+rest of jaxreg), where True means "this function acts here".
+
+Which leaves are pruned: those that ``where`` selects (all by default) and that hold
+floating-point arrays with at least one dimension. Integer leaves, scalars and leaves
+that ``where`` leaves out get all-True masks; they are skipped, never crashed on.
+
+Counts are exact. A fraction ``s`` of ``n`` weights prunes ``k = round(s * n)`` of
+them, rounding half to even as Python's ``round`` and ``torch.nn.utils.prune`` do
+(computed in float32 when ``s`` is traced, which is exact for ``n < 2**24``). The
+weights are ranked by ``(score, position)``: among equal scores the one that comes
+first in row-major order within its leaf, and in tree order between leaves (global
+scope), is pruned first. NaN scores rank above every number, as in ``torch.topk``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxreg import _checks, _tree
+from jaxreg.masks import Mask
+from jaxreg.pruning import _select
+from jaxreg.pruning.scores import Score, check_ord, magnitude_score, uniform_leaf, unit_norm
+
+__all__ = [
+    "apply_mask",
+    "magnitude_mask",
+    "mask_from_scores",
+    "n_m_mask",
+    "random_mask",
+    "structured_mask",
+    "threshold_mask",
+]
+
+
+def _prunable(leaf: Any) -> bool:
+    return jnp.ndim(leaf) >= 1 and jnp.issubdtype(jnp.result_type(leaf), jnp.floating)
+
+
+def _candidates(fn: str, where: Mask, params: Any, leaves: Sequence[Any]) -> list[bool]:
+    """Leaves to prune: selected by ``where``, floating point, not scalars."""
+    selected = _tree.resolve_mask(fn, where, params)
+    return [s and _prunable(x) for s, x in zip(selected, leaves)]
+
+
+def check_sparsity(fn: str, value: Any, path: _tree.KeyPath | None = None, name: str = "sparsity") -> None:
+    """Raises unless ``value`` is a scalar in ``[0, 1)`` (or a schedule or a tracer)."""
+    where = "" if path is None else f" for params{jax.tree_util.keystr(path)}"
+    if callable(value):
+        raise TypeError(f"{fn}: {name}{where} must be a number in [0, 1), got the callable {value!r}.")
+    if jnp.ndim(value) != 0:
+        raise ValueError(f"{fn}: {name}{where} must be a scalar in [0, 1), got shape {jnp.shape(value)}.")
+    arr = _checks.concrete(value)
+    if arr is None:
+        return
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{fn}: {name}{where} must be a real number in [0, 1), got {value!r}.")
+    if not 0 <= arr < 1:
+        raise ValueError(f"{fn}: {name}{where} must lie in [0, 1), got {value!r}.")
+
+
+def prune_count(sparsity: Any, n: int) -> jax.Array:
+    """``round(sparsity * n)`` as int32: Python's ``round`` when known, else float32."""
+    arr = _checks.concrete(sparsity)
+    if arr is not None:
+        return jnp.asarray(min(round(float(arr) * n), n), jnp.int32)
+    s = jnp.asarray(sparsity).astype(jnp.float32)
+    return jnp.clip(jnp.round(s * n), 0, n).astype(jnp.int32)
+
+
+def _per_leaf_sparsity(fn: str, sparsity: Any, params: Any, paths: Sequence[_tree.KeyPath]) -> list[Any]:
+    """One checked sparsity per leaf, from one number or a pytree of them."""
+    if jax.tree.structure(_tree.unbox(sparsity)).num_nodes == 1:
+        check_sparsity(fn, sparsity)
+        return [sparsity] * len(paths)
+    per_leaf = _tree.match_tree(fn, "sparsity", sparsity, params)
+    for path, value in zip(paths, per_leaf):
+        check_sparsity(fn, value, path)
+    return per_leaf
+
+
+def _check_size(fn: str, what: str, size: int) -> None:
+    if size > _select.MAX_GROUP_SIZE:
+        raise ValueError(
+            f"{fn}: {what} holds {size} weights; pruning counts are int32, so a ranked group "
+            f"must hold fewer than 2**31. Split it with where= or use scope='leaf'."
+        )
+
+
+def _rank_keep(
+    fn: str,
+    params: Any,
+    sparsity: Any,
+    scope: str,
+    where: Mask,
+    key_fn: _select.KeyFn,
+    prepare: Callable[[int, jax.Array], jax.Array] | None = None,
+) -> Any:
+    """Keeps all but the ``round(s * n)`` lowest-ranked weights, per leaf or over the tree.
+
+    ``prepare(i, leaf)`` gives the array to rank for leaf ``i`` (default: the leaf), and
+    ``key_fn`` maps it to int32 keys inside each counting pass.
+    """
+    _checks.check_scope(fn, scope)
+    paths, leaves, treedef = _tree.leaves_with_paths(params)
+    picked = [i for i, c in enumerate(_candidates(fn, where, params, leaves)) if c]
+    sizes = [int(np.prod(jnp.shape(leaves[i]), dtype=np.int64)) for i in picked]
+    if scope == "global":
+        if jax.tree.structure(_tree.unbox(sparsity)).num_nodes != 1:
+            raise ValueError(f"{fn}: with scope='global' sparsity must be one number, got a tree {sparsity!r}.")
+        check_sparsity(fn, sparsity)
+        _check_size(fn, "the selected tree", sum(sizes))
+        groups = [0] * len(picked)
+        counts = [prune_count(sparsity, sum(sizes))]
+    else:
+        per_leaf = _per_leaf_sparsity(fn, sparsity, params, paths)
+        for i, size in zip(picked, sizes):
+            _check_size(fn, f"params{jax.tree_util.keystr(paths[i])}", size)
+        groups = list(range(len(picked)))
+        counts = [prune_count(per_leaf[i], size) for i, size in zip(picked, sizes)]
+    keep = [jnp.ones(jnp.shape(x), jnp.bool_) for x in leaves]
+    if picked:
+        prepare = prepare or (lambda i, x: jnp.asarray(x))
+        ranked = [prepare(i, leaves[i]) for i in picked]
+        pruned = _select.lowest(ranked, key_fn, groups, jnp.stack(counts))
+        for i, p in zip(picked, pruned):
+            keep[i] = ~p
+    return treedef.unflatten(keep)
+
+
+def magnitude_mask(
+    params: optax.Params,
+    sparsity: chex.Numeric | Any,
+    scope: str = "leaf",
+    where: Mask = None,
+) -> Any:
+    """Prunes the weights of smallest magnitude ``|w|``, exactly ``round(s * n)`` of them.
+
+    With ``scope="leaf"`` each leaf of ``n`` weights loses its ``round(s * n)``
+    smallest (``torch.nn.utils.prune.l1_unstructured`` on every layer); with
+    ``scope="global"`` the ``n`` weights of all pruned leaves are ranked together
+    (``torch.nn.utils.prune.global_unstructured`` with ``L1Unstructured``). Formally,
+    ``keep_i = [rank_i >= k]`` where ``rank_i`` is the position of weight ``i`` in the
+    order ``(|w|, position)``; see the module docstring for the tie rule, which makes
+    the count exact where ``torch.topk`` leaves ties to chance.
+
+    Unlike both, the global ranking never concatenates or sorts the parameters: the
+    threshold is found by bisection on the float bit pattern with one count per leaf
+    per step (32 passes over the weights, a few scalars of extra memory per leaf, and
+    partial sums that become all-reduces on sharded arrays). ``sparsity`` may be traced
+    (``jit``/``vmap`` over it compile once).
+
+    Args:
+      params: a pytree of arrays (NNX ``Variable`` boxes are unwrapped).
+      sparsity: fraction to prune, in ``[0, 1)``: a number or a traced scalar; with
+        ``scope="leaf"`` also a pytree with one number per leaf.
+      scope: ``"leaf"`` (each leaf on its own) or ``"global"`` (all pruned leaves
+        ranked together).
+      where: selector (pytree of bools or callable ``params -> selector``); True where
+        pruning is considered. Integer leaves and scalars are skipped either way.
+
+    Returns:
+      A pytree of bool arrays with the params' structure and shapes, True = keep.
+    """
+    return _rank_keep("magnitude_mask", params, sparsity, scope, where, _select.magnitude_key)
+
+
+def mask_from_scores(
+    scores: Any,
+    sparsity: chex.Numeric | Any,
+    scope: str = "leaf",
+    where: Mask = None,
+) -> Any:
+    """Prunes the weights of lowest score, exactly ``round(s * n)`` of them.
+
+    The allocation behind every unstructured mask: ``keep_i = [rank_i >= k]`` with
+    weights ranked by ``(score, position)`` per leaf or over the tree, as in
+    :func:`magnitude_mask`. Use it with :mod:`jaxreg.pruning.scores` (SNIP, random) or
+    any array of the params' shapes. jaxpruner pairs each score with its own updater
+    class; here a score is just a pytree.
+
+    Args:
+      scores: a pytree of float arrays with the params' structure and shapes. Negative
+        scores are allowed (they rank below zero).
+      sparsity: fraction to prune, in ``[0, 1)``: a number, a traced scalar or, with
+        ``scope="leaf"``, a pytree with one number per leaf.
+      scope: ``"leaf"`` or ``"global"``.
+      where: selector with the scores' structure; True where pruning is considered.
+
+    Returns:
+      A pytree of bool arrays with the scores' structure and shapes, True = keep.
+    """
+    return _rank_keep("mask_from_scores", scores, sparsity, scope, where, _select.order_key)
+
+
+def random_mask(
+    key: jax.Array,
+    params: optax.Params,
+    sparsity: chex.Numeric | Any,
+    scope: str = "leaf",
+    where: Mask = None,
+) -> Any:
+    """Prunes weights chosen uniformly at random, exactly ``round(s * n)`` of them.
+
+    The weights are ranked by :func:`~jaxreg.pruning.scores.random_score` (one uniform
+    draw per weight, leaf ``i`` drawing from ``fold_in(key, i)``), so the count is exact
+    as for :func:`magnitude_mask`. ``torch.nn.utils.prune.random_unstructured`` prunes
+    the same number per layer from torch's own generator.
+
+    Args:
+      key: a JAX PRNG key.
+      params: a pytree of arrays (NNX ``Variable`` boxes are unwrapped).
+      sparsity: fraction to prune, in ``[0, 1)`` (number, traced scalar, or per-leaf
+        pytree with ``scope="leaf"``).
+      scope: ``"leaf"`` or ``"global"``.
+      where: selector; True where pruning is considered.
+
+    Returns:
+      A pytree of bool arrays with the params' structure and shapes, True = keep.
+    """
+    # Draws only for the pruned leaves, exactly what random_score(key) draws for them.
+    return _rank_keep(
+        "random_mask", params, sparsity, scope, where, _select.order_key, lambda i, x: uniform_leaf(key, i, x)
+    )
+
+
+def threshold_mask(params: optax.Params, threshold: chex.Numeric | Any, where: Mask = None) -> Any:
+    """Prunes every weight with ``|w| < threshold``: ``keep = not (|w| < theta)``.
+
+    The count follows from the weights; NaN weights are kept (``|NaN| < theta`` is
+    false), as in the rank-based masks. No PyTorch counterpart; jaxpruner has none
+    either (its magnitude pruning takes a sparsity).
+
+    Args:
+      params: a pytree of arrays (NNX ``Variable`` boxes are unwrapped).
+      threshold: theta >= 0: a number, a traced scalar, or a pytree with one per leaf.
+      where: selector; True where pruning is considered.
+
+    Returns:
+      A pytree of bool arrays with the params' structure and shapes, True = keep.
+    """
+    fn = "threshold_mask"
+    paths, leaves, treedef = _tree.leaves_with_paths(params)
+    thresholds = _tree.match_tree(fn, "threshold", threshold, params)
+    for value in thresholds:
+        _checks.check_nonnegative(fn, "threshold", value)
+    keep = []
+    for leaf, theta, pick in zip(leaves, thresholds, _candidates(fn, where, params, leaves)):
+        if pick:
+            w = _tree.wide(jnp.asarray(leaf))
+            keep.append(~(jnp.abs(w) < jnp.asarray(theta).astype(w.dtype)))
+        else:
+            keep.append(jnp.ones(jnp.shape(leaf), jnp.bool_))
+    return treedef.unflatten(keep)
+
+
+def _scores_for(fn: str, score: Score, params: Any, paths: Sequence[_tree.KeyPath], leaves: Sequence[Any]) -> list:
+    scores = _tree.match_tree(fn, "the score", score(_tree.unbox(params)), params, broadcast=False)
+    for path, s, x in zip(paths, scores, leaves):
+        if jnp.shape(s) != jnp.shape(x):
+            raise ValueError(
+                f"{fn}: the score of params{jax.tree_util.keystr(path)} has shape {jnp.shape(s)}, but the "
+                f"parameter has shape {jnp.shape(x)}; a score gives one number per weight."
+            )
+    return scores
+
+
+def structured_mask(
+    params: optax.Params,
+    sparsity: chex.Numeric | Any,
+    axis: int,
+    ord: float = 2.0,
+    score: Score = magnitude_score,
+    where: Mask = None,
+) -> Any:
+    """Prunes whole units (neurons, filters, channels): those of smallest Ln norm.
+
+    A unit is a slice along ``axis``; its score is ``||s_unit||_ord`` over all other
+    axes (:func:`~jaxreg.pruning.scores.unit_norm_score`), with ``s = |w|`` by default.
+    Each leaf with ``u`` units along ``axis`` loses its ``round(s * u)`` lowest units,
+    ties going to the lower unit index first. This is
+    ``torch.nn.utils.prune.ln_structured(module, name, amount=s, n=ord, dim=axis)``,
+    with jaxreg's (and that ``dim``'s) convention that ``axis`` indexes the units: for
+    output neurons use ``axis=-1`` on a Flax kernel ``(in, out)`` and ``dim=0`` on a
+    PyTorch weight ``(out, in)``. Any per-weight score may replace ``|w|`` (e.g.
+    ``snip_score``: ``ord=1`` then sums the saliencies of a unit).
+
+    Args:
+      params: a pytree of arrays (NNX ``Variable`` boxes are unwrapped).
+      sparsity: fraction of units to prune per leaf, in ``[0, 1)``: a number, a traced
+        scalar or a pytree with one number per leaf.
+      axis: the axis that indexes the units. Every pruned leaf must have it; leave out
+        biases and other vectors with ``where=`` when ``axis`` is not ``0``/``-1``.
+      ord: the norm order of a unit's score, ``p >= 1`` or ``inf`` (torch's ``n``).
+      score: a function ``params -> per-weight scores``; default ``|w|``.
+      where: selector; True where pruning is considered.
+
+    Returns:
+      A pytree of bool arrays with the params' structure and shapes, True = keep;
+      each unit is all True or all False.
+    """
+    fn = "structured_mask"
+    axis = _checks.check_axis_arg(fn, axis)
+    ord = check_ord(fn, ord)
+    paths, leaves, treedef = _tree.leaves_with_paths(params)
+    picked = [i for i, c in enumerate(_candidates(fn, where, params, leaves)) if c]
+    _tree.check_axis(fn, axis, [paths[i] for i in picked], [leaves[i] for i in picked])
+    per_leaf = _per_leaf_sparsity(fn, sparsity, params, paths)
+    keep = [jnp.ones(jnp.shape(x), jnp.bool_) for x in leaves]
+    if not picked:
+        return treedef.unflatten(keep)
+    scores = _scores_for(fn, score, params, paths, leaves)
+    units = [unit_norm(jnp.asarray(scores[i]), axis, ord) for i in picked]
+    counts = [prune_count(per_leaf[i], jnp.shape(leaves[i])[axis]) for i in picked]
+    pruned = _select.lowest([u.reshape(-1) for u in units], _select.order_key, range(len(picked)), jnp.stack(counts))
+    for i, u, p in zip(picked, units, pruned):
+        keep[i] = jnp.broadcast_to(~p.reshape(u.shape), jnp.shape(leaves[i]))
+    return treedef.unflatten(keep)
+
+
+def _check_n_m(fn: str, n: Any, m: Any) -> tuple[int, int]:
+    def is_int(v: Any) -> bool:
+        return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+    if not is_int(m) or m < 1:
+        raise ValueError(f"{fn}: m must be a positive int, got {m!r}.")
+    if not is_int(n) or not 1 <= n <= m:
+        raise ValueError(f"{fn}: n must be an int in [1, m], got n={n!r} with m={m!r}.")
+    return int(n), int(m)
+
+
+def n_m_mask(
+    params: optax.Params,
+    n: int = 2,
+    m: int = 4,
+    axis: int = -1,
+    score: Score = magnitude_score,
+    where: Mask = None,
+) -> Any:
+    """N:M semi-structured sparsity: keeps the ``n`` highest scores of every ``m`` in a row.
+
+    Along ``axis``, each block of ``m`` consecutive weights keeps its ``n`` weights of
+    largest score (``|w|`` by default) and prunes the other ``m - n``, ranked by
+    ``(score, position)`` within the block (among equal scores the earlier weight is
+    pruned first). 2:4 is the pattern NVIDIA sparse tensor cores accelerate, with the
+    blocks along the contraction (input) dimension: ``axis=0`` for a Flax ``Dense``
+    kernel ``(in, out)``, ``axis=-1`` for PyTorch's ``(out, in)``. jaxpruner's N:M
+    updater does the same with ``jax.lax.top_k`` over the last axis only; PyTorch's
+    ``torch.nn.utils.prune`` has no N:M method.
+
+    Args:
+      params: a pytree of arrays (NNX ``Variable`` boxes are unwrapped).
+      n: weights kept per block, ``1 <= n <= m``.
+      m: block length; it must divide the length of ``axis`` in every pruned leaf.
+      axis: the axis along which blocks run.
+      score: a function ``params -> per-weight scores``; default ``|w|``.
+      where: selector; True where pruning is considered.
+
+    Returns:
+      A pytree of bool arrays with the params' structure and shapes, True = keep;
+      exactly ``n`` of every ``m`` are True in each pruned leaf.
+    """
+    fn = "n_m_mask"
+    n, m = _check_n_m(fn, n, m)
+    axis = _checks.check_axis_arg(fn, axis)
+    paths, leaves, treedef = _tree.leaves_with_paths(params)
+    picked = [i for i, c in enumerate(_candidates(fn, where, params, leaves)) if c]
+    _tree.check_axis(fn, axis, [paths[i] for i in picked], [leaves[i] for i in picked])
+    for i in picked:
+        length = jnp.shape(leaves[i])[axis]
+        if length % m:
+            raise ValueError(
+                f"{fn}: m={m} does not divide the length {length} of axis {axis} of "
+                f"params{jax.tree_util.keystr(paths[i])} with shape {jnp.shape(leaves[i])}; "
+                "leave that leaf out with where= or choose another m or axis."
+            )
+    keep = [jnp.ones(jnp.shape(x), jnp.bool_) for x in leaves]
+    if picked:
+        scores = _scores_for(fn, score, params, paths, leaves)
+        for i in picked:
+            keep[i] = _keep_n_of_m(jnp.asarray(scores[i]), n, m, axis)
+    return treedef.unflatten(keep)
+
+
+def _keep_n_of_m(score: jax.Array, n: int, m: int, axis: int) -> jax.Array:
+    moved = jnp.moveaxis(score, axis, -1)
+    keys = _select.order_key(moved).reshape(*moved.shape[:-1], moved.shape[-1] // m, m)
+    position = jax.lax.broadcasted_iota(jnp.int32, keys.shape, keys.ndim - 1)
+    # below[i]: how many of its block rank under weight i; the m - n lowest are pruned.
+    below = jnp.zeros(keys.shape, jnp.int32)
+    for j in range(m):
+        kj = keys[..., j : j + 1]
+        below = below + ((kj < keys) | ((kj == keys) & (position > j))).astype(jnp.int32)
+    keep = (below >= m - n).reshape(moved.shape)
+    return jnp.moveaxis(keep, -1, axis)
+
+
+def apply_mask(params: optax.Params, keep: Any) -> Any:
+    """Zeroes the pruned weights: ``w * keep``, as ``torch.nn.utils.prune`` computes ``weight``.
+
+    Pruned entries become ``+0.0`` in the leaf's dtype (not ``w * 0``, which would
+    keep ``-0.0``, or NaN for an infinite weight).
+
+    Args:
+      params: a pytree of arrays (NNX ``Variable`` boxes are unwrapped).
+      keep: a pruning mask with the params' structure, True = keep; each leaf of the
+        leaf's shape or broadcastable to it (a Python ``True`` keeps the whole leaf).
+        Non-bool leaves (PyTorch's 1.0/0.0 masks) are read as ``keep != 0``.
+
+    Returns:
+      The params with the pruned weights set to zero, same structure and dtypes.
+    """
+    fn = "apply_mask"
+    paths, leaves, treedef = _tree.leaves_with_paths(params)
+    keeps = _tree.match_tree(fn, "keep", keep, params)
+    check_keep_shapes(fn, paths, leaves, keeps)
+    out = [
+        jnp.where(jnp.asarray(k).astype(jnp.bool_), x, jnp.zeros((), jnp.result_type(x)))
+        for x, k in zip(leaves, keeps)
+    ]
+    return treedef.unflatten(out)
+
+
+def check_keep_shapes(
+    fn: str, paths: Sequence[_tree.KeyPath], leaves: Sequence[Any], keeps: Sequence[Any]
+) -> None:
+    """Raises a ValueError naming the first leaf whose pruning mask does not fit it."""
+    for path, x, k in zip(paths, leaves, keeps):
+        try:
+            fits = np.broadcast_shapes(jnp.shape(k), jnp.shape(x)) == jnp.shape(x)
+        except ValueError:
+            fits = False
+        if not fits:
+            raise ValueError(
+                f"{fn}: keep for params{jax.tree_util.keystr(path)} has shape {jnp.shape(k)}, which does "
+                f"not broadcast to the parameter's shape {jnp.shape(x)}."
+            )
