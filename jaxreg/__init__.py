@@ -5,7 +5,7 @@ it) that drop into ``optax.chain``, loss penalties, learning-rate schedules and
 parameter selectors. See the README for the map from PyTorch to jaxreg.
 """
 
-from jaxreg import masks, penalties, schedules, training
+from jaxreg import masks, nn, penalties, schedules, training
 from jaxreg._param_space import StepCountState
 from jaxreg.clipping import ClipByNormState, ClipState, clip, clip_by_global_norm, clip_by_leaf_norm
 from jaxreg.decay import coupled_weight_decay, decoupled_weight_decay
@@ -33,6 +33,7 @@ __all__ = [
     "masked",
     "masks",
     "max_norm",
+    "nn",
     "penalties",
     "project_box",
     "project_l1_ball",

@@ -9,6 +9,8 @@ so that ``grad(l2(w, lam)) == lam * w``, the update ``coupled_weight_decay(lam)`
 
 from __future__ import annotations
 
+from typing import Any
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -17,7 +19,7 @@ import optax
 from jaxreg import _checks, _tree
 from jaxreg.masks import Mask
 
-__all__ = ["l1", "l2", "elastic_net", "group_lasso"]
+__all__ = ["l1", "l2", "elastic_net", "group_lasso", "activity_l1"]
 
 
 def _selected(fn: str, params: optax.Params, mask: Mask) -> list[jax.Array]:
@@ -107,3 +109,29 @@ def group_lasso(params: optax.Params, strength: chex.Numeric = 1.0, axis: int = 
     chosen = [(p, x) for p, x, k in zip(paths, leaves, keep) if k]
     _tree.check_axis(fn, axis, [p for p, _ in chosen], [x for _, x in chosen])
     return strength * _total([jnp.sum(_tree.unit_norms(x, axis)) for _, x in chosen])
+
+
+def activity_l1(activations: Any, strength: chex.Numeric = 1.0) -> jax.Array:
+    """``strength * sum_a mean_batch sum_units |a|``: an L1 penalty on activations.
+
+    Sparse representations (third source article): penalize the hidden activations,
+    not the weights. ``activations`` is any pytree of arrays whose first axis is the
+    batch, e.g. what ``nnx.capture(model, nnx.Intermediate)(x)`` returns for a
+    :class:`jaxreg.nn.MLP` built with ``record_activations=True``. Each array's
+    absolute values are summed over its units and averaged over the batch, like Keras'
+    ``ActivityRegularization(l1=strength)`` divided by the batch size.
+
+    Args:
+      activations: a pytree of ``(batch, ...)`` arrays (NNX ``State`` works too).
+      strength: coefficient >= 0.
+
+    Returns:
+      A float32 scalar.
+    """
+    _checks.check_nonnegative("activity_l1", "strength", strength)
+    leaves = jax.tree.leaves(_tree.unbox(activations))
+    terms = [
+        jnp.sum(jnp.abs(a.astype(jnp.float32))) / max(a.shape[0], 1) if a.ndim else jnp.abs(a.astype(jnp.float32))
+        for a in leaves
+    ]
+    return strength * _total(terms)

@@ -1,0 +1,144 @@
+"""jaxreg.nn: shapes, train/eval switching of dropout and noise, zero biases, activity
+regularization, multi-task losses, jaxreg chains inside nnx.Optimizer, bad input."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import jaxreg
+from jaxreg.nn import CNN, MLP, GaussianNoise, MultiTaskMLP
+
+X = jnp.asarray(np.random.default_rng(0).standard_normal((8, 5)), jnp.float32)
+
+
+def test_mlp_shapes_and_zero_biases():
+    model = MLP(5, [16, 8], 3, rngs=nnx.Rngs(0))
+    assert model(X).shape == (8, 3)
+    biases = [layer.bias[...] for layer in model.layers] + [model.head.bias[...]]
+    assert all(bool(jnp.all(b == 0)) for b in biases)
+
+
+@pytest.mark.parametrize("kwargs", [{"dropout_rate": 0.5}, {"input_noise_std": 0.3}, {"hidden_noise_std": 0.3}])
+def test_train_mode_is_random_and_eval_mode_is_deterministic(kwargs):
+    model = MLP(5, [16], 3, rngs=nnx.Rngs(0), **kwargs)
+    a, b = model(X), model(X)
+    assert not np.allclose(a, b), "training mode should draw new noise/masks each call"
+    model.eval()
+    c, d = model(X), model(X)
+    np.testing.assert_array_equal(c, d)
+    plain = MLP(5, [16], 3, rngs=nnx.Rngs(0))
+    np.testing.assert_allclose(c, plain(X), rtol=1e-6)  # eval mode is the plain network
+    model.train()
+    assert not np.allclose(model(X), model(X))
+
+
+def test_dropout_is_inverted():
+    layer = nnx.Dropout(0.5, rngs=nnx.Rngs(0))
+    y = layer(jnp.ones((10_000,), jnp.float32))
+    kept = y[y != 0]
+    np.testing.assert_allclose(kept, 2.0)  # kept units scaled by 1 / (1 - rate)
+    assert abs(float(jnp.mean(y)) - 1.0) < 0.05
+
+
+def test_gaussian_noise_statistics_and_dtype():
+    layer = GaussianNoise(0.5, rngs=nnx.Rngs(1))
+    y = layer(jnp.zeros((20_000,), jnp.bfloat16))
+    assert y.dtype == jnp.bfloat16
+    assert abs(float(jnp.std(y.astype(jnp.float32))) - 0.5) < 0.02
+    assert GaussianNoise(0.5, deterministic=True)(jnp.ones(3)).tolist() == [1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("size", [8, 28])
+def test_cnn_on_small_and_mnist_sized_images(size):
+    model = CNN(1, 10, dropout_rate=0.2, rngs=nnx.Rngs(0))
+    images = jnp.ones((4, size, size, 1), jnp.float32)
+    assert model(images).shape == (4, 10)
+    assert all(bool(jnp.all(c.bias[...] == 0)) for c in model.convs) and bool(jnp.all(model.head.bias[...] == 0))
+
+
+def test_activity_l1_on_sown_activations():
+    model = MLP(5, [16, 8], 3, record_activations=True, rngs=nnx.Rngs(0))
+
+    def loss(model):
+        out, acts = nnx.capture(model, nnx.Intermediate)(X)
+        return jnp.mean(out**2) + jaxreg.penalties.activity_l1(acts, 1e-2), acts
+
+    _, acts = loss(model)
+    leaves = jax.tree.leaves(acts)
+    assert [a.shape for a in leaves] == [(8, 16), (8, 8)]
+    want = 1e-2 * sum(float(jnp.sum(jnp.abs(a))) / 8 for a in leaves)
+    np.testing.assert_allclose(float(jaxreg.penalties.activity_l1(acts, 1e-2)), want, rtol=1e-6)
+    grads = nnx.grad(lambda m: loss(m)[0])(model)
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+    # The penalty's gradient reaches the first layer's kernel through the activations.
+    plain = nnx.grad(lambda m: jnp.mean(m(X) ** 2))(MLP(5, [16, 8], 3, rngs=nnx.Rngs(0)))
+    assert not np.allclose(grads.layers[0].kernel[...], plain.layers[0].kernel[...])
+
+
+def test_multitask_outputs_and_weighted_loss():
+    model = MultiTaskMLP(
+        5, [16, 8], {"price": 1, "kind": 4}, task_weights={"price": 2.0, "kind": 0.5}, rngs=nnx.Rngs(0)
+    )
+    out = model(X)
+    assert out["price"].shape == (8, 1) and out["kind"].shape == (8, 4)
+    total = model.weighted_loss({"price": jnp.float32(1.0), "kind": jnp.float32(4.0)})
+    assert float(total) == pytest.approx(4.0)
+
+
+def test_models_train_with_a_jaxreg_chain_and_path_masks():
+    model = MLP(5, [16], 1, dropout_rate=0.1, rngs=nnx.Rngs(0))
+    y = jnp.sum(X[:, :2], axis=1, keepdims=True)
+    tx = optax.chain(
+        jaxreg.clip_by_global_norm(1.0),
+        optax.adam(1e-2),
+        jaxreg.decoupled_weight_decay(1e-2, learning_rate=1e-2, mask=jaxreg.masks.by_path("kernel")),
+        jaxreg.l1_prox(1e-3, learning_rate=1e-2, mask=jaxreg.masks.by_path(r"layers/0/kernel")),
+    )
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+    @nnx.jit
+    def step(model, optimizer):
+        loss, grads = nnx.value_and_grad(lambda m: jnp.mean((m(X) - y) ** 2))(model)
+        optimizer.update(model, grads)
+        return loss
+
+    with jax.numpy_dtype_promotion("standard"):  # optax.adam is not strict-promotion clean
+        losses = [float(step(model, optimizer)) for _ in range(60)]
+    assert losses[-1] < 0.5 * losses[0]
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: MLP(5, [16, 0], 3, rngs=nnx.Rngs(0)), r"MLP: hidden\[1\] must be a positive int, got 0"),
+        (
+            lambda: MLP(5, [16], 3, dropout_rate=1.0, rngs=nnx.Rngs(0)),
+            r"MLP: dropout_rate must lie in \[0, 1\), got 1.0",
+        ),
+        (
+            lambda: MLP(5, [16], 3, input_noise_std=-1.0, rngs=nnx.Rngs(0)),
+            r"MLP: input_noise_std must be a non-negative",
+        ),
+        (lambda: CNN(1, 10, features=(8, -2), rngs=nnx.Rngs(0)), r"CNN: features\[1\] must be a positive int, got -2"),
+        (lambda: MultiTaskMLP(5, [], {"a": 1}, rngs=nnx.Rngs(0)), r"MultiTaskMLP: trunk must list at least one"),
+        (
+            lambda: MultiTaskMLP(5, [4], {"a": 1}, task_weights={"b": 1.0}, rngs=nnx.Rngs(0)),
+            r"task_weights must name the same tasks",
+        ),
+        (lambda: GaussianNoise(-0.1), r"GaussianNoise: stddev must be a non-negative number, got -0.1"),
+        (
+            lambda: MLP(5, [16], 3, rngs=nnx.Rngs(0))(jnp.ones((2, 4))),
+            r"MLP: expected inputs of shape \(batch, 5\), got \(2, 4\)",
+        ),
+        (
+            lambda: CNN(1, 10, rngs=nnx.Rngs(0))(jnp.ones((2, 8, 8, 3))),
+            r"CNN: expected images of shape \(batch, height, width, 1\)",
+        ),
+    ],
+)
+def test_bad_input(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
