@@ -1,0 +1,191 @@
+"""Choosing a regularization strength: grid search, random search, k-fold cross-validation.
+
+The source articles choose lambda by grid search, random search or cross-validation.
+Here every candidate value (and every fold) is a lane of one ``vmap`` inside one
+compiled program, not a Python loop of recompilations: the user writes one pure
+``score_fn`` for one value, and jaxreg maps it. Where memory demands, ``chunk_size``
+runs the lanes in chunks (``jax.lax.map(..., batch_size=chunk_size)``), still in one
+program.
+
+Folds are given as per-sample weights rather than index sets, so that every fold has
+the same static shapes: ``score_fn(value, train_weight, val_weight)`` weights its
+training loss by ``train_weight`` and its validation score by ``val_weight``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxreg import _checks
+
+
+class SearchResult(NamedTuple):
+    """Scores of a hyperparameter search; lower is better unless ``mode == "max"``."""
+
+    values: np.ndarray  # the candidate values, shape (n,)
+    scores: np.ndarray  # per value and fold, shape (n, n_folds); n_folds = 1 without CV
+    mean: np.ndarray  # mean score per value over the folds
+    std: np.ndarray  # standard deviation over the folds (0 without CV)
+    best_index: int
+    best_value: float
+    mode: str
+
+    def table(self) -> str:
+        """A printable table: value, mean and std of the score, the best marked."""
+        lines = [f"{'value':>12} {'mean':>12} {'std':>10}", "-" * 36]
+        for i, (v, m, s) in enumerate(zip(self.values, self.mean, self.std)):
+            mark = "  <- best" if i == self.best_index else ""
+            lines.append(f"{v:12.4g} {m:12.5g} {s:10.3g}{mark}")
+        return "\n".join(lines)
+
+
+def kfold_weights(n_samples: int, n_splits: int) -> tuple[jax.Array, jax.Array]:
+    """Per-sample weights of k contiguous folds, as ``sklearn.model_selection.KFold``.
+
+    Fold ``i`` validates on one contiguous block of samples (the first
+    ``n_samples % n_splits`` blocks are one sample longer, as in scikit-learn) and
+    trains on the rest. Shuffle the data beforehand for shuffled folds.
+
+    Args:
+      n_samples: number of samples.
+      n_splits: number of folds, ``2 <= n_splits <= n_samples``.
+
+    Returns:
+      ``(train_weight, val_weight)``, float32 arrays of shape ``(n_splits, n_samples)``
+      holding 0/1, with ``train_weight + val_weight == 1``.
+    """
+    if isinstance(n_splits, bool) or not isinstance(n_splits, int) or not 2 <= n_splits <= n_samples:
+        raise ValueError(f"kfold_weights: n_splits must be an int in [2, n_samples={n_samples}], got {n_splits!r}.")
+    sizes = np.full(n_splits, n_samples // n_splits)
+    sizes[: n_samples % n_splits] += 1
+    fold_of = np.repeat(np.arange(n_splits), sizes)
+    val = (fold_of[None, :] == np.arange(n_splits)[:, None]).astype(np.float32)
+    return jnp.asarray(1.0 - val), jnp.asarray(val)
+
+
+def _check_mode(fn: str, mode: str) -> str:
+    if mode not in ("min", "max"):
+        raise ValueError(f"{fn}: mode must be 'min' or 'max', got {mode!r}.")
+    return mode
+
+
+def grid_search(
+    score_fn: Callable[..., jax.Array],
+    values: jax.Array | np.ndarray | list[float],
+    *,
+    n_splits: int | None = None,
+    n_samples: int | None = None,
+    chunk_size: int | None = None,
+    mode: str = "min",
+) -> SearchResult:
+    """Scores every candidate value (on every fold) in one compiled, vmapped program.
+
+    Without cross-validation ``score_fn(value) -> scalar``; with ``n_splits`` it is
+    ``score_fn(value, train_weight, val_weight) -> scalar`` and is run on each of the
+    :func:`kfold_weights` folds of ``n_samples`` samples. ``score_fn`` typically trains
+    a model with the regularization strength ``value`` (a traced scalar: build the
+    jaxreg transforms inside it) and returns a validation loss.
+
+    Args:
+      score_fn: pure, jit-able function of one value (and one fold's weights).
+      values: the candidate values, a non-empty 1-D sequence.
+      n_splits: number of cross-validation folds, or None for a single score.
+      n_samples: number of samples, required with ``n_splits``.
+      chunk_size: run this many lanes at a time (``jax.lax.map`` batches) to bound
+        memory; None runs all lanes in one ``vmap``.
+      mode: ``"min"`` (a loss) or ``"max"`` (an accuracy).
+
+    Returns:
+      A :class:`SearchResult` with the scores, their mean and std over folds, and the
+      best value.
+    """
+    fn = "grid_search"
+    _check_mode(fn, mode)
+    grid = np.asarray(values, np.float32).reshape(-1)
+    if grid.size == 0:
+        raise ValueError(f"{fn}: values must hold at least one candidate, got {values!r}.")
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"{fn}: chunk_size must be a positive int or None, got {chunk_size!r}.")
+    if n_splits is None:
+        lanes = (jnp.asarray(grid),)
+
+        def lane(args):
+            return jnp.asarray(score_fn(args[0]), jnp.float32)
+
+        n_folds = 1
+    else:
+        if n_samples is None:
+            raise ValueError(f"{fn}: n_samples is required with n_splits.")
+        train_w, val_w = kfold_weights(n_samples, n_splits)
+        n_folds = n_splits
+        # One lane per (value, fold) pair, value-major.
+        lanes = (
+            jnp.repeat(jnp.asarray(grid), n_folds),
+            jnp.tile(train_w, (grid.size, 1)),
+            jnp.tile(val_w, (grid.size, 1)),
+        )
+
+        def lane(args):
+            return jnp.asarray(score_fn(*args), jnp.float32)
+
+    run = jax.jit(lambda xs: jax.lax.map(lane, xs, batch_size=chunk_size or xs[0].shape[0]))
+    scores = np.asarray(run(lanes)).reshape(grid.size, n_folds)
+    mean, std = scores.mean(axis=1), scores.std(axis=1)
+    ranked = np.where(np.isnan(mean), np.inf, mean if mode == "min" else -mean)
+    best = int(np.argmin(ranked))
+    return SearchResult(grid, scores, mean, std, best, float(grid[best]), mode)
+
+
+def random_search(
+    score_fn: Callable[..., jax.Array],
+    key: jax.Array,
+    low: float,
+    high: float,
+    num: int,
+    *,
+    log: bool = True,
+    n_splits: int | None = None,
+    n_samples: int | None = None,
+    chunk_size: int | None = None,
+    mode: str = "min",
+) -> SearchResult:
+    """:func:`grid_search` over ``num`` values drawn at random from ``[low, high]``.
+
+    With ``log=True`` (the default, right for regularization strengths that span
+    decades) the values are log-uniform: ``exp(U(log low, log high))``.
+
+    Args:
+      score_fn: as in :func:`grid_search`.
+      key: PRNG key for the draws.
+      low: smallest value (> 0 when ``log``).
+      high: largest value, > ``low``.
+      num: number of draws, >= 1.
+      log: draw log-uniformly (True) or uniformly.
+      n_splits: as in :func:`grid_search`.
+      n_samples: as in :func:`grid_search`.
+      chunk_size: as in :func:`grid_search`.
+      mode: as in :func:`grid_search`.
+
+    Returns:
+      A :class:`SearchResult`, values sorted ascending.
+    """
+    fn = "random_search"
+    if isinstance(num, bool) or not isinstance(num, int) or num < 1:
+        raise ValueError(f"{fn}: num must be a positive int, got {num!r}.")
+    if not high > low:
+        raise ValueError(f"{fn}: high must be greater than low, got low={low!r}, high={high!r}.")
+    if log:
+        _checks.check_positive(fn, "low", low)
+        u = jax.random.uniform(key, (num,), minval=math.log(low), maxval=math.log(high))
+        draws = jnp.exp(u)
+    else:
+        draws = jax.random.uniform(key, (num,), minval=low, maxval=high)
+    return grid_search(
+        score_fn, np.sort(np.asarray(draws)), n_splits=n_splits, n_samples=n_samples, chunk_size=chunk_size, mode=mode
+    )
