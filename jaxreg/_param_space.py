@@ -92,6 +92,8 @@ def updates_transform(
 
     def init_fn(params: optax.Params) -> StepCountState:
         select(params)
+        for name, value in per_leaf:  # a bound tree of the wrong shape fails here, not at step 1
+            _tree.match_tree(fn, name, value, params)
         return StepCountState(count=jnp.zeros([], jnp.int32))
 
     def update_fn(

@@ -80,9 +80,8 @@ def match_tree(fn: str, arg: str, value: Any, params: Any, broadcast: bool = Tru
         return [value_pairs[0][1]] * len(leaves)
     if value_def != treedef:
         where = _first_difference(paths, [p for p, _ in value_pairs])
-        raise ValueError(
-            f"{fn}: {arg} {where}; give {arg} with the same tree structure as the params, or one value for all of them."
-        )
+        alternative = ", or one value for all of them" if broadcast else ""
+        raise ValueError(f"{fn}: {arg} {where}; give {arg} with the same tree structure as the params{alternative}.")
     return [x for _, x in value_pairs]
 
 
@@ -109,8 +108,8 @@ def resolve_mask(fn: str, mask: Any, params: Any) -> list[bool]:
     for path, leaf in pairs:
         if isinstance(leaf, jax.core.Tracer) or getattr(leaf, "shape", ()) != ():
             raise TypeError(
-                f"{fn}: mask leaf at params{jax.tree_util.keystr(path)} must be a Python "
-                f"bool, got {type(leaf).__name__} with shape {getattr(leaf, 'shape', '?')}."
+                f"{fn}: mask leaf at params{jax.tree_util.keystr(path)} must be a Python or NumPy "
+                f"bool (static), got {type(leaf).__name__} with shape {getattr(leaf, 'shape', '?')}."
             )
         out.append(bool(leaf))
     return out

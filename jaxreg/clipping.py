@@ -60,11 +60,15 @@ def clip(max_delta: chex.Numeric | optax.Schedule) -> optax.GradientTransformati
         updates: optax.Updates, state: ClipState, params: optax.Params | None = None
     ) -> tuple[optax.Updates, ClipState]:
         del params
-        bound = _tree.value_at(max_delta, state.count)
+        bound = jnp.asarray(_tree.value_at(max_delta, state.count))
         leaves = jax.tree.leaves(updates)
-        hit = sum((jnp.sum(jnp.abs(g) > bound, dtype=jnp.float32) for g in leaves), jnp.zeros([], jnp.float32))
+
+        def in_dtype(g):  # the bound as the gradient's dtype: bf16 stays bf16
+            return bound.astype(g.dtype)
+
+        hit = sum((jnp.sum(jnp.abs(g) > in_dtype(g), dtype=jnp.float32) for g in leaves), jnp.zeros([], jnp.float32))
         total = max(sum(jnp.size(g) for g in leaves), 1)
-        clipped = jax.tree.map(lambda g: jnp.clip(g, -bound, bound).astype(g.dtype), updates)
+        clipped = jax.tree.map(lambda g: jnp.clip(g, -in_dtype(g), in_dtype(g)), updates)
         return clipped, ClipState(optax.safe_increment(state.count), hit / total)
 
     return optax.GradientTransformation(init_fn, update_fn)

@@ -10,43 +10,42 @@ this is ``torch.optim.AdamW``.
 
 from __future__ import annotations
 
-from typing import Any
-
 import chex
 import jax
 import optax
 
 from jaxreg import _checks, _param_space, _tree
-from jaxreg.masks import Mask, masked_as
+from jaxreg.masks import Mask
 
 
-def coupled_weight_decay(rate: chex.Numeric | optax.Schedule, mask: Mask = None) -> optax.GradientTransformation:
+def coupled_weight_decay(
+    rate: chex.Numeric | optax.Schedule, mask: Mask = None
+) -> optax.GradientTransformationExtraArgs:
     """Adds ``rate * w`` to the gradients: PyTorch's ``weight_decay`` in SGD and Adam.
 
     Place it *before* the optimizer. The update rule is ``g <- g + rate * w``, the
-    gradient of ``rate / 2 * ||w||^2``. It is ``optax.add_decayed_weights`` with
-    jaxreg's masks (which also work inside ``nnx.Optimizer``) and argument checks.
-    PyTorch applies ``weight_decay`` to every parameter, biases included; pass
-    ``mask=jaxreg.masks.weights_only`` to decay only the kernels.
+    gradient of ``rate / 2 * ||w||^2``: ``optax.add_decayed_weights``, with jaxreg's
+    masks (which also work inside ``nnx.Optimizer``), argument checks, and the
+    gradients' dtype kept when ``rate`` is a float32 array or schedule (optax's returns
+    float32 updates for bf16 gradients then). PyTorch applies ``weight_decay`` to every
+    parameter, biases included; pass ``mask=jaxreg.masks.weights_only`` to decay only
+    the kernels.
 
     Args:
       rate: decay coefficient lambda >= 0 (float, array or schedule).
       mask: pytree of bools or callable ``params -> mask``; True where it applies.
 
     Returns:
-      An ``optax.GradientTransformation`` that needs ``params`` in ``update``.
+      An ``optax.GradientTransformationExtraArgs`` that needs ``params`` in ``update``.
     """
     fn = "coupled_weight_decay"
     _checks.check_nonnegative(fn, "rate", rate)
-    inner = optax.add_decayed_weights(rate)
 
-    def update_fn(updates: optax.Updates, state: Any, params: optax.Params | None = None, **extra: Any) -> Any:
-        if params is None:
-            raise _param_space.needs_params_error(fn)
-        return inner.update(updates, state, params)
+    def op(us: list[jax.Array], ps: list[jax.Array], count: jax.Array) -> list[jax.Array]:
+        r = _tree.value_at(rate, count)
+        return [_tree.wide(u) + r * _tree.wide(p) for u, p in zip(us, ps)]
 
-    checked = optax.GradientTransformationExtraArgs(inner.init, update_fn)
-    return masked_as(fn, checked, mask)
+    return _param_space.updates_transform(fn, op, mask=mask)
 
 
 def decoupled_weight_decay(

@@ -150,14 +150,8 @@ def masked(inner: optax.GradientTransformation, mask: Mask) -> optax.GradientTra
       An ``optax.GradientTransformationExtraArgs``; unselected updates pass unchanged.
     """
 
-    return masked_as("masked", inner, mask)
-
-
-def masked_as(fn: str, inner: optax.GradientTransformation, mask: Mask) -> optax.GradientTransformationExtraArgs:
-    """:func:`masked`, with errors that name ``fn`` (for transforms built on it)."""
-
     def mask_fn(tree: Any) -> Any:
-        selected = _tree.resolve_mask(fn, mask, tree)
+        selected = _tree.resolve_mask("masked", mask, tree)
         return jax.tree.structure(_tree.unbox(tree)).unflatten(selected)
 
     tx = optax.masked(inner, mask_fn)

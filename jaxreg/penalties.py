@@ -83,6 +83,8 @@ def elastic_net(
     Returns:
       A float32 scalar.
     """
+    _checks.check_nonnegative("elastic_net", "l1_strength", l1_strength)
+    _checks.check_nonnegative("elastic_net", "l2_strength", l2_strength)
     return l1(params, l1_strength, mask) + l2(params, l2_strength, mask)
 
 

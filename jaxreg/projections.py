@@ -66,6 +66,8 @@ def project_box(
 
     def op(ws: list[jax.Array], count: jax.Array, lo: list[Any], hi: list[Any]) -> list[jax.Array]:
         del count
+        lo = [jnp.asarray(b).astype(w.dtype) for b, w in zip(lo, ws)]
+        hi = [jnp.asarray(b).astype(w.dtype) for b, w in zip(hi, ws)]
         return optax.projections.projection_box(ws, lo, hi)
 
     return _param_space.params_transform(fn, op, mask=mask, per_leaf=(("lower", lower), ("upper", upper)), bounded=True)

@@ -38,7 +38,9 @@ def epoch_decay(init_value: chex.Numeric, decay: chex.Numeric, steps_per_epoch: 
     """``eta = init_value * (1 - decay) ** epoch``, constant within an epoch.
 
     The per-epoch multiplicative decay ``eta <- eta * (1 - decay)`` of the second
-    source article; ``optax.exponential_decay`` with ``staircase=True`` underneath.
+    source article. ``decay`` may be traced (a sweep over it is one ``vmap``), which
+    ``optax.exponential_decay(staircase=True)`` does not allow: it branches on the rate
+    in Python.
 
     Args:
       init_value: eta_0 > 0.
@@ -55,4 +57,9 @@ def epoch_decay(init_value: chex.Numeric, decay: chex.Numeric, steps_per_epoch: 
         raise ValueError(f"{fn}: decay must lie in [0, 1), got {decay!r}.")
     if isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int) or steps_per_epoch < 1:
         raise ValueError(f"{fn}: steps_per_epoch must be a positive int, got {steps_per_epoch!r}.")
-    return optax.exponential_decay(init_value, transition_steps=steps_per_epoch, decay_rate=1 - decay, staircase=True)
+
+    def schedule(count: chex.Numeric) -> chex.Numeric:
+        epoch = (jnp.asarray(count, jnp.int32) // steps_per_epoch).astype(jnp.float32)
+        return init_value * (1 - jnp.asarray(decay, jnp.float32)) ** epoch
+
+    return schedule
