@@ -52,7 +52,10 @@ def l1_prox(
     Place it after the optimizer. With step size ``lr`` it maps each parameter
     ``w = p + u`` to ``sign(w) * max(|w| - lr * strength, 0)``; a weight it zeroes is
     exactly ``0.0``. With ``optax.sgd(lr)`` before it this is ISTA, which converges to
-    scikit-learn's ``Lasso(alpha=strength)`` on the loss ``||y - Xw||^2 / (2n)``.
+    scikit-learn's ``Lasso(alpha=strength)`` on the loss ``||y - Xw||^2 / (2n)``. After
+    an adaptive optimizer (Adam) it is not the lasso: Adam's steps are about ``lr`` in
+    size whatever the gradient, so the threshold ``lr * strength`` zeroes weights only
+    for strengths near 1, and then nearly all at once.
 
     Args:
       strength: L1 coefficient lambda >= 0 (float, array or schedule).
