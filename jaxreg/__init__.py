@@ -5,13 +5,14 @@ it) that drop into ``optax.chain``, loss penalties, learning-rate schedules and
 parameter selectors. See the README for the map from PyTorch to jaxreg.
 """
 
-from jaxreg import masks, nn, penalties, schedules, training
+from jaxreg import masks, nn, penalties, pruning, schedules, training
 from jaxreg._param_space import StepCountState
 from jaxreg.clipping import ClipByNormState, ClipState, clip, clip_by_global_norm, clip_by_leaf_norm
 from jaxreg.decay import coupled_weight_decay, decoupled_weight_decay
 from jaxreg.masks import masked
 from jaxreg.projections import max_norm, project_box, project_l1_ball, project_l2_ball, project_nonnegative
 from jaxreg.proximal import elastic_net_prox, group_lasso_prox, l1_prox, soft_threshold
+from jaxreg.pruning import keep_pruned, prune_during_training
 from jaxreg.schedules import epoch_decay, inverse_sqrt_decay
 
 __version__ = "0.1.0"
@@ -29,6 +30,7 @@ __all__ = [
     "epoch_decay",
     "group_lasso_prox",
     "inverse_sqrt_decay",
+    "keep_pruned",
     "l1_prox",
     "masked",
     "masks",
@@ -39,6 +41,8 @@ __all__ = [
     "project_l1_ball",
     "project_l2_ball",
     "project_nonnegative",
+    "prune_during_training",
+    "pruning",
     "schedules",
     "soft_threshold",
     "training",

@@ -85,7 +85,7 @@ def match_tree(fn: str, arg: str, value: Any, params: Any, broadcast: bool = Tru
     return [x for _, x in value_pairs]
 
 
-def resolve_mask(fn: str, mask: Any, params: Any) -> list[bool]:
+def resolve_mask(fn: str, mask: Any, params: Any, arg: str = "mask") -> list[bool]:
     """The mask (a tree of bools or a callable ``params -> tree``) as a list per leaf.
 
     ``None`` selects every leaf. Mask leaves must be Python or NumPy booleans: they
@@ -101,21 +101,21 @@ def resolve_mask(fn: str, mask: Any, params: Any) -> list[bool]:
     if mask_def != treedef:
         where = _first_difference(paths, [p for p, _ in pairs])
         raise ValueError(
-            f"{fn}: mask {where}; give a mask with the same tree structure as the "
-            "params (True where the transform applies), or a callable params -> mask."
+            f"{fn}: {arg} {where}; give {arg}= with the same tree structure as the "
+            f"params (True where it applies), or a callable params -> {arg}."
         )
     out = []
     for path, leaf in pairs:
         if isinstance(leaf, jax.core.Tracer) or getattr(leaf, "shape", ()) != ():
             raise TypeError(
-                f"{fn}: mask leaf at params{jax.tree_util.keystr(path)} must be a Python or NumPy "
+                f"{fn}: {arg} leaf at params{jax.tree_util.keystr(path)} must be a Python or NumPy "
                 f"bool (static), got {type(leaf).__name__} with shape {getattr(leaf, 'shape', '?')}."
             )
         out.append(bool(leaf))
     return out
 
 
-def check_axis(fn: str, axis: int, paths: Sequence[KeyPath], leaves: Sequence[Any]) -> None:
+def check_axis(fn: str, axis: int, paths: Sequence[KeyPath], leaves: Sequence[Any], selector: str = "mask") -> None:
     """Raises a ValueError naming the leaf whose rank cannot hold ``axis``."""
     for path, leaf in zip(paths, leaves):
         ndim = jnp.ndim(leaf)
@@ -123,7 +123,7 @@ def check_axis(fn: str, axis: int, paths: Sequence[KeyPath], leaves: Sequence[An
             raise ValueError(
                 f"{fn}: axis {axis} is out of range for params"
                 f"{jax.tree_util.keystr(path)} with shape {jnp.shape(leaf)}; the axis "
-                f"must lie in [{-ndim}, {ndim}). Exclude such leaves with mask=."
+                f"must lie in [{-ndim}, {ndim}). Exclude such leaves with {selector}=."
             )
 
 

@@ -6,7 +6,7 @@ import pytest
 
 import jaxreg
 
-MODULES = [jaxreg, jaxreg.masks, jaxreg.nn, jaxreg.penalties, jaxreg.schedules, jaxreg.training]
+MODULES = [jaxreg, jaxreg.masks, jaxreg.nn, jaxreg.penalties, jaxreg.pruning, jaxreg.schedules, jaxreg.training]
 
 
 def _public(module):

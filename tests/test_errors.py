@@ -367,8 +367,8 @@ MASKED = {
 }
 
 MASK_ERRORS = {
-    "missing leaf": (MASK_MISSING_OUT_BIAS, ValueError, "mask has no entry for params['out']['bias']; give a mask"),
-    "missing subtree": (MASK_MISSING_DENSE1, ValueError, "mask has no entry for params['dense1']['bias']; give a mask"),
+    "missing leaf": (MASK_MISSING_OUT_BIAS, ValueError, "mask has no entry for params['out']['bias']; give mask="),
+    "missing subtree": (MASK_MISSING_DENSE1, ValueError, "mask has no entry for params['dense1']['bias']; give mask="),
     "extra entry": (MASK_EXTRA, ValueError, "mask has an entry params['extra'] that the params lack"),
     "callable returning a wrong tree": (
         lambda params: MASK_MISSING_OUT_BIAS,
@@ -378,12 +378,14 @@ MASK_ERRORS = {
     "array leaf": (
         {**_full_mask(False), "dense1": {"bias": False, "kernel": np.ones((5, 7), bool)}},
         TypeError,
-        "mask leaf at params['dense1']['kernel'] must be a Python or NumPy bool (static), got ndarray with shape (5, 7).",
+        "mask leaf at params['dense1']['kernel'] must be a Python or NumPy bool (static), "
+        "got ndarray with shape (5, 7).",
     ),
     "jax array leaf (an optax-style per-element mask)": (
         lambda params: jax.tree.map(lambda x: jnp.ones(x.shape, bool), params),
         TypeError,
-        "mask leaf at params['conv']['kernel'] must be a Python or NumPy bool (static), got ArrayImpl with shape (3, 3, 2, 4).",
+        "mask leaf at params['conv']['kernel'] must be a Python or NumPy bool (static), "
+        "got ArrayImpl with shape (3, 3, 2, 4).",
     ),
 }
 
@@ -401,7 +403,8 @@ def test_data_dependent_mask_is_refused_under_jit():
     # A mask computed from traced values is not static structure.
     tx = jaxreg.l1_prox(0.1, mask=lambda p: jax.tree.map(lambda x: jnp.all(x > 0), p))
     params = _params()
-    with pytest.raises(TypeError, match=msg("l1_prox: mask leaf at params['conv']['kernel'] must be a Python or NumPy bool")):
+    message = "l1_prox: mask leaf at params['conv']['kernel'] must be a Python or NumPy bool"
+    with pytest.raises(TypeError, match=msg(message)):
         jax.jit(tx.update)(params, tx.init(params), params)
 
 

@@ -10,8 +10,9 @@ floating-point arrays with at least one dimension. Integer leaves, scalars and l
 that ``where`` leaves out get all-True masks; they are skipped, never crashed on.
 
 Counts are exact. A fraction ``s`` of ``n`` weights prunes ``k = round(s * n)`` of
-them, rounding half to even as Python's ``round`` and ``torch.nn.utils.prune`` do
-(computed in float32 when ``s`` is traced, which is exact for ``n < 2**24``). The
+them, rounding half to even as Python's ``round`` and ``torch.nn.utils.prune`` do.
+(When ``s`` is traced, ``s * n`` is formed in float32 before rounding, so a product
+within a float32 rounding of a half may round the other way.) The
 weights are ranked by ``(score, position)``: among equal scores the one that comes
 first in row-major order within its leaf, and in tree order between leaves (global
 scope), is pruned first. NaN scores rank above every number, as in ``torch.topk``.
@@ -19,6 +20,7 @@ scope), is pruned first. NaN scores rank above every number, as in ``torch.topk`
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -50,12 +52,12 @@ def _prunable(leaf: Any) -> bool:
 
 def _candidates(fn: str, where: Mask, params: Any, leaves: Sequence[Any]) -> list[bool]:
     """Leaves to prune: selected by ``where``, floating point, not scalars."""
-    selected = _tree.resolve_mask(fn, where, params)
+    selected = _tree.resolve_mask(fn, where, params, arg="where")
     return [s and _prunable(x) for s, x in zip(selected, leaves)]
 
 
 def check_sparsity(fn: str, value: Any, path: _tree.KeyPath | None = None, name: str = "sparsity") -> None:
-    """Raises unless ``value`` is a scalar in ``[0, 1)`` (or a schedule or a tracer)."""
+    """Raises unless ``value`` is a scalar in ``[0, 1)``; a tracer is accepted unchecked."""
     where = "" if path is None else f" for params{jax.tree_util.keystr(path)}"
     if callable(value):
         raise TypeError(f"{fn}: {name}{where} must be a number in [0, 1), got the callable {value!r}.")
@@ -98,7 +100,7 @@ def _check_size(fn: str, what: str, size: int) -> None:
         )
 
 
-def _rank_keep(
+def rank_keep(
     fn: str,
     params: Any,
     sparsity: Any,
@@ -133,7 +135,7 @@ def _rank_keep(
     if picked:
         prepare = prepare or (lambda i, x: jnp.asarray(x))
         ranked = [prepare(i, leaves[i]) for i in picked]
-        pruned = _select.lowest(ranked, key_fn, groups, jnp.stack(counts))
+        pruned = _select.lowest(ranked, key_fn=key_fn, groups=tuple(groups), counts=jnp.stack(counts))
         for i, p in zip(picked, pruned):
             keep[i] = ~p
     return treedef.unflatten(keep)
@@ -155,11 +157,13 @@ def magnitude_mask(
     order ``(|w|, position)``; see the module docstring for the tie rule, which makes
     the count exact where ``torch.topk`` leaves ties to chance.
 
-    Unlike both, the global ranking never concatenates or sorts the parameters: the
-    threshold is found by bisection on the float bit pattern with one count per leaf
-    per step (32 passes over the weights, a few scalars of extra memory per leaf, and
-    partial sums that become all-reduces on sharded arrays). ``sparsity`` may be traced
-    (``jit``/``vmap`` over it compile once).
+    Unlike both, the ranking never concatenates or sorts the parameters: the threshold
+    is found by bisection on the float bit pattern, with one count per leaf per step
+    (32 counting passes, more only for ties at the threshold; a few scalars of search
+    state per leaf; partial sums that become all-reduces on sharded arrays). Besides
+    the bool output, the extra memory is a one-byte-per-weight counting buffer on CPU,
+    which XLA reuses from leaf to leaf. ``sparsity`` may be traced (``jit``/``vmap``
+    over it compile once).
 
     Args:
       params: a pytree of arrays (NNX ``Variable`` boxes are unwrapped).
@@ -173,7 +177,7 @@ def magnitude_mask(
     Returns:
       A pytree of bool arrays with the params' structure and shapes, True = keep.
     """
-    return _rank_keep("magnitude_mask", params, sparsity, scope, where, _select.magnitude_key)
+    return rank_keep("magnitude_mask", params, sparsity, scope, where, _select.magnitude_key)
 
 
 def mask_from_scores(
@@ -201,7 +205,7 @@ def mask_from_scores(
     Returns:
       A pytree of bool arrays with the scores' structure and shapes, True = keep.
     """
-    return _rank_keep("mask_from_scores", scores, sparsity, scope, where, _select.order_key)
+    return rank_keep("mask_from_scores", scores, sparsity, scope, where, _select.order_key)
 
 
 def random_mask(
@@ -230,7 +234,7 @@ def random_mask(
       A pytree of bool arrays with the params' structure and shapes, True = keep.
     """
     # Draws only for the pruned leaves, exactly what random_score(key) draws for them.
-    return _rank_keep(
+    return rank_keep(
         "random_mask", params, sparsity, scope, where, _select.order_key, lambda i, x: uniform_leaf(key, i, x)
     )
 
@@ -265,7 +269,7 @@ def threshold_mask(params: optax.Params, threshold: chex.Numeric | Any, where: M
     return treedef.unflatten(keep)
 
 
-def _scores_for(fn: str, score: Score, params: Any, paths: Sequence[_tree.KeyPath], leaves: Sequence[Any]) -> list:
+def scores_for(fn: str, score: Score, params: Any, paths: Sequence[_tree.KeyPath], leaves: Sequence[Any]) -> list:
     scores = _tree.match_tree(fn, "the score", score(_tree.unbox(params)), params, broadcast=False)
     for path, s, x in zip(paths, scores, leaves):
         if jnp.shape(s) != jnp.shape(x):
@@ -315,15 +319,20 @@ def structured_mask(
     ord = check_ord(fn, ord)
     paths, leaves, treedef = _tree.leaves_with_paths(params)
     picked = [i for i, c in enumerate(_candidates(fn, where, params, leaves)) if c]
-    _tree.check_axis(fn, axis, [paths[i] for i in picked], [leaves[i] for i in picked])
+    _tree.check_axis(fn, axis, [paths[i] for i in picked], [leaves[i] for i in picked], selector="where")
     per_leaf = _per_leaf_sparsity(fn, sparsity, params, paths)
     keep = [jnp.ones(jnp.shape(x), jnp.bool_) for x in leaves]
     if not picked:
         return treedef.unflatten(keep)
-    scores = _scores_for(fn, score, params, paths, leaves)
-    units = [unit_norm(jnp.asarray(scores[i]), axis, ord) for i in picked]
+    scores = scores_for(fn, score, params, paths, leaves)
+    units = [unit_norm(jnp.asarray(scores[i]), axis=axis, ord=ord) for i in picked]
     counts = [prune_count(per_leaf[i], jnp.shape(leaves[i])[axis]) for i in picked]
-    pruned = _select.lowest([u.reshape(-1) for u in units], _select.order_key, range(len(picked)), jnp.stack(counts))
+    pruned = _select.lowest(
+        [u.reshape(-1) for u in units],
+        key_fn=_select.order_key,
+        groups=tuple(range(len(picked))),
+        counts=jnp.stack(counts),
+    )
     for i, u, p in zip(picked, units, pruned):
         keep[i] = jnp.broadcast_to(~p.reshape(u.shape), jnp.shape(leaves[i]))
     return treedef.unflatten(keep)
@@ -376,7 +385,7 @@ def n_m_mask(
     axis = _checks.check_axis_arg(fn, axis)
     paths, leaves, treedef = _tree.leaves_with_paths(params)
     picked = [i for i, c in enumerate(_candidates(fn, where, params, leaves)) if c]
-    _tree.check_axis(fn, axis, [paths[i] for i in picked], [leaves[i] for i in picked])
+    _tree.check_axis(fn, axis, [paths[i] for i in picked], [leaves[i] for i in picked], selector="where")
     for i in picked:
         length = jnp.shape(leaves[i])[axis]
         if length % m:
@@ -387,12 +396,13 @@ def n_m_mask(
             )
     keep = [jnp.ones(jnp.shape(x), jnp.bool_) for x in leaves]
     if picked:
-        scores = _scores_for(fn, score, params, paths, leaves)
+        scores = scores_for(fn, score, params, paths, leaves)
         for i in picked:
-            keep[i] = _keep_n_of_m(jnp.asarray(scores[i]), n, m, axis)
+            keep[i] = _keep_n_of_m(jnp.asarray(scores[i]), n=n, m=m, axis=axis)
     return treedef.unflatten(keep)
 
 
+@functools.partial(jax.jit, static_argnames=("n", "m", "axis"))
 def _keep_n_of_m(score: jax.Array, n: int, m: int, axis: int) -> jax.Array:
     moved = jnp.moveaxis(score, axis, -1)
     keys = _select.order_key(moved).reshape(*moved.shape[:-1], moved.shape[-1] // m, m)
@@ -426,15 +436,12 @@ def apply_mask(params: optax.Params, keep: Any) -> Any:
     keeps = _tree.match_tree(fn, "keep", keep, params)
     check_keep_shapes(fn, paths, leaves, keeps)
     out = [
-        jnp.where(jnp.asarray(k).astype(jnp.bool_), x, jnp.zeros((), jnp.result_type(x)))
-        for x, k in zip(leaves, keeps)
+        jnp.where(jnp.asarray(k).astype(jnp.bool_), x, jnp.zeros((), jnp.result_type(x))) for x, k in zip(leaves, keeps)
     ]
     return treedef.unflatten(out)
 
 
-def check_keep_shapes(
-    fn: str, paths: Sequence[_tree.KeyPath], leaves: Sequence[Any], keeps: Sequence[Any]
-) -> None:
+def check_keep_shapes(fn: str, paths: Sequence[_tree.KeyPath], leaves: Sequence[Any], keeps: Sequence[Any]) -> None:
     """Raises a ValueError naming the first leaf whose pruning mask does not fit it."""
     for path, x, k in zip(paths, leaves, keeps):
         try:

@@ -1,0 +1,208 @@
+"""Pruning inside ``optax.chain``: transforms that hold pruned weights at exactly zero.
+
+Both are parameter-space transforms (DESIGN.md, principle 4): place them *last* in the
+chain, after the optimizer and any decay or prox. Their updates for a pruned weight are
+``-p``, so ``optax.apply_updates`` lands it on ``p + (-p) = 0.0`` exactly, whatever the
+optimizer, AdamW's decoupled decay or a prox did before (they would otherwise move it
+off zero). Kept weights get the incoming updates unchanged. The pruning mask lives in
+the transform's state, so it is saved with the optimizer state, as in jaxpruner.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+from jaxreg import _checks, _param_space, _tree
+from jaxreg.masks import Mask
+from jaxreg.pruning import _select
+from jaxreg.pruning.masks import check_keep_shapes, check_sparsity, rank_keep, scores_for
+from jaxreg.pruning.scores import Score
+
+__all__ = ["KeepPrunedState", "PruneState", "keep_pruned", "prune_during_training"]
+
+
+class KeepPrunedState(NamedTuple):
+    """State of :func:`keep_pruned`."""
+
+    keep: Any  # the pruning mask: a pytree of bool arrays, True = keep
+
+
+class PruneState(NamedTuple):
+    """State of :func:`prune_during_training`."""
+
+    count: jax.Array  # steps taken, for the sparsity schedule
+    sparsity: jax.Array  # float32: the sparsity the current mask was computed for
+    keep: Any  # the pruning mask: a pytree of bool arrays, True = keep
+
+
+def _floating(x: Any) -> bool:
+    return jnp.issubdtype(jnp.result_type(x), jnp.floating)
+
+
+def _hold_pruned(us: Sequence[Any], ps: Sequence[Any], keeps: Sequence[Any]) -> list[Any]:
+    """``where(keep, u, -p)`` on floating leaves: pruned weights land on exact zeros."""
+    out = []
+    for u, p, k in zip(us, ps, keeps):
+        if _floating(p) and _floating(u):
+            u = jnp.asarray(u)
+            out.append(jnp.where(k, u, (-jnp.asarray(p)).astype(u.dtype)))
+        else:
+            out.append(u)
+    return out
+
+
+def _keep_leaves(fn: str, keep: Any, params: Any) -> list[jax.Array]:
+    paths, leaves, _ = _tree.leaves_with_paths(params)
+    keeps = _tree.match_tree(fn, "keep", keep, params)
+    check_keep_shapes(fn, paths, leaves, keeps)
+    return [jnp.asarray(k).astype(jnp.bool_) for k in keeps]
+
+
+def keep_pruned(keep: Any | Callable[[optax.Params], Any]) -> optax.GradientTransformationExtraArgs:
+    """Keeps pruned weights at exactly zero: place it last in the chain.
+
+    For each weight ``p`` with incoming update ``u`` it returns ``u`` where
+    ``keep`` is True and ``-p`` where it is False, so that after
+    ``optax.apply_updates`` a pruned weight is ``0.0`` (exactly, for finite ``p``) and
+    a kept one is ``p + u``. Pruned weights therefore stay zero through any optimizer,
+    decoupled weight decay or prox placed before it; their optimizer moments still see
+    the gradients, which is harmless since the weights are reset every step. PyTorch
+    gets the same effect from ``torch.nn.utils.prune``'s forward pre-hook
+    (``weight = weight_orig * weight_mask``), which leaves ``weight_orig`` to drift;
+    jaxpruner multiplies the params by the mask after each update.
+
+    The first update also zeroes weights that were pruned but not yet zero; apply
+    :func:`~jaxreg.pruning.masks.apply_mask` to the params first if the first forward
+    pass should already see the pruned model.
+
+    Args:
+      keep: the pruning mask (a pytree of bools with the params' structure, each leaf
+        of the leaf's shape or broadcastable to it; True = keep), or a callable
+        ``params -> keep`` evaluated once on the params given to ``init`` (e.g.
+        ``lambda p: magnitude_mask(p, 0.9)`` for one-shot pruning).
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` with a :class:`KeepPrunedState`
+      holding the mask; ``update`` needs ``params``.
+    """
+    fn = "keep_pruned"
+
+    def init_fn(params: optax.Params) -> KeepPrunedState:
+        params = _tree.unbox(params)
+        tree = keep(params) if callable(keep) else keep
+        _, _, treedef = _tree.leaves_with_paths(params)
+        return KeepPrunedState(keep=treedef.unflatten(_keep_leaves(fn, tree, params)))
+
+    def update_fn(
+        updates: optax.Updates, state: KeepPrunedState, params: optax.Params | None = None, **extra_args: Any
+    ) -> tuple[optax.Updates, KeepPrunedState]:
+        del extra_args
+        if params is None:
+            raise _param_space.needs_params_error(fn)
+        _, p_leaves, treedef = _tree.leaves_with_paths(params)
+        u_leaves = _tree.match_tree(fn, "updates", updates, params, broadcast=False)
+        keeps = _tree.match_tree(fn, "keep", state.keep, params)
+        return treedef.unflatten(_hold_pruned(u_leaves, p_leaves, keeps)), state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def prune_during_training(
+    score: Score,
+    sparsity_schedule: optax.Schedule | float,
+    scope: str = "leaf",
+    where: Mask = None,
+) -> optax.GradientTransformationExtraArgs:
+    """Prunes on a schedule while training, holding pruned weights at zero in between.
+
+    At step ``t`` it evaluates ``s_t = sparsity_schedule(t)``. When ``s_t`` differs from
+    the sparsity of the mask in its state, it recomputes the mask: the weights the step
+    would produce, ``w = p + u`` with the already pruned ones set to zero, are scored by
+    ``score`` and the lowest ``round(s_t * n)`` are pruned (per leaf or over the tree,
+    with the tie rule of :func:`~jaxreg.pruning.masks.magnitude_mask`). Weights already
+    pruned rank below all others whatever their score, so a weight once pruned stays
+    pruned while the sparsity rises (as in Zhu & Gupta). Then, every step,
+    it returns ``u`` for kept weights and ``-p`` for pruned ones, as
+    :func:`keep_pruned`. The test is a ``lax.cond`` inside the compiled step: no Python
+    branching, no recompilation, and under ``vmap`` both branches run.
+
+    This is Zhu & Gupta's gradual pruning with :func:`polynomial_sparsity`, and one-shot
+    pruning with :func:`constant_sparsity`. jaxpruner's updaters do the same with a
+    mutable object wrapping the optimizer; TensorFlow Model Optimization with Keras
+    callbacks.
+
+    Args:
+      score: ``params -> per-weight scores`` (e.g. ``magnitude_score``), evaluated on
+        ``w`` inside the compiled step.
+      sparsity_schedule: an ``optax.Schedule`` of the step count giving a sparsity in
+        ``[0, 1)``, or a number (prune once, at the first step).
+      scope: ``"leaf"`` (each leaf loses its fraction) or ``"global"``.
+      where: selector; True where pruning is considered. Integer leaves and scalars are
+        never pruned.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` with a :class:`PruneState` (step
+      count, current sparsity, mask); place it last in the chain; ``update`` needs
+      ``params``.
+
+    References:
+      Zhu & Gupta, *To prune, or not to prune*, 2017 (arXiv:1710.01878).
+    """
+    fn = "prune_during_training"
+    if not callable(score):
+        raise TypeError(f"{fn}: score must be a callable params -> scores, got {score!r}.")
+    _checks.check_scope(fn, scope)
+    if not callable(sparsity_schedule):
+        check_sparsity(fn, sparsity_schedule, name="sparsity_schedule")
+
+    def init_fn(params: optax.Params) -> PruneState:
+        params = _tree.unbox(params)
+        _tree.resolve_mask(fn, where, params, arg="where")
+        keep = jax.tree.map(lambda x: jnp.ones(jnp.shape(x), jnp.bool_), params)
+        return PruneState(count=jnp.zeros([], jnp.int32), sparsity=jnp.zeros([], jnp.float32), keep=keep)
+
+    def update_fn(
+        updates: optax.Updates, state: PruneState, params: optax.Params | None = None, **extra_args: Any
+    ) -> tuple[optax.Updates, PruneState]:
+        del extra_args
+        if params is None:
+            raise _param_space.needs_params_error(fn)
+        paths, p_leaves, treedef = _tree.leaves_with_paths(params)
+        u_leaves = _tree.match_tree(fn, "updates", updates, params, broadcast=False)
+        old = _tree.match_tree(fn, "keep", state.keep, params)
+        sparsity = jnp.asarray(_tree.value_at(sparsity_schedule, state.count)).astype(jnp.float32)
+
+        def recompute() -> list[jax.Array]:
+            # The params this step lands on, pruned ones at zero: what the score sees.
+            ws = [
+                jnp.where(k, (p + u).astype(jnp.result_type(p)), jnp.zeros((), jnp.result_type(p)))
+                if _floating(p) and _floating(u)
+                else p
+                for u, p, k in zip(u_leaves, p_leaves, old)
+            ]
+            w_tree = treedef.unflatten(ws)
+            scores = scores_for(fn, score, w_tree, paths, ws)
+
+            def ranked(i: int, _: Any) -> jax.Array:
+                # Pruned weights rank below all others: once pruned, pruned while s rises.
+                return jnp.where(old[i], _select.order_key(scores[i]), _select.BOTTOM_KEY)
+
+            keep = rank_keep(fn, w_tree, sparsity, scope, where, _select.given_key, ranked)
+            return [k.astype(jnp.bool_) for k in jax.tree.leaves(keep)]
+
+        def unchanged() -> list[jax.Array]:
+            return [jnp.broadcast_to(k, jnp.shape(p)) for k, p in zip(old, p_leaves)]
+
+        keeps = lax.cond(sparsity != state.sparsity, recompute, unchanged)
+        new_state = PruneState(
+            count=optax.safe_increment(state.count), sparsity=sparsity, keep=treedef.unflatten(keeps)
+        )
+        return treedef.unflatten(_hold_pruned(u_leaves, p_leaves, keeps)), new_state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
