@@ -57,6 +57,16 @@ def _hold_pruned(us: Sequence[Any], ps: Sequence[Any], keeps: Sequence[Any]) -> 
     return out
 
 
+def _aligned(fn: str, updates: Any, params: Any, keep: Any) -> tuple[list, list, list, list, Any]:
+    """Paths, params, updates and keep masks as aligned leaf lists, plus the treedef."""
+    if params is None:
+        raise _param_space.needs_params_error(fn)
+    paths, p_leaves, treedef = _tree.leaves_with_paths(params)
+    u_leaves = _tree.match_tree(fn, "updates", updates, params, broadcast=False)
+    keeps = _tree.match_tree(fn, "keep", keep, params)
+    return paths, p_leaves, u_leaves, keeps, treedef
+
+
 def _keep_leaves(fn: str, keep: Any, params: Any) -> list[jax.Array]:
     paths, leaves, _ = _tree.leaves_with_paths(params)
     keeps = _tree.match_tree(fn, "keep", keep, params)
@@ -103,11 +113,7 @@ def keep_pruned(keep: Any | Callable[[optax.Params], Any]) -> optax.GradientTran
         updates: optax.Updates, state: KeepPrunedState, params: optax.Params | None = None, **extra_args: Any
     ) -> tuple[optax.Updates, KeepPrunedState]:
         del extra_args
-        if params is None:
-            raise _param_space.needs_params_error(fn)
-        _, p_leaves, treedef = _tree.leaves_with_paths(params)
-        u_leaves = _tree.match_tree(fn, "updates", updates, params, broadcast=False)
-        keeps = _tree.match_tree(fn, "keep", state.keep, params)
+        _, p_leaves, u_leaves, keeps, treedef = _aligned(fn, updates, params, state.keep)
         return treedef.unflatten(_hold_pruned(u_leaves, p_leaves, keeps)), state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -171,11 +177,7 @@ def prune_during_training(
         updates: optax.Updates, state: PruneState, params: optax.Params | None = None, **extra_args: Any
     ) -> tuple[optax.Updates, PruneState]:
         del extra_args
-        if params is None:
-            raise _param_space.needs_params_error(fn)
-        paths, p_leaves, treedef = _tree.leaves_with_paths(params)
-        u_leaves = _tree.match_tree(fn, "updates", updates, params, broadcast=False)
-        old = _tree.match_tree(fn, "keep", state.keep, params)
+        paths, p_leaves, u_leaves, old, treedef = _aligned(fn, updates, params, state.keep)
         sparsity = jnp.asarray(_tree.value_at(sparsity_schedule, state.count)).astype(jnp.float32)
 
         def recompute() -> list[jax.Array]:
