@@ -270,6 +270,19 @@ def threshold_mask(params: optax.Params, threshold: chex.Numeric | Any, where: M
 
 
 def scores_for(fn: str, score: Score, params: Any, paths: Sequence[_tree.KeyPath], leaves: Sequence[Any]) -> list:
+    """The per-weight scores ``score(params)`` as a leaf list, each checked against its leaf.
+
+    Args:
+      fn: the calling function's name, for errors.
+      score: a callable ``params -> pytree of per-weight scores``.
+      params: the parameters.
+      paths: the params' leaf paths.
+      leaves: the params' leaves.
+
+    Returns:
+      One score array per leaf, shaped like the leaf; a mismatch raises a ValueError
+      naming the leaf.
+    """
     scores = _tree.match_tree(fn, "the score", score(_tree.unbox(params)), params, broadcast=False)
     for path, s, x in zip(paths, scores, leaves):
         if jnp.shape(s) != jnp.shape(x):
