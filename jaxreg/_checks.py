@@ -73,13 +73,14 @@ def check_scope(fn: str, scope: str) -> str:
     return scope
 
 
-def check_norm_type(fn: str, norm_type: Any) -> float:
+def check_norm_type(fn: str, norm_type: Any, name: str = "norm_type") -> float:
     """A p-norm order: any real p >= 1, or inf (also given as the string 'inf')."""
     if isinstance(norm_type, str) and norm_type.lower() in ("inf", "infinity"):
         return math.inf
+    message = f"{fn}: {name} must be a number p >= 1 or inf, got {norm_type!r}."
     if isinstance(norm_type, bool) or not isinstance(norm_type, (int, float, np.number)):
-        raise ValueError(f"{fn}: norm_type must be a number p >= 1 or inf, got {norm_type!r}.")
+        raise ValueError(message)
     p = float(norm_type)
     if not (p >= 1):
-        raise ValueError(f"{fn}: norm_type must be a number p >= 1 or inf, got {norm_type!r}.")
+        raise ValueError(message)
     return p

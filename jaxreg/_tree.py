@@ -150,10 +150,17 @@ def wide(x: jax.Array) -> jax.Array:
     return x.astype(compute_dtype(x.dtype))
 
 
-def unit_norms(x: jax.Array, axis: int) -> jax.Array:
-    """L2 norm (float32) of each slice along ``axis``, shaped to broadcast against ``x``."""
-    x32 = x.astype(jnp.float32)
-    return jnp.sqrt(jnp.sum(x32 * x32, axis=other_axes(x.ndim, axis), keepdims=True))
+def unit_norms(x: jax.Array, axis: int, ord: float = 2.0) -> jax.Array:
+    """``ord``-norm (float32) of each slice along ``axis``, shaped to broadcast against ``x``."""
+    other = other_axes(x.ndim, axis)
+    a = jnp.abs(x.astype(jnp.float32))
+    if ord == 2:
+        return jnp.sqrt(jnp.sum(a * a, axis=other, keepdims=True))
+    if math.isinf(ord):
+        return jnp.max(a, axis=other, keepdims=True, initial=0.0)
+    if ord == 1:
+        return jnp.sum(a, axis=other, keepdims=True)
+    return jnp.sum(a**ord, axis=other, keepdims=True) ** (1.0 / ord)
 
 
 def leaf_power_sum(x: jax.Array, ord: float) -> jax.Array:

@@ -33,7 +33,7 @@ import optax
 from jaxreg import _checks, _tree
 from jaxreg.masks import Mask
 from jaxreg.pruning import _select
-from jaxreg.pruning.scores import Score, check_ord, magnitude_score, uniform_leaf, unit_norm
+from jaxreg.pruning.scores import Score, magnitude_score, uniform_leaf, unit_norm
 
 __all__ = [
     "apply_mask",
@@ -329,7 +329,7 @@ def structured_mask(
     """
     fn = "structured_mask"
     axis = _checks.check_axis_arg(fn, axis)
-    ord = check_ord(fn, ord)
+    ord = _checks.check_norm_type(fn, ord, name="ord")
     paths, leaves, treedef = _tree.leaves_with_paths(params)
     picked = [i for i, c in enumerate(_candidates(fn, where, params, leaves)) if c]
     _tree.check_axis(fn, axis, [paths[i] for i in picked], [leaves[i] for i in picked], selector="where")

@@ -10,8 +10,6 @@ functions instead of updater objects.
 
 from __future__ import annotations
 
-import functools
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -95,27 +93,8 @@ def snip_score(loss_fn: Callable[..., jax.Array], *args: Any, **kwargs: Any) -> 
     return score
 
 
-@functools.partial(jax.jit, static_argnames=("axis", "ord"))
-def unit_norm(x: jax.Array, axis: int, ord: float) -> jax.Array:
-    """The ``ord``-norm (float32) of each slice of ``x`` along ``axis``, kept as a broadcastable axis."""
-    if ord == 2:
-        return _tree.unit_norms(x, axis)
-    other = _tree.other_axes(x.ndim, axis)
-    a = jnp.abs(x.astype(jnp.float32))
-    if math.isinf(ord):
-        return jnp.max(a, axis=other, keepdims=True, initial=0.0)
-    if ord == 1:
-        return jnp.sum(a, axis=other, keepdims=True)
-    return jnp.sum(a**ord, axis=other, keepdims=True) ** (1.0 / ord)
-
-
-def check_ord(fn: str, ord: Any) -> float:
-    """``ord`` is a norm order: a real number ``p >= 1`` or ``inf``."""
-    if isinstance(ord, str) and ord.lower() in ("inf", "infinity"):
-        return math.inf
-    if isinstance(ord, bool) or not isinstance(ord, (int, float, np.number)) or not float(ord) >= 1:
-        raise ValueError(f"{fn}: ord must be a number p >= 1 or inf, got {ord!r}.")
-    return float(ord)
+# Jitted so that structured masks over many leaves do not pay eager dispatch per op.
+unit_norm = jax.jit(_tree.unit_norms, static_argnames=("axis", "ord"))
 
 
 def unit_norm_score(scores: Any, axis: int, ord: float = 2.0) -> Any:
@@ -138,7 +117,7 @@ def unit_norm_score(scores: Any, axis: int, ord: float = 2.0) -> Any:
     """
     fn = "unit_norm_score"
     axis = _checks.check_axis_arg(fn, axis)
-    ord = check_ord(fn, ord)
+    ord = _checks.check_norm_type(fn, ord, name="ord")
     paths, leaves, treedef = _tree.leaves_with_paths(scores)
     _tree.check_axis(fn, axis, paths, leaves, selector="where")
     return treedef.unflatten([unit_norm(jnp.asarray(x), axis=axis, ord=ord) for x in leaves])
