@@ -59,6 +59,13 @@ def check_learning_rate(fn: str, learning_rate: Any) -> Any:
     return learning_rate
 
 
+def check_positive_int(fn: str, name: str, value: Any) -> int:
+    """``value`` must be a Python int >= 1 (a count of steps, units, draws, ...)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{fn}: {name} must be a positive int, got {value!r}.")
+    return value
+
+
 def check_axis_arg(fn: str, axis: Any) -> int:
     """``axis`` must be a Python int; its range is checked per leaf at ``init``."""
     if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):

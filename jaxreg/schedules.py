@@ -55,8 +55,7 @@ def epoch_decay(init_value: chex.Numeric, decay: chex.Numeric, steps_per_epoch: 
     value = _checks.concrete(decay)
     if value is not None and not (0 <= value < 1):
         raise ValueError(f"{fn}: decay must lie in [0, 1), got {decay!r}.")
-    if isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int) or steps_per_epoch < 1:
-        raise ValueError(f"{fn}: steps_per_epoch must be a positive int, got {steps_per_epoch!r}.")
+    _checks.check_positive_int(fn, "steps_per_epoch", steps_per_epoch)
 
     def schedule(count: chex.Numeric) -> chex.Numeric:
         epoch = (jnp.asarray(count, jnp.int32) // steps_per_epoch).astype(jnp.float32)

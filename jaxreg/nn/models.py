@@ -14,16 +14,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxreg import _checks
 from jaxreg.nn.layers import GaussianNoise
 
 Activation = Callable[[jax.Array], jax.Array]
 ZEROS = nnx.initializers.zeros_init()
-
-
-def _check_width(fn: str, name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{fn}: {name} must be a positive int, got {value!r}.")
-    return value
 
 
 def _check_rate(fn: str, rate: float) -> float:
@@ -84,9 +79,9 @@ class MLP(nnx.Module):
         rngs: nnx.Rngs,
     ):
         fn = "MLP"
-        self.in_features = _check_width(fn, "in_features", in_features)
-        _check_width(fn, "out_features", out_features)
-        widths = [_check_width(fn, f"hidden[{i}]", h) for i, h in enumerate(hidden)]
+        self.in_features = _checks.check_positive_int(fn, "in_features", in_features)
+        _checks.check_positive_int(fn, "out_features", out_features)
+        widths = [_checks.check_positive_int(fn, f"hidden[{i}]", h) for i, h in enumerate(hidden)]
         _check_rate(fn, dropout_rate)
         self.activation = activation
         self.record_activations = record_activations
@@ -144,9 +139,9 @@ class CNN(nnx.Module):
         rngs: nnx.Rngs,
     ):
         fn = "CNN"
-        self.in_channels = _check_width(fn, "in_channels", in_channels)
-        _check_width(fn, "num_classes", num_classes)
-        widths = [_check_width(fn, f"features[{i}]", f) for i, f in enumerate(features)]
+        self.in_channels = _checks.check_positive_int(fn, "in_channels", in_channels)
+        _checks.check_positive_int(fn, "num_classes", num_classes)
+        widths = [_checks.check_positive_int(fn, f"features[{i}]", f) for i, f in enumerate(features)]
         _check_rate(fn, dropout_rate)
         sizes = [in_channels, *widths]
         self.convs = nnx.List(
@@ -221,7 +216,9 @@ class MultiTaskMLP(nnx.Module):
         self.activation = activation
         self.heads = nnx.Dict(
             {
-                name: nnx.Linear(trunk[-1], _check_width(fn, f"tasks[{name!r}]", n), bias_init=ZEROS, rngs=rngs)
+                name: nnx.Linear(
+                    trunk[-1], _checks.check_positive_int(fn, f"tasks[{name!r}]", n), bias_init=ZEROS, rngs=rngs
+                )
                 for name, n in tasks.items()
             }
         )

@@ -107,9 +107,8 @@ def tune_strength(
     fn = "tune_strength"
     _checks.check_positive(fn, "init_strength", init_strength)
     _checks.check_positive(fn, "outer_learning_rate", outer_learning_rate)
-    for name, value in (("inner_steps", inner_steps), ("outer_steps", outer_steps)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{fn}: {name} must be a positive int, got {value!r}.")
+    _checks.check_positive_int(fn, "inner_steps", inner_steps)
+    _checks.check_positive_int(fn, "outer_steps", outer_steps)
     objective = jax.value_and_grad(unrolled_val_loss(make_optimizer, train_loss, val_loss, init_params, inner_steps))
     outer = optax.adam(outer_learning_rate)
 

@@ -176,8 +176,7 @@ def random_search(
       A :class:`SearchResult`, values sorted ascending.
     """
     fn = "random_search"
-    if isinstance(num, bool) or not isinstance(num, int) or num < 1:
-        raise ValueError(f"{fn}: num must be a positive int, got {num!r}.")
+    _checks.check_positive_int(fn, "num", num)
     if not high > low:
         raise ValueError(f"{fn}: high must be greater than low, got low={low!r}, high={high!r}.")
     if log:
