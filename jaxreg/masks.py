@@ -80,16 +80,12 @@ def by_path(pattern: str | re.Pattern[str]) -> Callable[[optax.Params], Any]:
     return select
 
 
-def _as_list(fn: str, mask: Mask, params: optax.Params) -> list[bool]:
-    return _tree.resolve_mask(fn, mask, params)
-
-
 def _combine(fn: str, masks: tuple[Mask, ...], reduce: Callable[[list[bool]], bool]) -> Callable[[optax.Params], Any]:
     if not masks:
         raise ValueError(f"{fn}: give at least one mask.")
 
     def select(params: optax.Params) -> Any:
-        columns = [_as_list(fn, m, params) for m in masks]
+        columns = [_tree.resolve_mask(fn, m, params) for m in masks]
         treedef = jax.tree.structure(_tree.unbox(params))
         return treedef.unflatten([reduce(list(row)) for row in zip(*columns)])
 
