@@ -239,6 +239,48 @@ def test_n_m_mask_keeps_n_of_every_m(n, m, axis):
     assert np.all(np.moveaxis(keep, axis, -1).reshape(-1, m).sum(1) == n)
 
 
+def _pruned_counts(params, keep):
+    """Pruned count per leaf that a mask may prune (scalars are skipped by every mask)."""
+    return [int((~np.asarray(k)).sum()) for x, k in zip(jax.tree.leaves(params), jax.tree.leaves(keep)) if x.ndim]
+
+
+def test_three_ways_to_say_how_much_agree():
+    params = random_tree(4)
+    sizes = [x.size for x in jax.tree.leaves(params) if x.ndim]
+    # keep_ratio r prunes n - round(r * n); num_pruned prunes that many in every leaf.
+    assert _pruned_counts(params, pruning.magnitude_mask(params, keep_ratio=0.7)) == [n - round(0.7 * n) for n in sizes]
+    smallest = min(sizes)
+    assert _pruned_counts(params, pruning.magnitude_mask(params, num_pruned=smallest)) == [smallest] * len(sizes)
+    by_count = pruning.magnitude_mask(params, num_pruned=round(0.3 * sum(sizes)), scope="global")
+    _assert_same(by_count, _leaves(pruning.magnitude_mask(params, 0.3, scope="global")))
+
+
+def test_sparsity_one_prunes_everything_and_keep_ratio_one_nothing():
+    params = random_tree(5)
+    sizes = [x.size for x in jax.tree.leaves(params) if x.ndim]
+    assert _pruned_counts(params, pruning.magnitude_mask(params, 1.0, "global")) == sizes
+    assert _pruned_counts(params, pruning.magnitude_mask(params, keep_ratio=1.0)) == [0] * len(sizes)
+
+
+def test_traced_num_pruned_and_keep_ratio_compile_once():
+    params = {"w": np.random.default_rng(1).standard_normal(40).astype(np.float32)}
+    by_count = jax.jit(lambda k: pruning.magnitude_mask(params, num_pruned=k)["w"])
+    by_ratio = jax.jit(lambda r: pruning.magnitude_mask(params, keep_ratio=r)["w"])
+    for k in [0, 7, 40]:
+        assert int((~by_count(jnp.int32(k))).sum()) == k
+    assert int((~by_count(jnp.int32(99))).sum()) == 40  # a traced count is clipped to the size
+    for r in [0.25, 0.5, 1.0]:
+        assert int(by_ratio(jnp.float32(r)).sum()) == round(r * 40)
+
+
+def test_structured_keep_ratio_keeps_that_fraction_of_units():
+    kernel = np.random.default_rng(2).standard_normal((6, 10)).astype(np.float32)
+    keep = np.asarray(pruning.structured_mask({"k": kernel}, keep_ratio=0.3)["k"])  # axis=-1: output units
+    assert keep.all(axis=0).sum() == 3 and (keep.any(axis=0) == keep.all(axis=0)).all()
+    norms = np.linalg.norm(kernel, axis=0)
+    assert set(np.flatnonzero(keep.all(axis=0))) == set(np.argsort(norms)[-3:])
+
+
 # ---------------------------------------------------------------- PyTorch parity
 
 
@@ -256,6 +298,20 @@ def test_l1_unstructured_parity(amount):
         w = rng.standard_normal(shape).astype(np.float32)
         keep = pruning.magnitude_mask({"w": w}, amount)["w"]
         np.testing.assert_array_equal(keep, _torch_mask(w, tprune.l1_unstructured, amount=amount))
+
+
+@pytest.mark.parametrize("amount", [0, 1, 17, 144])
+def test_l1_unstructured_int_amount_parity(amount):
+    w = np.random.default_rng(8).standard_normal((16, 9)).astype(np.float32)
+    keep = pruning.magnitude_mask({"w": w}, num_pruned=amount)["w"]
+    np.testing.assert_array_equal(keep, _torch_mask(w, tprune.l1_unstructured, amount=amount))
+
+
+@pytest.mark.parametrize("amount", [3, 6])
+def test_ln_structured_int_amount_parity(amount):
+    weight = np.random.default_rng(9).standard_normal((10, 7)).astype(np.float32)
+    want = _torch_mask(weight, tprune.ln_structured, amount=amount, n=2, dim=0)
+    np.testing.assert_array_equal(pruning.structured_mask({"w": weight}, num_pruned=amount, axis=0)["w"], want)
 
 
 @pytest.mark.parametrize("amount", [0.2, 0.5, 0.9])
@@ -367,25 +423,28 @@ ERRORS = [
     (
         lambda: pruning.magnitude_mask(PARAMS, 1.2),
         ValueError,
-        r"^magnitude_mask: sparsity must lie in \[0, 1\), got 1\.2\.$",
+        r"^magnitude_mask: sparsity must be a real number in \[0, 1\], got 1\.2\.$",
     ),
     (
         lambda: pruning.magnitude_mask(PARAMS, -0.1),
         ValueError,
-        r"magnitude_mask: sparsity must lie in \[0, 1\), got -0\.1",
+        r"magnitude_mask: sparsity must be a real number in \[0, 1\], got -0\.1",
     ),
-    (lambda: pruning.magnitude_mask(PARAMS, 1.0, "global"), ValueError, r"sparsity must lie in \[0, 1\), got 1\.0"),
-    (lambda: pruning.magnitude_mask(PARAMS, float("nan")), ValueError, r"sparsity must lie in \[0, 1\), got nan"),
+    (
+        lambda: pruning.magnitude_mask(PARAMS, float("nan")),
+        ValueError,
+        r"sparsity must be a real number in \[0, 1\], got nan",
+    ),
     (lambda: pruning.magnitude_mask(PARAMS, "half"), TypeError, r"magnitude_mask: sparsity must be a real number"),
     (
         lambda: pruning.magnitude_mask(PARAMS, np.ones(2) * 0.5),
         ValueError,
-        r"sparsity must be a scalar in \[0, 1\), got shape \(2,\)",
+        r"sparsity must be a scalar, a real number in \[0, 1\], got shape \(2,\)",
     ),
     (
         lambda: pruning.magnitude_mask(PARAMS, {"dense": {"kernel": 0.5, "bias": 2.0}}),
         ValueError,
-        r"magnitude_mask: sparsity for params\['dense'\]\['bias'\] must lie in \[0, 1\), got 2\.0",
+        r"magnitude_mask: sparsity for params\['dense'\]\['bias'\] must be a real number in \[0, 1\], got 2\.0",
     ),
     (
         lambda: pruning.magnitude_mask(PARAMS, {"dense": {"kernel": 0.5}}),
@@ -410,18 +469,62 @@ ERRORS = [
     (
         lambda: pruning.random_mask(jax.random.key(0), PARAMS, 1.5),
         ValueError,
-        r"^random_mask: sparsity must lie in \[0, 1\), got 1\.5\.$",
+        r"^random_mask: sparsity must be a real number in \[0, 1\], got 1\.5\.$",
     ),
-    (lambda: pruning.mask_from_scores(PARAMS, 1.5), ValueError, r"^mask_from_scores: sparsity must lie"),
+    (
+        lambda: pruning.mask_from_scores(PARAMS, 1.5),
+        ValueError,
+        r"^mask_from_scores: sparsity must be a real number in",
+    ),
+    (
+        lambda: pruning.magnitude_mask(PARAMS),
+        TypeError,
+        r"^magnitude_mask: give exactly one of sparsity, keep_ratio and num_pruned, got none\.$",
+    ),
+    (
+        lambda: pruning.magnitude_mask(PARAMS, 0.5, keep_ratio=0.5),
+        TypeError,
+        r"^magnitude_mask: give exactly one of sparsity, keep_ratio and num_pruned, got sparsity, keep_ratio\.$",
+    ),
+    (
+        lambda: pruning.magnitude_mask(PARAMS, keep_ratio=0.0),
+        ValueError,
+        r"^magnitude_mask: keep_ratio must be a real number in \(0, 1\], got 0\.0\.$",
+    ),
+    (
+        lambda: pruning.structured_mask(PARAMS, keep_ratio=-0.5, axis=0),
+        ValueError,
+        r"^structured_mask: keep_ratio must be a real number in \(0, 1\], got -0\.5\.$",
+    ),
+    (
+        lambda: pruning.magnitude_mask(PARAMS, num_pruned=2.5),
+        TypeError,
+        r"^magnitude_mask: num_pruned must be an int >= 0, got 2\.5\.$",
+    ),
+    (
+        lambda: pruning.magnitude_mask(PARAMS, num_pruned=-1),
+        ValueError,
+        r"^magnitude_mask: num_pruned must be an int >= 0, got -1\.$",
+    ),
+    (
+        lambda: pruning.magnitude_mask(PARAMS, num_pruned=5),
+        ValueError,
+        r"^magnitude_mask: num_pruned=5 exceeds the 4 weights of params\['dense'\]\['bias'\]\.$",
+    ),
+    (
+        lambda: pruning.magnitude_mask(PARAMS, num_pruned=17, scope="global"),
+        ValueError,
+        r"^magnitude_mask: num_pruned=17 exceeds the 16 weights of the selected tree\.$",
+    ),
     (
         lambda: pruning.threshold_mask(PARAMS, -1.0),
         ValueError,
         r"threshold_mask: threshold must be a non-negative number, got -1\.0",
     ),
     (
-        lambda: pruning.structured_mask(PARAMS, 1.0, axis=0),
+        lambda: pruning.structured_mask(PARAMS, 1.01, axis=0),
         ValueError,
-        r"^structured_mask: sparsity must lie in \[0, 1\), got 1\.0\.$",
+        r"^structured_mask: sparsity must be a real number in \[0, 1\], got 1\.01\.$",
     ),
     (
         lambda: pruning.structured_mask(PARAMS, 0.5, axis=1),

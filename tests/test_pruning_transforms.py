@@ -130,7 +130,10 @@ def test_constant_sparsity_is_one_shot():
 
 
 SCHEDULE_ERRORS = [
-    (lambda: pruning.polynomial_sparsity(1.0, 0, 10), r"^polynomial_sparsity: final must lie in \[0, 1\), got 1\.0\.$"),
+    (
+        lambda: pruning.polynomial_sparsity(1.5, 0, 10),
+        r"^polynomial_sparsity: final must be a real number in \[0, 1\], got 1\.5\.$",
+    ),
     (lambda: pruning.polynomial_sparsity(0.5, 5, 5), r"polynomial_sparsity: end_step must be an int >= 6, got 5"),
     (lambda: pruning.polynomial_sparsity(0.5, -1, 5), r"polynomial_sparsity: begin_step must be an int >= 0, got -1"),
     (lambda: pruning.polynomial_sparsity(0.5, 0, 5, frequency=0), r"frequency must be an int >= 1, got 0"),
@@ -142,11 +145,14 @@ SCHEDULE_ERRORS = [
         lambda: pruning.polynomial_sparsity(0.5, 0, 5, initial=0.6),
         r"initial must be <= final, got initial=0\.6 and final=0\.5",
     ),
-    (lambda: pruning.constant_sparsity(1.5), r"^constant_sparsity: sparsity must lie in \[0, 1\), got 1\.5\.$"),
+    (
+        lambda: pruning.constant_sparsity(1.5),
+        r"^constant_sparsity: sparsity must be a real number in \[0, 1\], got 1\.5\.$",
+    ),
     (lambda: pruning.constant_sparsity(0.5, step=-2), r"constant_sparsity: step must be an int >= 0, got -2"),
     (
         lambda: pruning.prune_during_training(pruning.magnitude_score, 1.2),
-        r"sparsity_schedule must lie in \[0, 1\), got 1\.2",
+        r"sparsity_schedule must be a real number in \[0, 1\], got 1\.2",
     ),
     (
         lambda: pruning.prune_during_training(pruning.magnitude_score, 0.5, scope="layer"),

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import chex
 import jax
@@ -57,39 +57,80 @@ def _candidates(fn: str, where: Mask, params: Any, leaves: Sequence[Any]) -> lis
 
 
 def check_sparsity(fn: str, value: Any, path: _tree.KeyPath | None = None, name: str = "sparsity") -> None:
-    """Raises unless ``value`` is a scalar in ``[0, 1)``; a tracer is accepted unchecked."""
+    """Raises unless ``value`` is a scalar in ``[0, 1]``; a tracer is accepted unchecked."""
+    _check_amount(fn, name, value, path, _AMOUNTS["sparsity"])
+
+
+class _Rule(NamedTuple):
+    kinds: str  # NumPy dtype kinds accepted
+    allowed: str  # "a real number in [0, 1]", for the messages
+    ok: Callable[[np.ndarray], bool]
+
+
+# How much to prune: exactly one of these three names is given.
+_AMOUNTS = {
+    "sparsity": _Rule("biuf", "a real number in [0, 1]", lambda a: 0 <= a <= 1),  # the fraction pruned
+    "keep_ratio": _Rule("biuf", "a real number in (0, 1]", lambda a: 0 < a <= 1),  # the fraction kept
+    "num_pruned": _Rule("iu", "an int >= 0", lambda a: a >= 0),  # the count pruned, as torch's int amount
+}
+
+
+def _check_amount(fn: str, name: str, value: Any, path: _tree.KeyPath | None, rule: _Rule) -> None:
     where = "" if path is None else f" for params{jax.tree_util.keystr(path)}"
     if callable(value):
-        raise TypeError(f"{fn}: {name}{where} must be a number in [0, 1), got the callable {value!r}.")
+        raise TypeError(f"{fn}: {name}{where} must be {rule.allowed}, got the callable {value!r}.")
     if jnp.ndim(value) != 0:
-        raise ValueError(f"{fn}: {name}{where} must be a scalar in [0, 1), got shape {jnp.shape(value)}.")
+        raise ValueError(f"{fn}: {name}{where} must be a scalar, {rule.allowed}, got shape {jnp.shape(value)}.")
     arr = _checks.concrete(value)
     if arr is None:
+        if jnp.result_type(value).kind not in rule.kinds:
+            raise TypeError(f"{fn}: {name}{where} must be {rule.allowed}, got a traced {jnp.result_type(value)}.")
         return
-    if arr.dtype.kind not in "biuf":
-        raise TypeError(f"{fn}: {name}{where} must be a real number in [0, 1), got {value!r}.")
-    if not 0 <= arr < 1:
-        raise ValueError(f"{fn}: {name}{where} must lie in [0, 1), got {value!r}.")
+    if arr.dtype.kind not in rule.kinds or isinstance(value, bool):
+        raise TypeError(f"{fn}: {name}{where} must be {rule.allowed}, got {value!r}.")
+    if not rule.ok(arr):
+        raise ValueError(f"{fn}: {name}{where} must be {rule.allowed}, got {value!r}.")
 
 
-def prune_count(sparsity: Any, n: int) -> jax.Array:
-    """``round(sparsity * n)`` as int32: Python's ``round`` when known, else float32."""
-    arr = _checks.concrete(sparsity)
+def amount_of(fn: str, sparsity: Any, keep_ratio: Any = None, num_pruned: Any = None) -> tuple[str, Any]:
+    """The one amount given, as ``(name, value)``; anything else raises a TypeError."""
+    given = {k: v for k, v in zip(_AMOUNTS, (sparsity, keep_ratio, num_pruned)) if v is not None}
+    if len(given) != 1:
+        names = ", ".join(given) or "none"
+        raise TypeError(f"{fn}: give exactly one of sparsity, keep_ratio and num_pruned, got {names}.")
+    return next(iter(given.items()))
+
+
+def prune_count(amount: tuple[str, Any], n: int, fn: str = "", path: _tree.KeyPath | None = None) -> jax.Array:
+    """How many of ``n`` to prune, as int32: ``round(s * n)``, ``n - round(r * n)`` or the count.
+
+    Rounds half to even with Python's ``round`` when the amount is known, else in
+    float32. A known ``num_pruned`` above ``n`` raises; a traced one is clipped to ``n``.
+    """
+    name, value = amount
+    arr = _checks.concrete(value)
+    if name == "num_pruned":
+        if arr is not None and int(arr) > n:
+            where = "the selected tree" if path is None else f"params{jax.tree_util.keystr(path)}"
+            raise ValueError(f"{fn}: num_pruned={int(arr)} exceeds the {n} weights of {where}.")
+        return jnp.clip(jnp.asarray(value), 0, n).astype(jnp.int32)
     if arr is not None:
-        return jnp.asarray(min(round(float(arr) * n), n), jnp.int32)
-    s = jnp.asarray(sparsity).astype(jnp.float32)
-    return jnp.clip(jnp.round(s * n), 0, n).astype(jnp.int32)
+        kept = round(float(arr) * n)
+        return jnp.asarray(min(n - kept if name == "keep_ratio" else kept, n), jnp.int32)
+    rounded = jnp.clip(jnp.round(jnp.asarray(value).astype(jnp.float32) * n), 0, n).astype(jnp.int32)
+    return n - rounded if name == "keep_ratio" else rounded
 
 
-def _per_leaf_sparsity(fn: str, sparsity: Any, params: Any, paths: Sequence[_tree.KeyPath]) -> list[Any]:
-    """One checked sparsity per leaf, from one number or a pytree of them."""
-    if jax.tree.structure(_tree.unbox(sparsity)).num_nodes == 1:
-        check_sparsity(fn, sparsity)
-        return [sparsity] * len(paths)
-    per_leaf = _tree.match_tree(fn, "sparsity", sparsity, params)
-    for path, value in zip(paths, per_leaf):
-        check_sparsity(fn, value, path)
-    return per_leaf
+def _per_leaf_amount(fn: str, amount: tuple[str, Any], params: Any, paths: Sequence[_tree.KeyPath]) -> list[Any]:
+    """One checked amount per leaf, from one number or a pytree of them."""
+    name, value = amount
+    if jax.tree.structure(_tree.unbox(value)).num_nodes == 1:
+        _check_amount(fn, name, value, None, _AMOUNTS[name])
+        return [(name, value)] * len(paths)
+    per_leaf = _tree.match_tree(fn, name, value, params)
+    for path, v in zip(paths, per_leaf):
+        _check_amount(fn, name, v, path, _AMOUNTS[name])
+    return [(name, v) for v in per_leaf]
 
 
 def _check_size(fn: str, what: str, size: int) -> None:
@@ -103,34 +144,36 @@ def _check_size(fn: str, what: str, size: int) -> None:
 def rank_keep(
     fn: str,
     params: Any,
-    sparsity: Any,
+    amount: tuple[str, Any],
     scope: str,
     where: Mask,
     key_fn: _select.KeyFn,
     prepare: Callable[[int, jax.Array], jax.Array] | None = None,
 ) -> Any:
-    """Keeps all but the ``round(s * n)`` lowest-ranked weights, per leaf or over the tree.
+    """Keeps all but the lowest-ranked weights, per leaf or over the tree.
 
-    ``prepare(i, leaf)`` gives the array to rank for leaf ``i`` (default: the leaf), and
-    ``key_fn`` maps it to int32 keys inside each counting pass.
+    ``amount`` is ``(name, value)`` from :func:`amount_of`. ``prepare(i, leaf)`` gives
+    the array to rank for leaf ``i`` (default: the leaf), and ``key_fn`` maps it to
+    int32 keys inside each counting pass.
     """
     _checks.check_scope(fn, scope)
     paths, leaves, treedef = _tree.leaves_with_paths(params)
     picked = [i for i, c in enumerate(_candidates(fn, where, params, leaves)) if c]
     sizes = [int(np.prod(jnp.shape(leaves[i]), dtype=np.int64)) for i in picked]
     if scope == "global":
-        if jax.tree.structure(_tree.unbox(sparsity)).num_nodes != 1:
-            raise ValueError(f"{fn}: with scope='global' sparsity must be one number, got a tree {sparsity!r}.")
-        check_sparsity(fn, sparsity)
+        name, value = amount
+        if jax.tree.structure(_tree.unbox(value)).num_nodes != 1:
+            raise ValueError(f"{fn}: with scope='global' {name} must be one number, got a tree {value!r}.")
+        _check_amount(fn, name, value, None, _AMOUNTS[name])
         _check_size(fn, "the selected tree", sum(sizes))
         groups = [0] * len(picked)
-        counts = [prune_count(sparsity, sum(sizes))]
+        counts = [prune_count(amount, sum(sizes), fn)]
     else:
-        per_leaf = _per_leaf_sparsity(fn, sparsity, params, paths)
+        per_leaf = _per_leaf_amount(fn, amount, params, paths)
         for i, size in zip(picked, sizes):
             _check_size(fn, f"params{jax.tree_util.keystr(paths[i])}", size)
         groups = list(range(len(picked)))
-        counts = [prune_count(per_leaf[i], size) for i, size in zip(picked, sizes)]
+        counts = [prune_count(per_leaf[i], size, fn, paths[i]) for i, size in zip(picked, sizes)]
     keep = [jnp.ones(jnp.shape(x), jnp.bool_) for x in leaves]
     if picked:
         prepare = prepare or (lambda i, x: jnp.asarray(x))
@@ -143,9 +186,12 @@ def rank_keep(
 
 def magnitude_mask(
     params: optax.Params,
-    sparsity: chex.Numeric | Any,
+    sparsity: chex.Numeric | Any = None,
     scope: str = "leaf",
     where: Mask = None,
+    *,
+    keep_ratio: chex.Numeric | Any = None,
+    num_pruned: int | Any = None,
 ) -> Any:
     """Prunes the weights of smallest magnitude ``|w|``, exactly ``round(s * n)`` of them.
 
@@ -167,24 +213,32 @@ def magnitude_mask(
 
     Args:
       params: a pytree of arrays (NNX ``Variable`` boxes are unwrapped).
-      sparsity: fraction to prune, in ``[0, 1)``: a number or a traced scalar; with
+      sparsity: fraction to prune, in ``[0, 1]``: a number or a traced scalar; with
         ``scope="leaf"`` also a pytree with one number per leaf.
       scope: ``"leaf"`` (each leaf on its own) or ``"global"`` (all pruned leaves
         ranked together).
       where: selector (pytree of bools or callable ``params -> selector``); True where
         pruning is considered. Integer leaves and scalars are skipped either way.
+      keep_ratio: instead of ``sparsity``, the fraction to keep, in ``(0, 1]``:
+        ``n - round(r * n)`` are pruned.
+      num_pruned: instead of ``sparsity``, how many to prune, an int in ``[0, n]``
+        (``torch.nn.utils.prune``'s int ``amount``).
 
     Returns:
       A pytree of bool arrays with the params' structure and shapes, True = keep.
     """
-    return rank_keep("magnitude_mask", params, sparsity, scope, where, _select.magnitude_key)
+    amount = amount_of("magnitude_mask", sparsity, keep_ratio, num_pruned)
+    return rank_keep("magnitude_mask", params, amount, scope, where, _select.magnitude_key)
 
 
 def mask_from_scores(
     scores: Any,
-    sparsity: chex.Numeric | Any,
+    sparsity: chex.Numeric | Any = None,
     scope: str = "leaf",
     where: Mask = None,
+    *,
+    keep_ratio: chex.Numeric | Any = None,
+    num_pruned: int | Any = None,
 ) -> Any:
     """Prunes the weights of lowest score, exactly ``round(s * n)`` of them.
 
@@ -197,23 +251,31 @@ def mask_from_scores(
     Args:
       scores: a pytree of float arrays with the params' structure and shapes. Negative
         scores are allowed (they rank below zero).
-      sparsity: fraction to prune, in ``[0, 1)``: a number, a traced scalar or, with
+      sparsity: fraction to prune, in ``[0, 1]``: a number, a traced scalar or, with
         ``scope="leaf"``, a pytree with one number per leaf.
       scope: ``"leaf"`` or ``"global"``.
       where: selector with the scores' structure; True where pruning is considered.
+      keep_ratio: instead of ``sparsity``, the fraction to keep, in ``(0, 1]``:
+        ``n - round(r * n)`` are pruned.
+      num_pruned: instead of ``sparsity``, how many to prune, an int in ``[0, n]``
+        (``torch.nn.utils.prune``'s int ``amount``).
 
     Returns:
       A pytree of bool arrays with the scores' structure and shapes, True = keep.
     """
-    return rank_keep("mask_from_scores", scores, sparsity, scope, where, _select.order_key)
+    amount = amount_of("mask_from_scores", sparsity, keep_ratio, num_pruned)
+    return rank_keep("mask_from_scores", scores, amount, scope, where, _select.order_key)
 
 
 def random_mask(
     key: jax.Array,
     params: optax.Params,
-    sparsity: chex.Numeric | Any,
+    sparsity: chex.Numeric | Any = None,
     scope: str = "leaf",
     where: Mask = None,
+    *,
+    keep_ratio: chex.Numeric | Any = None,
+    num_pruned: int | Any = None,
 ) -> Any:
     """Prunes weights chosen uniformly at random, exactly ``round(s * n)`` of them.
 
@@ -225,17 +287,22 @@ def random_mask(
     Args:
       key: a JAX PRNG key.
       params: a pytree of arrays (NNX ``Variable`` boxes are unwrapped).
-      sparsity: fraction to prune, in ``[0, 1)`` (number, traced scalar, or per-leaf
+      sparsity: fraction to prune, in ``[0, 1]`` (number, traced scalar, or per-leaf
         pytree with ``scope="leaf"``).
       scope: ``"leaf"`` or ``"global"``.
       where: selector; True where pruning is considered.
+      keep_ratio: instead of ``sparsity``, the fraction to keep, in ``(0, 1]``:
+        ``n - round(r * n)`` are pruned.
+      num_pruned: instead of ``sparsity``, how many to prune, an int in ``[0, n]``
+        (``torch.nn.utils.prune``'s int ``amount``).
 
     Returns:
       A pytree of bool arrays with the params' structure and shapes, True = keep.
     """
     # Draws only for the pruned leaves, exactly what random_score(key) draws for them.
+    amount = amount_of("random_mask", sparsity, keep_ratio, num_pruned)
     return rank_keep(
-        "random_mask", params, sparsity, scope, where, _select.order_key, lambda i, x: uniform_leaf(key, i, x)
+        "random_mask", params, amount, scope, where, _select.order_key, lambda i, x: uniform_leaf(key, i, x)
     )
 
 
@@ -295,11 +362,14 @@ def scores_for(fn: str, score: Score, params: Any, paths: Sequence[_tree.KeyPath
 
 def structured_mask(
     params: optax.Params,
-    sparsity: chex.Numeric | Any,
-    axis: int,
+    sparsity: chex.Numeric | Any = None,
+    axis: int = -1,
     ord: float = 2.0,
     score: Score = magnitude_score,
     where: Mask = None,
+    *,
+    keep_ratio: chex.Numeric | Any = None,
+    num_pruned: int | Any = None,
 ) -> Any:
     """Prunes whole units (neurons, filters, channels): those of smallest Ln norm.
 
@@ -315,13 +385,18 @@ def structured_mask(
 
     Args:
       params: a pytree of arrays (NNX ``Variable`` boxes are unwrapped).
-      sparsity: fraction of units to prune per leaf, in ``[0, 1)``: a number, a traced
+      sparsity: fraction of units to prune per leaf, in ``[0, 1]``: a number, a traced
         scalar or a pytree with one number per leaf.
-      axis: the axis that indexes the units. Every pruned leaf must have it; leave out
-        biases and other vectors with ``where=`` when ``axis`` is not ``0``/``-1``.
+      axis: the axis that indexes the units (default ``-1``: the output units of a
+        Flax kernel). Every pruned leaf must have it; leave out biases and other
+        vectors with ``where=`` when ``axis`` is not ``0``/``-1``.
       ord: the norm order of a unit's score, ``p >= 1`` or ``inf`` (torch's ``n``).
       score: a function ``params -> per-weight scores``; default ``|w|``.
       where: selector; True where pruning is considered.
+      keep_ratio: instead of ``sparsity``, the fraction of units to keep, in ``(0, 1]``:
+        ``u - round(r * u)`` of a leaf's ``u`` units are pruned.
+      num_pruned: instead of ``sparsity``, how many units to prune per leaf, an int in ``[0, u]``
+        (``torch.nn.utils.prune``'s int ``amount``).
 
     Returns:
       A pytree of bool arrays with the params' structure and shapes, True = keep;
@@ -333,13 +408,13 @@ def structured_mask(
     paths, leaves, treedef = _tree.leaves_with_paths(params)
     picked = [i for i, c in enumerate(_candidates(fn, where, params, leaves)) if c]
     _tree.check_axis(fn, axis, [paths[i] for i in picked], [leaves[i] for i in picked], selector="where")
-    per_leaf = _per_leaf_sparsity(fn, sparsity, params, paths)
+    per_leaf = _per_leaf_amount(fn, amount_of(fn, sparsity, keep_ratio, num_pruned), params, paths)
     keep = [jnp.ones(jnp.shape(x), jnp.bool_) for x in leaves]
     if not picked:
         return treedef.unflatten(keep)
     scores = scores_for(fn, score, params, paths, leaves)
     units = [unit_norm(jnp.asarray(scores[i]), axis=axis, ord=ord) for i in picked]
-    counts = [prune_count(per_leaf[i], jnp.shape(leaves[i])[axis]) for i in picked]
+    counts = [prune_count(per_leaf[i], jnp.shape(leaves[i])[axis], fn, paths[i]) for i in picked]
     pruned = _select.lowest(
         [u.reshape(-1) for u in units],
         key_fn=_select.order_key,

@@ -54,7 +54,7 @@ def polynomial_sparsity(
     value changes).
 
     Args:
-      final: target sparsity in ``[0, 1)`` (a number or a traced scalar).
+      final: target sparsity in ``[0, 1]`` (a number or a traced scalar).
       begin_step: step at which pruning starts, an int >= 0.
       end_step: step at which ``final`` is reached, an int > ``begin_step``.
       initial: sparsity at ``begin_step``, in ``[0, final]``.
@@ -99,7 +99,7 @@ def constant_sparsity(sparsity: chex.Numeric, step: int = 0) -> optax.Schedule:
     after dense training (train, prune once, fine-tune).
 
     Args:
-      sparsity: the sparsity in ``[0, 1)`` (a number or a traced scalar).
+      sparsity: the sparsity in ``[0, 1]`` (a number or a traced scalar).
       step: the step at which it is applied, an int >= 0.
 
     Returns:

@@ -147,7 +147,7 @@ def prune_during_training(
       score: ``params -> per-weight scores`` (e.g. ``magnitude_score``), evaluated on
         ``w`` inside the compiled step.
       sparsity_schedule: an ``optax.Schedule`` of the step count giving a sparsity in
-        ``[0, 1)``, or a number (prune once, at the first step).
+        ``[0, 1]``, or a number (prune once, at the first step).
       scope: ``"leaf"`` (each leaf loses its fraction) or ``"global"``.
       where: selector; True where pruning is considered. Integer leaves and scalars are
         never pruned.
@@ -195,7 +195,7 @@ def prune_during_training(
                 # Pruned weights rank below all others: once pruned, pruned while s rises.
                 return jnp.where(old[i], _select.order_key(scores[i]), _select.BOTTOM_KEY)
 
-            keep = rank_keep(fn, w_tree, sparsity, scope, where, _select.given_key, ranked)
+            keep = rank_keep(fn, w_tree, ("sparsity", sparsity), scope, where, _select.given_key, ranked)
             return [k.astype(jnp.bool_) for k in jax.tree.leaves(keep)]
 
         def unchanged() -> list[jax.Array]:
