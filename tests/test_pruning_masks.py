@@ -1,17 +1,21 @@
 """Pruning masks: exact counts, a sort-based numpy reference, torch.nn.utils.prune parity,
 the tie rule, jit/vmap with a traced sparsity, skipped leaves and every documented error."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 from conftest import random_tree
+from flax import nnx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from torch.nn.utils import prune as tprune
 
+import jaxreg
 from jaxreg import masks, pruning
 
 SETTINGS = settings(max_examples=15, deadline=None)
@@ -378,6 +382,63 @@ def test_snip_score_is_abs_grad_times_weight():
         np.testing.assert_allclose(scores[name], np.abs(grads[name] * params[name]), rtol=1e-6)
     keep = pruning.mask_from_scores(scores, 0.5)
     np.testing.assert_array_equal(keep["w"], _reference_keep(scores, 0.5, "leaf", count=lambda s, n: round(s * n))[1])
+
+
+def test_activation_score_is_the_mean_absolute_output_of_each_unit():
+    model = jaxreg.nn.MLP(5, [8, 6], 3, dropout_rate=0.5, hidden_noise_std=1.0, rngs=nnx.Rngs(0))
+    model.train()  # the score measures in eval mode all the same: no dropout, no noise
+    x = jax.random.normal(jax.random.key(1), (64, 5))
+    params = nnx.state(model, nnx.Param)
+    scores = jax.jit(pruning.activation_score(model, x))(params)
+    p = nnx.to_pure_dict(params)
+    h1 = x @ p["layers"][0]["kernel"] + p["layers"][0]["bias"]
+    h2 = jax.nn.relu(h1) @ p["layers"][1]["kernel"] + p["layers"][1]["bias"]
+    logits = jax.nn.relu(h2) @ p["head"]["kernel"] + p["head"]["bias"]
+    for path, out in [(("layers", 0), h1), (("layers", 1), h2), (("head",), logits)]:
+        leaf = functools.reduce(lambda t, k: t[k], path, scores)
+        for name in ("kernel", "bias"):
+            want = np.broadcast_to(np.abs(np.asarray(out)).mean(axis=0), leaf[name].shape)
+            np.testing.assert_allclose(leaf[name], want, rtol=1e-5)
+    # Post-ReLU activity instead, and the pure dict of the state gives the same scores.
+    relu = pruning.activation_score(model, x, activation=jax.nn.relu)(p)
+    np.testing.assert_allclose(relu["layers"][0]["bias"], np.maximum(np.asarray(h1), 0).mean(axis=0), rtol=1e-5)
+
+
+def test_activation_score_prunes_the_least_active_units_and_channels():
+    model = jaxreg.nn.CNN(1, 10, features=(4, 6), rngs=nnx.Rngs(2))
+    x = jax.random.normal(jax.random.key(3), (8, 12, 12, 1))
+    params = nnx.state(model, nnx.Param)
+    score = pruning.activation_score(model, x)
+    keep = pruning.structured_mask(params, 0.5, axis=-1, ord=np.inf, score=score, where=jaxreg.masks.weights_only)
+    conv = nnx.to_pure_dict(params)["convs"][0]
+    out = (
+        jax.lax.conv_general_dilated(x, conv["kernel"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        + conv["bias"]
+    )
+    activity = np.abs(np.asarray(out)).mean(axis=(0, 1, 2))
+    kept = np.asarray(keep["convs"][0]["kernel"][...]).all(axis=(0, 1, 2))
+    assert set(np.flatnonzero(kept)) == set(np.argsort(activity)[2:])
+
+
+class _Tempered(nnx.Module):
+    def __init__(self):
+        self.linear = nnx.Linear(3, 4, rngs=nnx.Rngs(0))
+        self.temperature = nnx.Param(jnp.ones(()))
+
+    def __call__(self, x):
+        return self.linear(x) / self.temperature
+
+
+def test_activation_score_gives_inf_where_no_unit_matches():
+    model = _Tempered()
+    scores = pruning.activation_score(model, jnp.ones((2, 3)))(nnx.state(model, nnx.Param))
+    assert np.isinf(scores["temperature"]) and np.isfinite(scores["linear"]["kernel"]).all()
+
+
+def test_activation_score_rejects_params_of_another_model():
+    score = pruning.activation_score(jaxreg.nn.MLP(2, [3], 1, rngs=nnx.Rngs(0)), jnp.ones((4, 2)))
+    with pytest.raises(ValueError, match=r"^activation_score: got 2 parameter arrays, but the model has 4 nnx.Param"):
+        score({"kernel": jnp.ones((2, 3)), "bias": jnp.ones(3)})
 
 
 def test_unit_norm_score_shapes():

@@ -288,3 +288,95 @@ def test_a_pruned_weight_stays_pruned_even_against_a_kept_exact_zero():
     u, state = update({"w": jnp.asarray([-3.0, 0.0, 0.0, 0.0])}, state, params)
     np.testing.assert_array_equal(state.keep["w"], [True, False, True, True])
     np.testing.assert_array_equal(optax.apply_updates(params, u)["w"], [0.0, 0.0, 5.0, 6.0])
+
+
+# ---------------------------------------------------------------- wrapping the optimizer (inner=)
+
+
+def _torch_pruned_run(weights, keeps, grads_seq, lr, max_norm):
+    """PyTorch's pruned training: weight = weight_orig * mask, clip_grad_norm_, Adam."""
+    import torch
+    from torch.nn.utils import prune as tprune
+
+    modules = []
+    for w, k in zip(weights, keeps):
+        module = torch.nn.Linear(w.shape[1], w.shape[0], bias=False)
+        module.weight = torch.nn.Parameter(torch.from_numpy(w.copy()))
+        tprune.custom_from_mask(module, "weight", torch.from_numpy(np.array(k)))
+        modules.append(module)
+    origs = [m.weight_orig for m in modules]
+    opt = torch.optim.Adam(origs, lr=lr)
+    for grads in grads_seq:
+        opt.zero_grad()
+        # d(sum(g * weight))/d(weight_orig) = g * mask: the gradient torch's optimizer sees.
+        weights = [m.weight_orig * m.weight_mask for m in modules]  # what the forward pre-hook computes
+        sum((torch.from_numpy(g) * w).sum() for g, w in zip(grads, weights)).backward()
+        torch.nn.utils.clip_grad_norm_(origs, max_norm)
+        opt.step()
+    return [(m.weight_orig * m.weight_mask).detach().numpy() for m in modules]
+
+
+def test_wrapping_the_optimizer_hides_pruned_gradients_as_pytorch_does():
+    rng = np.random.default_rng(3)
+    weights = [rng.standard_normal(s).astype(np.float32) for s in [(6, 4), (3, 6)]]
+    params = {"a": weights[0], "b": weights[1]}
+    keep = pruning.magnitude_mask(params, 0.5, scope="global")
+    grads_seq = [[rng.standard_normal(w.shape).astype(np.float32) * 3 for w in weights] for _ in range(5)]
+    want = _torch_pruned_run(weights, [keep["a"], keep["b"]], grads_seq, lr=0.05, max_norm=1.0)
+
+    def run(tx):
+        with jax.numpy_dtype_promotion("standard"):  # optax.adam is not strict-clean
+            p, state = params, tx.init(params)
+            for g in grads_seq:
+                p, state = _chain_step(tx)(p, state, {"a": g[0], "b": g[1]})
+        return p, state
+
+    inner = optax.chain(jaxreg.clip_by_global_norm(1.0), optax.adam(0.05))
+    wrapped, state = run(pruning.keep_pruned(keep, inner=inner))
+    for name, w in zip("ab", want):
+        np.testing.assert_allclose(wrapped[name], w, rtol=1e-5, atol=1e-6)
+    # Adam's moments never saw a pruned gradient.
+    mu = state.inner[1][0].mu
+    for name in "ab":
+        assert not np.asarray(mu[name])[~np.asarray(keep[name])].any()
+    # Placed after the optimizer instead, the clip's norm counts the pruned gradients.
+    after, _ = run(optax.chain(inner, pruning.keep_pruned(keep)))
+    assert max(float(np.abs(after[n] - w).max()) for n, w in zip("ab", want)) > 1e-3
+
+
+def test_prune_during_training_wraps_an_optimizer_inside_nnx():
+    model = nnx.Sequential(nnx.Linear(4, 8, rngs=nnx.Rngs(0)), nnx.relu, nnx.Linear(8, 2, rngs=nnx.Rngs(1)))
+    tx = pruning.prune_during_training(
+        pruning.magnitude_score,
+        pruning.constant_sparsity(0.5),
+        where=jaxreg.masks.weights_only,
+        inner=optax.sgd(0.05, momentum=0.9),
+    )
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    x, y = jnp.ones((5, 4)), jnp.zeros((5, 2))
+
+    @nnx.jit
+    def train_step(model, optimizer):
+        optimizer.update(model, nnx.grad(lambda m: jnp.mean((m(x) - y) ** 2))(model))
+
+    def momentum(layer):
+        return np.asarray(optimizer.opt_state.inner[0].trace["layers"][layer]["kernel"][...])
+
+    train_step(model, optimizer)  # prunes half of each kernel (the momentum saw the full gradient)
+    first = {layer: momentum(layer) for layer in (0, 2)}
+    train_step(model, optimizer)
+    train_step(model, optimizer)
+    for layer in (0, 2):
+        kept = np.asarray(optimizer.opt_state.keep["layers"][layer]["kernel"][...])
+        assert (~kept).sum() == kept.size // 2
+        assert not np.asarray(model.layers[layer].kernel[...])[~kept].any()
+        # Since then the momentum of a pruned weight saw only zero gradients: it decays.
+        np.testing.assert_allclose(momentum(layer)[~kept], 0.81 * first[layer][~kept], rtol=1e-5)
+        assert np.abs(momentum(layer)[kept] - 0.81 * first[layer][kept]).max() > 1e-4
+
+
+def test_inner_must_be_a_gradient_transformation():
+    with pytest.raises(TypeError, match=r"^keep_pruned: inner must be an optax.GradientTransformation, got 'adam'"):
+        pruning.keep_pruned({"w": True}, inner="adam")
+    with pytest.raises(TypeError, match=r"^prune_during_training: inner must be an optax.GradientTransformation"):
+        pruning.prune_during_training(pruning.magnitude_score, 0.5, inner=0.1)

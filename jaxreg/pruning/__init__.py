@@ -4,7 +4,7 @@ Kept apart so that any piece works with any other (jaxpruner's split, as pure
 functions):
 
 * **scores** (how important is each weight): :func:`magnitude_score`,
-  :func:`random_score`, :func:`snip_score`, :func:`unit_norm_score`, or any callable
+  :func:`random_score`, :func:`snip_score`, :func:`activation_score`, :func:`unit_norm_score`, or any callable
   ``params -> per-weight scores``;
 * **masks** (how much to prune where): :func:`magnitude_mask`, :func:`mask_from_scores`,
   :func:`random_mask`, :func:`threshold_mask`, :func:`structured_mask`,
@@ -29,7 +29,7 @@ from jaxreg.pruning.masks import (
 )
 from jaxreg.pruning.report import LeafSparsity, SparsityReport, sparsity_report
 from jaxreg.pruning.schedules import constant_sparsity, polynomial_sparsity
-from jaxreg.pruning.scores import Score, magnitude_score, random_score, snip_score, unit_norm_score
+from jaxreg.pruning.scores import Score, activation_score, magnitude_score, random_score, snip_score, unit_norm_score
 from jaxreg.pruning.transforms import KeepPrunedState, PruneState, keep_pruned, prune_during_training
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "PruneState",
     "Score",
     "SparsityReport",
+    "activation_score",
     "apply_mask",
     "constant_sparsity",
     "keep_pruned",

@@ -17,10 +17,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import nnx
 
 from jaxreg import _checks, _tree
 
-__all__ = ["Score", "magnitude_score", "random_score", "snip_score", "unit_norm_score"]
+__all__ = ["Score", "activation_score", "magnitude_score", "random_score", "snip_score", "unit_norm_score"]
 
 Score = Callable[[optax.Params], Any]  # params -> pytree of per-weight float scores
 
@@ -89,6 +90,67 @@ def snip_score(loss_fn: Callable[..., jax.Array], *args: Any, **kwargs: Any) -> 
         params = _tree.unbox(params)
         grads = jax.grad(loss_fn)(params, *args, **kwargs)
         return jax.tree.map(lambda g, w: jnp.abs(g.astype(jnp.float32) * w.astype(jnp.float32)), grads, params)
+
+    return score
+
+
+def activation_score(
+    model: nnx.Module, x: jax.Array, activation: Callable[[jax.Array], jax.Array] | None = None
+) -> Score:
+    """The mean absolute activation of each unit on a batch: the article's "activation" importance.
+
+    Every submodule's output is recorded on the batch ``x`` (``nnx.capture`` with
+    ``method_outputs``), with the model in eval mode (no dropout, no noise). A unit is
+    a slice along the output's last axis (a ``Linear``'s output feature, a ``Conv``'s
+    channel); its score is ``mean |activation(out)|`` over the batch and every other
+    axis. Each parameter of a module whose output has as many units as the
+    parameter's last axis (its kernel and bias) gets the score of its unit, broadcast
+    along the other axes; every other parameter scores ``+inf`` and is never pruned.
+
+    So ``structured_mask(params, s, axis=-1, ord=inf, score=activation_score(model,
+    x))`` prunes the output units that respond least on ``x``, and inside
+    ``prune_during_training`` the scores follow the weights as they train. PyTorch
+    needs forward hooks for this; ``torch.nn.utils.prune`` has no activation criterion.
+
+    Args:
+      model: an NNX module; its ``Param`` variables are the params the score takes.
+      x: a batch of inputs for ``model(x)``.
+      activation: applied to each module output before ``|.|`` (e.g. ``jax.nn.relu``
+        to score a ``Linear`` by its post-ReLU activity); default none, the raw output.
+
+    Returns:
+      A callable ``params -> pytree`` of float32 scores with the structure of
+      ``nnx.state(model, nnx.Param)`` (or of the pure dict of it that it is given).
+    """
+    graphdef, param_state, rest = nnx.split(model, nnx.Param, ...)
+    paths = [path for path, _ in nnx.to_flat_state(param_state)]
+    owners = {path[:-1] for path in paths}  # modules that hold parameters
+    param_structure = jax.tree.structure(param_state)
+    act = activation or (lambda a: a)
+
+    def score(params: optax.Params) -> Any:
+        leaves, treedef = jax.tree.flatten(_tree.unbox(params))
+        if len(leaves) != len(paths):
+            raise ValueError(
+                f"activation_score: got {len(leaves)} parameter arrays, but the model has {len(paths)} "
+                "nnx.Param variables; give the params of the model the score was built for."
+            )
+        bound = nnx.merge(graphdef, jax.tree.unflatten(param_structure, leaves), rest)
+        bound.eval()
+        _, outputs = nnx.capture(bound, nnx.Intermediate, method_outputs=nnx.Intermediate)(x)
+        unit_scores = {}
+        for path, recorded in nnx.to_flat_state(outputs):
+            if path[-1] == "__call__" and path[:-1] in owners:
+                calls = [jnp.abs(act(out)).astype(jnp.float32) for out in recorded.get_value()]
+                unit_scores[path[:-1]] = sum(c.reshape(-1, c.shape[-1]).mean(axis=0) for c in calls) / len(calls)
+        scores = []
+        for path, leaf in zip(paths, leaves):
+            units = unit_scores.get(path[:-1])
+            if units is not None and jnp.ndim(leaf) >= 1 and jnp.shape(leaf)[-1] == units.shape[0]:
+                scores.append(jnp.broadcast_to(units, jnp.shape(leaf)))
+            else:
+                scores.append(jnp.full(jnp.shape(leaf), jnp.inf, jnp.float32))
+        return treedef.unflatten(scores)
 
     return score
 

@@ -31,6 +31,7 @@ class KeepPrunedState(NamedTuple):
     """State of :func:`keep_pruned`."""
 
     keep: Any  # the pruning mask: a pytree of bool arrays, True = keep
+    inner: optax.OptState = optax.EmptyState()  # the wrapped optimizer's state, if any
 
 
 class PruneState(NamedTuple):
@@ -39,6 +40,7 @@ class PruneState(NamedTuple):
     count: jax.Array  # steps taken, for the sparsity schedule
     sparsity: jax.Array  # float32: the sparsity the current mask was computed for
     keep: Any  # the pruning mask: a pytree of bool arrays, True = keep
+    inner: optax.OptState = optax.EmptyState()  # the wrapped optimizer's state, if any
 
 
 def _floating(x: Any) -> bool:
@@ -55,6 +57,34 @@ def _hold_pruned(us: Sequence[Any], ps: Sequence[Any], keeps: Sequence[Any]) -> 
         else:
             out.append(u)
     return out
+
+
+def _check_inner(fn: str, inner: Any) -> optax.GradientTransformationExtraArgs | None:
+    if inner is None:
+        return None
+    if not isinstance(inner, optax.GradientTransformation):
+        raise TypeError(f"{fn}: inner must be an optax.GradientTransformation, got {inner!r}.")
+    return optax.with_extra_args_support(inner)
+
+
+def _inner_updates(
+    fn: str,
+    inner: optax.GradientTransformationExtraArgs | None,
+    u_leaves: list[Any],
+    treedef: Any,
+    state: optax.OptState,
+    params: Any,
+    keeps: Sequence[Any],
+    extra_args: dict[str, Any],
+) -> tuple[list[Any], optax.OptState]:
+    """The wrapped optimizer's updates, as leaves, for gradients with pruned entries zeroed."""
+    if inner is None:
+        return u_leaves, state
+    masked = [
+        jnp.where(k, g, jnp.zeros((), jnp.result_type(g))) if _floating(g) else g for g, k in zip(u_leaves, keeps)
+    ]
+    updates, state = inner.update(treedef.unflatten(masked), state, params, **extra_args)
+    return _tree.match_tree(fn, "updates", updates, params, broadcast=False), state
 
 
 def _aligned(fn: str, updates: Any, params: Any, keep: Any) -> tuple[list, list, list, list, Any]:
@@ -74,18 +104,26 @@ def _keep_leaves(fn: str, keep: Any, params: Any) -> list[jax.Array]:
     return [jnp.asarray(k).astype(jnp.bool_) for k in keeps]
 
 
-def keep_pruned(keep: Any | Callable[[optax.Params], Any]) -> optax.GradientTransformationExtraArgs:
+def keep_pruned(
+    keep: Any | Callable[[optax.Params], Any], inner: optax.GradientTransformation | None = None
+) -> optax.GradientTransformationExtraArgs:
     """Keeps pruned weights at exactly zero: place it last in the chain.
 
     For each weight ``p`` with incoming update ``u`` it returns ``u`` where
     ``keep`` is True and ``-p`` where it is False, so that after
     ``optax.apply_updates`` a pruned weight is ``0.0`` (exactly, for finite ``p``) and
     a kept one is ``p + u``. Pruned weights therefore stay zero through any optimizer,
-    decoupled weight decay or prox placed before it; their optimizer moments still see
-    the gradients, which is harmless since the weights are reset every step. PyTorch
-    gets the same effect from ``torch.nn.utils.prune``'s forward pre-hook
-    (``weight = weight_orig * weight_mask``), which leaves ``weight_orig`` to drift;
-    jaxpruner multiplies the params by the mask after each update.
+    decoupled weight decay or prox placed before it. PyTorch gets the same effect from
+    ``torch.nn.utils.prune``'s forward pre-hook (``weight = weight_orig *
+    weight_mask``), which leaves ``weight_orig`` to drift; jaxpruner multiplies the
+    params by the mask after each update.
+
+    Placed last in a chain, it cannot hide the pruned gradients from the optimizer
+    before it (its moments still see them, which is harmless since the weights are
+    reset every step). To zero them, as PyTorch's masked ``weight`` does for
+    ``weight_orig.grad``, wrap the optimizer instead: ``keep_pruned(keep,
+    inner=optax.adamw(...))`` gives ``inner`` the gradients with pruned entries set to
+    zero, then holds its updates as above (jaxpruner's ``wrap_optax``).
 
     The first update also zeroes weights that were pruned but not yet zero; apply
     :func:`~jaxreg.pruning.masks.apply_mask` to the params first if the first forward
@@ -96,25 +134,29 @@ def keep_pruned(keep: Any | Callable[[optax.Params], Any]) -> optax.GradientTran
         of the leaf's shape or broadcastable to it; True = keep), or a callable
         ``params -> keep`` evaluated once on the params given to ``init`` (e.g.
         ``lambda p: magnitude_mask(p, 0.9)`` for one-shot pruning).
+      inner: an optimizer (any ``optax.GradientTransformation``) to wrap: it gets the
+        gradients with the pruned entries zeroed. None: act on the incoming updates.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` with a :class:`KeepPrunedState`
-      holding the mask; ``update`` needs ``params``.
+      holding the mask (and ``inner``'s state); ``update`` needs ``params``.
     """
     fn = "keep_pruned"
+    wrapped = _check_inner(fn, inner)
 
     def init_fn(params: optax.Params) -> KeepPrunedState:
-        params = _tree.unbox(params)
-        tree = keep(params) if callable(keep) else keep
-        _, _, treedef = _tree.leaves_with_paths(params)
-        return KeepPrunedState(keep=treedef.unflatten(_keep_leaves(fn, tree, params)))
+        unboxed = _tree.unbox(params)
+        tree = keep(unboxed) if callable(keep) else keep
+        _, _, treedef = _tree.leaves_with_paths(unboxed)
+        inner_state = optax.EmptyState() if wrapped is None else wrapped.init(params)
+        return KeepPrunedState(keep=treedef.unflatten(_keep_leaves(fn, tree, unboxed)), inner=inner_state)
 
     def update_fn(
         updates: optax.Updates, state: KeepPrunedState, params: optax.Params | None = None, **extra_args: Any
     ) -> tuple[optax.Updates, KeepPrunedState]:
-        del extra_args
         _, p_leaves, u_leaves, keeps, treedef = _aligned(fn, updates, params, state.keep)
-        return treedef.unflatten(_hold_pruned(u_leaves, p_leaves, keeps)), state
+        u_leaves, inner_state = _inner_updates(fn, wrapped, u_leaves, treedef, state.inner, params, keeps, extra_args)
+        return treedef.unflatten(_hold_pruned(u_leaves, p_leaves, keeps)), state._replace(inner=inner_state)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -124,6 +166,7 @@ def prune_during_training(
     sparsity_schedule: optax.Schedule | float,
     scope: str = "leaf",
     where: Mask = None,
+    inner: optax.GradientTransformation | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Prunes on a schedule while training, holding pruned weights at zero in between.
 
@@ -141,7 +184,8 @@ def prune_during_training(
     This is Zhu & Gupta's gradual pruning with :func:`polynomial_sparsity`, and one-shot
     pruning with :func:`constant_sparsity`. jaxpruner's updaters do the same with a
     mutable object wrapping the optimizer; TensorFlow Model Optimization with Keras
-    callbacks.
+    callbacks. With ``inner=`` it wraps the optimizer, as :func:`keep_pruned` does:
+    ``inner`` sees the gradients of the weights pruned so far set to zero.
 
     Args:
       score: ``params -> per-weight scores`` (e.g. ``magnitude_score``), evaluated on
@@ -151,11 +195,13 @@ def prune_during_training(
       scope: ``"leaf"`` (each leaf loses its fraction) or ``"global"``.
       where: selector; True where pruning is considered. Integer leaves and scalars are
         never pruned.
+      inner: an optimizer to wrap: it gets the gradients with the pruned entries
+        zeroed. None: act on the incoming updates.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` with a :class:`PruneState` (step
-      count, current sparsity, mask); place it last in the chain; ``update`` needs
-      ``params``.
+      count, current sparsity, mask, ``inner``'s state); place it last in the chain;
+      ``update`` needs ``params``.
 
     References:
       Zhu & Gupta, *To prune, or not to prune*, 2017 (arXiv:1710.01878).
@@ -166,18 +212,21 @@ def prune_during_training(
     _checks.check_scope(fn, scope)
     if not callable(sparsity_schedule):
         check_sparsity(fn, sparsity_schedule, name="sparsity_schedule")
+    wrapped = _check_inner(fn, inner)
 
     def init_fn(params: optax.Params) -> PruneState:
-        params = _tree.unbox(params)
-        _tree.resolve_mask(fn, where, params, arg="where")
-        keep = jax.tree.map(lambda x: jnp.ones(jnp.shape(x), jnp.bool_), params)
-        return PruneState(count=jnp.zeros([], jnp.int32), sparsity=jnp.zeros([], jnp.float32), keep=keep)
+        unboxed = _tree.unbox(params)
+        _tree.resolve_mask(fn, where, unboxed, arg="where")
+        keep = jax.tree.map(lambda x: jnp.ones(jnp.shape(x), jnp.bool_), unboxed)
+        inner_state = optax.EmptyState() if wrapped is None else wrapped.init(params)
+        zero = jnp.zeros([], jnp.float32)
+        return PruneState(count=jnp.zeros([], jnp.int32), sparsity=zero, keep=keep, inner=inner_state)
 
     def update_fn(
         updates: optax.Updates, state: PruneState, params: optax.Params | None = None, **extra_args: Any
     ) -> tuple[optax.Updates, PruneState]:
-        del extra_args
         paths, p_leaves, u_leaves, old, treedef = _aligned(fn, updates, params, state.keep)
+        u_leaves, inner_state = _inner_updates(fn, wrapped, u_leaves, treedef, state.inner, params, old, extra_args)
         sparsity = jnp.asarray(_tree.value_at(sparsity_schedule, state.count)).astype(jnp.float32)
 
         def recompute() -> list[jax.Array]:
@@ -203,7 +252,7 @@ def prune_during_training(
 
         keeps = lax.cond(sparsity != state.sparsity, recompute, unchanged)
         new_state = PruneState(
-            count=optax.safe_increment(state.count), sparsity=sparsity, keep=treedef.unflatten(keeps)
+            count=optax.safe_increment(state.count), sparsity=sparsity, keep=treedef.unflatten(keeps), inner=inner_state
         )
         return treedef.unflatten(_hold_pruned(u_leaves, p_leaves, keeps)), new_state
 
