@@ -7,13 +7,23 @@ import json
 import pathlib
 
 from bench import compile as compile_bench
-from bench import harness, sweep, update_step
+from bench import harness, pruning, sweep, update_step
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+MODULES = {"update_step": update_step, "sweep": sweep, "compile": compile_bench, "pruning": pruning}
 TABLES = {
     "update_step": ["params", "impl", "median_s", "speedup_vs_optax", "speedup_vs_torch_fused", "roofline"],
     "sweep": ["runs", "steps", "impl", "median_s", "speedup_vs_sequential"],
     "compile": ["leaves", "impl", "median_s", "ratio_to_adam"],
+    "pruning": [
+        "params",
+        "impl",
+        "median_s",
+        "speedup_vs_sort",
+        "speedup_vs_torch",
+        "peak_extra_mb",
+        "peak_extra_over_params",
+    ],
 }
 
 
@@ -22,19 +32,27 @@ def main(argv: list[str] | None = None) -> pathlib.Path:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size", choices=["tiny", "default"], default="default")
     parser.add_argument("--out", type=pathlib.Path, default=RESULTS)
+    parser.add_argument(
+        "--only", nargs="+", choices=sorted(MODULES), help="run these and keep the other results already on file"
+    )
     args = parser.parse_args(argv)
     repeats = 1 if args.size == "tiny" else None
-    records = []
-    for module in (update_step, sweep, compile_bench):
-        extra = ["--repeats", str(repeats)] if repeats else []
-        records += module.main(["--size", args.size, *extra])
+    names = args.only or list(MODULES)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / harness.machine_name()
+    records = []
+    if args.only and stem.with_suffix(".json").exists():
+        kept = [json.loads(line) for line in stem.with_suffix(".json").read_text().splitlines()]
+        records = [r for r in kept if r["bench"] not in names]
+    for name in names:
+        extra = ["--repeats", str(repeats)] if repeats else []
+        records += MODULES[name].main(["--size", args.size, *extra])
     stem.with_suffix(".json").write_text("\n".join(json.dumps(r, sort_keys=True) for r in records) + "\n")
     sections = [
         f"### {name} ({harness.machine_name()})\n\n"
         + harness.markdown_table([r for r in records if r["bench"] == name], columns)
         for name, columns in TABLES.items()
+        if any(r["bench"] == name for r in records)
     ]
     stem.with_suffix(".md").write_text("\n\n".join(sections) + "\n")
     print(f"wrote {stem.with_suffix('.json')} and {stem.with_suffix('.md')}")

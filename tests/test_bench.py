@@ -16,6 +16,8 @@ def test_all_benchmarks_run_at_tiny_size(tmp_path):
     impls = {(r["bench"], r["impl"]) for r in records}
     assert {("update_step", i) for i in ("jaxreg", "optax", "torch_fused", "torch_foreach", "bandwidth")} <= impls
     assert {("sweep", "vmap"), ("sweep", "sequential")} <= impls
+    assert {("pruning", i) for i in ("jaxreg", "jnp_sort", "torch")} <= impls
+    assert all(r["peak_extra_mb"] >= 0 for r in records if r["bench"] == "pruning")
     assert all(r["median_s"] > 0 for r in records)
     table = stem.with_suffix(".md").read_text()
-    assert "| params | impl |" in table and "### sweep" in table
+    assert "| params | impl |" in table and "### sweep" in table and "### pruning" in table
