@@ -123,6 +123,30 @@ def test_mask_from_scores_ranks_signed_scores(tree, sparsity, scope):
     )
 
 
+def _large_trees():
+    """Over 2**20 weights, so the search starts from a sample and interpolates: smooth,
+    bimodal (where interpolating the counts is far off) and heavily tied scores."""
+    rng = np.random.default_rng(12)
+    smooth = {"a": rng.standard_normal((700, 1024), np.float32), "b": rng.standard_normal(400_000, np.float32)}
+    bimodal = {
+        "a": np.where(rng.random((600, 1024)) < 0.5, 1e-6, 1e3).astype(np.float32)
+        * rng.random((600, 1024), np.float32),
+        "b": rng.standard_normal(500_000, np.float32) * 1e-3,
+    }
+    tied = {"a": np.round(rng.standard_normal((1100, 1000)) * 2).astype(np.float32), "b": np.zeros(7, np.float32)}
+    return {"smooth": smooth, "bimodal": bimodal, "tied": tied}
+
+
+@pytest.mark.parametrize("name", ["smooth", "bimodal", "tied"])
+def test_large_trees_prune_exactly_what_a_sort_prunes(name):
+    params = _large_trees()[name]
+    for sparsity in [0.0, 3e-6, 0.37, 0.9, 0.999999, 1.0]:
+        keep = MAGNITUDE["global"](params, jnp.float32(sparsity))
+        _assert_same(keep, _reference_keep(params, sparsity, "global"))
+    keep = pruning.magnitude_mask(params, 0.75)  # per leaf: one large group, one small
+    _assert_same(keep, _reference_keep(params, 0.75, "leaf", count=lambda s, n: round(s * n)))
+
+
 def test_all_equal_weights_prune_the_first_ones():
     keep = pruning.magnitude_mask({"a": np.ones((2, 3), np.float32), "b": np.ones(4, np.float32)}, 0.5, "global")
     np.testing.assert_array_equal(keep["a"], [[False, False, False], [False, False, True]])

@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 INT32_MIN = -(2**31)
@@ -95,6 +96,63 @@ def _group_sums(per_leaf: Sequence[jax.Array], groups: Sequence[int], n_groups: 
     return jnp.stack(sums)
 
 
+# Probes before every group's [lo, hi] is one key: 2 from the sample, at most 32
+# halvings of the keys after a stalled pair each, and 16 pairs that cut the counts 4-fold.
+_MAX_PASSES = 2 + 3 * 32 + 2 * 16
+# Groups of at least _DENSE entries get their first two probes from a strided sample of
+# at most _SAMPLE keys (all such groups sorted together), and interpolation probes after:
+# their counts look continuous. On sharded arrays the sample is the only thing gathered,
+# a bounded 4 * _SAMPLE bytes per group whatever the parameters' size; smaller groups are
+# not sampled at all.
+_DENSE = 1 << 20
+_SAMPLE = 1 << 16
+
+
+def _sample_probes(
+    leaves: Sequence[jax.Array],
+    key_fn: KeyFn,
+    groups: Sequence[int],
+    n_groups: int,
+    sizes: Sequence[int],
+    counts: jax.Array,
+) -> tuple[jax.Array, jax.Array] | None:
+    """Two probes per large group around its threshold key, read off a sorted sample of its keys.
+
+    In a sorted strided sample of ``m`` keys the threshold sits near index ``q * m``
+    (``q = counts / size``), with a binomial spread of ``sqrt(m q (1 - q))``; the keys
+    four spreads (plus a few) on either side bracket it unless the sample is very
+    atypical, and then the search simply goes on from wherever they landed. Returns
+    ``(high, low)`` per group (ignored for groups under ``_DENSE``), or None when no
+    group is that large.
+    """
+    strides = [max(1, size // _SAMPLE) for size in sizes]
+    keys, ids, lengths = [], [], [0] * n_groups
+    for x, g in zip(leaves, groups):
+        if sizes[g] >= _DENSE:
+            sample = key_fn(x.reshape(-1)[:: strides[g]])
+            keys.append(sample)
+            ids.append(jnp.full(sample.shape, g, jnp.int32))
+            lengths[g] += sample.shape[0]
+    if not keys:
+        return None
+    _, ordered = lax.sort((jnp.concatenate(ids), jnp.concatenate(keys)), num_keys=2)
+    starts = jnp.asarray(np.cumsum([0, *lengths[:-1]]), jnp.int32)
+    m = jnp.asarray(lengths, jnp.int32)
+    mf = m.astype(jnp.float32)
+    q = counts.astype(jnp.float32) / jnp.asarray(sizes, jnp.float32)
+    spread = 4 * jnp.sqrt(mf * q * (1 - q)) + 4
+    top = jnp.ceil(q * mf + spread).astype(jnp.int32)
+    bottom = jnp.floor(q * mf - spread).astype(jnp.int32)
+
+    def key_at(index: jax.Array) -> jax.Array:
+        return ordered[starts + jnp.clip(index, 0, jnp.maximum(m - 1, 0))]
+
+    high = jnp.where(top >= m, INT32_MAX, key_at(top))
+    # A probe at key - 1 leaves that key inside [lo, hi] when too few lie below it.
+    low = jnp.where(bottom < 0, INT32_MIN, key_at(bottom) - 1)
+    return high, low
+
+
 @functools.partial(jax.jit, static_argnames=("key_fn", "groups"))
 def lowest(
     leaves: Sequence[jax.Array],
@@ -105,11 +163,14 @@ def lowest(
     """Marks, in each group of arrays, the ``counts[g]`` entries of lowest ``(key, position)``.
 
     An entry's position is its flat index plus the sizes of the arrays before it in its
-    group. 32 counting passes halve the int32 key range down to the threshold key ``T``
-    (the least key with ``count(key <= T) >= counts[g]``); only if that takes more
-    entries than asked (ties at ``T``) do up to ``log2(group size)`` more passes find
-    the position up to which the ties at ``T`` are taken. Continuous scores have no
-    ties, so that second search rarely runs. A last pass writes the marks.
+    group. Counting passes narrow the int32 key range down to the threshold key ``T``
+    (the least key with ``count(key <= T) >= counts[g]``). Groups of 2**20 entries or
+    more start from two probes read off a sorted sample of their keys and go on with
+    probes placed by interpolating the counts (about 10-15 passes for continuous scores);
+    smaller ones halve the range, 32 passes. Never more than ``_MAX_PASSES``. Only if ``T``
+    takes more entries than asked (ties at ``T``) do up to ``log2(group size)`` more
+    passes find the position up to which the ties at ``T`` are taken. Continuous scores
+    have no ties, so that second search rarely runs. A last pass writes the marks.
 
     Args:
       leaves: the arrays.
@@ -156,24 +217,74 @@ def lowest(
         del offset
         return key_fn(flat) <= key
 
-    # The threshold key T of a group: the least key with count(key <= T) >= counts[g],
-    # found by halving the int32 range 32 times.
-    def halve_keys(bounds: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
-        i, lo, hi, at_hi = bounds
-        mid = _midpoint(lo, hi)
-        found = count(i, at_most, mid)
-        enough = found >= counts
-        return i + 1, jnp.where(enough, lo, mid + 1), jnp.where(enough, mid, hi), jnp.where(enough, found, at_hi)
+    # The threshold key T of a group: the least key with count(key <= T) >= counts[g].
+    # Search state per group: T lies in [lo, hi], with below = count(key < lo) < counts
+    # <= count(key <= hi) = at_hi. Each pass counts the keys <= one probe per group.
+    sampled = _sample_probes(leaves, key_fn, groups, n_groups, sizes, counts)
+    dense = jnp.asarray([size >= _DENSE for size in sizes])
 
-    # A while_loop, not a fori_loop: with a trip count it knows, XLA hoists the keys out
-    # of the loop despite the barrier.
+    def probe(i: jax.Array, lo: jax.Array, hi: jax.Array, below: jax.Array, at_hi: jax.Array, halve: jax.Array):
+        # Aim just below, then just above the target rank, by linear interpolation of the
+        # counts between lo and hi (the counts of smooth scores are locally linear in the
+        # key): when that holds, each pair of probes cuts the span of counts 16-fold.
+        span = (at_hi - below).astype(jnp.float32)
+        margin = span / 32 + 1
+        target = counts.astype(jnp.float32) + jnp.where(i % 2 == 0, -margin, margin)
+        frac = jnp.clip((target - below.astype(jnp.float32)) / span, 0.0, 1.0)
+        width = lax.bitcast_convert_type(hi - lo, jnp.uint32)  # exact, as a wrapped difference
+        offset = jnp.minimum((frac * width.astype(jnp.float32)).astype(jnp.uint32), width - 1)
+        # Halve [lo, hi] instead across binades, where the counts are far from linear in
+        # the key (more than 2**24 keys), after a stalled pair, and in groups too small
+        # for their counts to look continuous (the keys there are far apart, and probes
+        # between them count nothing new).
+        halve = halve | (width >= 1 << 24) | ~dense
+        guess = jnp.where(halve, _midpoint(lo, hi), lo + lax.bitcast_convert_type(offset, jnp.int32))
+        if sampled is not None:
+            # First the sample's bracket: two probes that, when the sample is typical, cut
+            # [lo, hi] to a sliver of the keys at once.
+            high, low = sampled
+            guess = jnp.where(dense & (i == 0), high, jnp.where(dense & (i == 1), low, guess))
+        return jnp.clip(guess, lo, jnp.maximum(hi - 1, lo)), halve & (i >= 2)
+
+    def narrow(bounds: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+        i, lo, hi, below, at_hi, halve, mark = bounds
+        open_ = lo < hi
+        key, halved = probe(i, lo, hi, below, at_hi, halve)
+        found = count(i, at_most, key)
+        enough = open_ & (found >= counts)
+        short = open_ & (found < counts)
+        new_below, new_at_hi = jnp.where(short, found, below), jnp.where(enough, found, at_hi)
+        span = new_at_hi - new_below
+        # A pair of interpolation probes that did not cut the span of counts 4-fold stalls:
+        # the next probe halves [lo, hi] instead.
+        pair_end = (i >= 3) & (i % 2 == 1)
+        stalled = pair_end & ~halved & (span > mark // 4)
+        return (
+            i + 1,
+            jnp.where(short, key + 1, lo),
+            jnp.where(enough, key, hi),
+            new_below,
+            new_at_hi,
+            stalled,
+            jnp.where(pair_end | (i == 1), span, mark),
+        )
+
+    # A while_loop with a data-dependent end: with a trip count it knows, XLA hoists the
+    # keys out of the loop despite the barrier. Each halving halves [lo, hi], and every
+    # pair of other probes cuts the span of counts 4-fold or is followed by a halving, so
+    # the loop ends within _MAX_PASSES.
     start = (
         jnp.zeros([], jnp.int32),
         jnp.full((n_groups,), INT32_MIN, jnp.int32),
         jnp.full((n_groups,), INT32_MAX, jnp.int32),
+        jnp.zeros((n_groups,), jnp.int32),
+        sizes_arr,
+        jnp.zeros((n_groups,), jnp.bool_),
         sizes_arr,
     )
-    _, _, threshold, at_threshold = lax.while_loop(lambda bounds: bounds[0] < 32, halve_keys, start)
+    _, _, threshold, _, at_threshold, _, _ = lax.while_loop(
+        lambda bounds: jnp.any(bounds[1] < bounds[2]) & (bounds[0] < _MAX_PASSES), narrow, start
+    )
 
     # count(key <= T) > counts[g] means ties at T, of which only the first ones in
     # position order are taken: the least position P with
