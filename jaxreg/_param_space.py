@@ -105,7 +105,7 @@ def updates_transform(
         del extra_args
         if params is None:
             raise needs_params_error(fn)
-        selected, p_leaves, treedef, _ = select(params)
+        selected, p_leaves, _, _ = select(params)
         u_leaves = _tree.match_tree(fn, "updates", updates, params, broadcast=False)
         picked = [i for i, s in enumerate(selected) if s]
         extras = [_tree.match_tree(fn, name, value, params) for name, value in per_leaf]
@@ -118,7 +118,7 @@ def updates_transform(
         out = list(u_leaves)
         for i, u2 in zip(picked, new):
             out[i] = u2.astype(u_leaves[i].dtype)
-        return treedef.unflatten(out), StepCountState(optax.safe_increment(state.count))
+        return _tree.rebox_like(updates, out), StepCountState(optax.safe_increment(state.count))
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 

@@ -33,6 +33,16 @@ def unbox(tree: Any) -> Any:
     return jax.tree.map(lambda x: x.get_value() if _is_variable(x) else x, tree, is_leaf=_is_variable)
 
 
+def rebox_like(tree: Any, leaves: Sequence[Any]) -> Any:
+    """``leaves`` (in ``tree``'s leaf order) in ``tree``'s structure, NNX ``Variable`` boxes included.
+
+    Transforms compute on unboxed leaves; their updates go back in the boxes the
+    incoming updates came in, so that ``optax.apply_updates`` matches them to the params
+    outside ``nnx.Optimizer`` too (an ``nnx.split`` state).
+    """
+    return jax.tree.unflatten(jax.tree.structure(tree), leaves)
+
+
 def path_str(path: KeyPath) -> str:
     """``('dense1', 'kernel')``-style key path as ``'dense1/kernel'`` (for regex masks)."""
     parts = []
@@ -82,7 +92,46 @@ def match_tree(fn: str, arg: str, value: Any, params: Any, broadcast: bool = Tru
         where = _first_difference(paths, [p for p, _ in value_pairs])
         alternative = ", or one value for all of them" if broadcast else ""
         raise ValueError(f"{fn}: {arg} {where}; give {arg} with the same tree structure as the params{alternative}.")
-    return [x for _, x in value_pairs]
+    values = [x for _, x in value_pairs]
+    for path, x, p in zip(paths, values, leaves):
+        check_same_sharding(fn, arg, path, x, p)
+    return values
+
+
+def explicit_sharding(x: Any) -> Any:
+    """The sharding of ``x`` when its mesh has explicit axes (part of its type, also under ``jit``), else None."""
+    if not isinstance(x, jax.Array):
+        return None
+    sharding = jax.typeof(x).sharding
+    mesh = getattr(sharding, "mesh", None)
+    if mesh is None or jax.sharding.AxisType.Explicit not in getattr(mesh, "axis_types", ()):
+        return None
+    return sharding
+
+
+def _explicit_spec(x: Any) -> tuple[Any, ...] | None:
+    sharding = explicit_sharding(x)
+    if sharding is None:
+        return None
+    spec = tuple(sharding.spec)
+    return spec + (None,) * (x.ndim - len(spec))
+
+
+def check_same_sharding(fn: str, arg: str, path: KeyPath, value: Any, param: Any) -> None:
+    """Raises a ValueError naming the leaf when an array shaped like a parameter is split differently.
+
+    Only with explicit mesh axes, where JAX itself refuses to mix the two (with an error
+    that names neither the leaf nor the argument); with automatic axes XLA moves the
+    value to the parameter's devices and nothing needs checking.
+    """
+    if jnp.ndim(param) == 0 or jnp.shape(value) != jnp.shape(param):
+        return
+    want, have = _explicit_spec(param), _explicit_spec(value)
+    if want is not None and have is not None and want != have:
+        raise ValueError(
+            f"{fn}: {arg} for params{jax.tree_util.keystr(path)} is sharded as P{have}, but the parameter as "
+            f"P{want}; give {arg} the params' sharding (jax.sharding.reshard(value, jax.typeof(param).sharding))."
+        )
 
 
 def resolve_mask(fn: str, mask: Any, params: Any, arg: str = "mask") -> list[bool]:

@@ -156,6 +156,7 @@ def masked(inner: optax.GradientTransformation, mask: Mask) -> optax.GradientTra
         return tx.init(_tree.unbox(params))
 
     def update_fn(updates: optax.Updates, state: Any, params: optax.Params | None = None, **extra: Any) -> Any:
-        return tx.update(_tree.unbox(updates), state, _tree.unbox(params), **extra)
+        new, state = tx.update(_tree.unbox(updates), state, _tree.unbox(params), **extra)
+        return _tree.rebox_like(updates, jax.tree.leaves(new)), state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -140,3 +140,38 @@ def test_nnx_mask_names_missing_leaf():
     bad = {"dense1": {"kernel": True, "bias": False}}
     with pytest.raises(ValueError, match=r"l1_prox: mask has no entry for params\['dense2'\]"):
         jaxreg.l1_prox(0.1, mask=bad).init(params)
+
+
+# Every jaxreg transform on an nnx.split state, outside nnx.Optimizer: the updates come
+# back in the params' Variable boxes, so optax.apply_updates pairs them.
+_BOXED_TRANSFORMS = {
+    "clip": lambda: jaxreg.clip(1.0),
+    "clip_by_global_norm": lambda: jaxreg.clip_by_global_norm(1.0),
+    "clip_by_leaf_norm": lambda: jaxreg.clip_by_leaf_norm(1.0),
+    "coupled_weight_decay": lambda: jaxreg.coupled_weight_decay(0.1),
+    "decoupled_weight_decay": lambda: jaxreg.decoupled_weight_decay(0.1),
+    "l1_prox": lambda: jaxreg.l1_prox(0.1),
+    "elastic_net_prox": lambda: jaxreg.elastic_net_prox(0.1, 0.1),
+    "group_lasso_prox": lambda: jaxreg.group_lasso_prox(0.1, axis=0),
+    "project_box": lambda: jaxreg.project_box(-0.5, 0.5),
+    "project_nonnegative": lambda: jaxreg.project_nonnegative(),
+    "project_l2_ball": lambda: jaxreg.project_l2_ball(1.0),
+    "project_l1_ball": lambda: jaxreg.project_l1_ball(1.0),
+    "max_norm": lambda: jaxreg.max_norm(1.0, axis=0),
+    "keep_pruned": lambda: jaxreg.pruning.keep_pruned(lambda p: jaxreg.pruning.magnitude_mask(p, 0.5)),
+    "prune_during_training": lambda: jaxreg.pruning.prune_during_training(jaxreg.pruning.magnitude_score, 0.5),
+    "masked": lambda: jaxreg.masked(optax.sgd(0.1), jaxreg.masks.weights_only),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_BOXED_TRANSFORMS))
+def test_updates_keep_the_variable_boxes_of_an_nnx_split_state(name):
+    _, params = nnx.split(nnx.Linear(2, 3, rngs=nnx.Rngs(0)), nnx.Param)
+    grads = jax.tree.map(jnp.ones_like, params)
+    tx = _BOXED_TRANSFORMS[name]()
+    updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+    assert jax.tree.structure(updates) == jax.tree.structure(params)
+    new = optax.apply_updates(params, updates)
+    want = jax.tree.map(lambda p, u: p + u, nnx.to_pure_dict(params), nnx.to_pure_dict(updates))
+    for got, w in zip(jax.tree.leaves(nnx.to_pure_dict(new)), jax.tree.leaves(want)):
+        np.testing.assert_allclose(got, w, rtol=1e-6)

@@ -74,19 +74,45 @@ def _midpoint(lo: jax.Array, hi: jax.Array) -> jax.Array:
     return (lo >> 1) + (hi >> 1) + (lo & hi & 1)
 
 
-def count_true(flags: jax.Array) -> jax.Array:
-    """The number of True entries of a 1-D bool array, as int32.
+def _on_mesh(x: jax.Array) -> bool:
+    """Whether ``x`` lives on a mesh of several devices (JAX carries the mesh in the type, also under ``jit``)."""
+    mesh = getattr(jax.typeof(x).sharding, "mesh", None)
+    return mesh is not None and not mesh.empty and mesh.size > 1
 
-    XLA's CPU backend does not fuse a producer into a full reduction: the reduced
-    operand is materialized. Summed as uint8 in blocks of 128 (which cannot overflow),
-    that operand takes one byte per entry instead of the four of an int32 sum.
+
+def count_true(flags: jax.Array) -> jax.Array:
+    """The number of True entries of a bool array, as int32.
+
+    On one device: XLA's CPU backend does not fuse a producer into a full reduction,
+    so the reduced operand is materialized; summed as uint8 in blocks of 128 of the
+    flattened array (which cannot overflow), it takes one byte per entry instead of
+    four. On a mesh the flags are summed in their own shape instead: flattening would
+    make XLA gather a leaf split on any axis but the first (and is a type error with
+    explicit axes), while a full reduction is local sums plus one all-reduce.
     """
+    if _on_mesh(flags):
+        return jnp.sum(flags, dtype=jnp.int32)
+    flags = flags.reshape(-1)
     block = 128
     pad = (-flags.shape[0]) % block
     if pad:
         flags = jnp.pad(flags, (0, pad))
     partial = jnp.sum(flags.reshape(-1, block).astype(jnp.uint8), axis=1, dtype=jnp.uint8)
     return jnp.sum(partial, dtype=jnp.int32)
+
+
+def flat_index(shape: tuple[int, ...], offset: int | jax.Array) -> jax.Array:
+    """``offset`` plus the row-major (flat) index of every entry of an array of ``shape``, as int32.
+
+    Built from one iota per axis, so that it takes the sharding of the array it is
+    compared with instead of forcing a 1-D layout.
+    """
+    index = jnp.asarray(offset, jnp.int32)
+    stride = 1
+    for axis in reversed(range(len(shape))):
+        index = index + lax.broadcasted_iota(jnp.int32, shape, axis) * stride
+        stride *= shape[axis]
+    return jnp.broadcast_to(index, shape)
 
 
 def _group_sums(per_leaf: Sequence[jax.Array], groups: Sequence[int], n_groups: int) -> jax.Array:
@@ -100,10 +126,8 @@ def _group_sums(per_leaf: Sequence[jax.Array], groups: Sequence[int], n_groups: 
 # halvings of the keys after a stalled pair each, and 16 pairs that cut the counts 4-fold.
 _MAX_PASSES = 2 + 3 * 32 + 2 * 16
 # Groups of at least _DENSE entries get their first two probes from a strided sample of
-# at most _SAMPLE keys (all such groups sorted together), and interpolation probes after:
-# their counts look continuous. On sharded arrays the sample is the only thing gathered,
-# a bounded 4 * _SAMPLE bytes per group whatever the parameters' size; smaller groups are
-# not sampled at all.
+# at most _SAMPLE keys (all such groups sorted together; not on a mesh, where the sample
+# would be gathered), and interpolation probes after: their counts look continuous.
 _DENSE = 1 << 20
 _SAMPLE = 1 << 16
 
@@ -125,6 +149,8 @@ def _sample_probes(
     ``(high, low)`` per group (ignored for groups under ``_DENSE``), or None when no
     group is that large.
     """
+    if any(_on_mesh(x) for x in leaves):
+        return None  # a strided sample of a sharded leaf would be gathered
     strides = [max(1, size // _SAMPLE) for size in sizes]
     keys, ids, lengths = [], [], [0] * n_groups
     for x, g in zip(leaves, groups):
@@ -197,10 +223,10 @@ def lowest(
     sizes_arr = jnp.asarray(sizes, jnp.int32)
 
     def below(x: jax.Array, offset: int | jax.Array, key: jax.Array, position: jax.Array) -> jax.Array:
-        # (key(x), position) < (key, position), entry by entry, on the flattened array.
-        keys = key_fn(x.reshape(-1))
-        index = lax.iota(jnp.int32, x.size) + offset
-        return (keys < key) | ((keys == key) & (index < position))
+        # (key(x), position) < (key, position), entry by entry, in the array's own shape
+        # (and sharding): the position is the flat index, computed, not flattened to.
+        keys = key_fn(x)
+        return (keys < key) | ((keys == key) & (flat_index(x.shape, offset) < position))
 
     def count(step: jax.Array, predicate: Callable[..., jax.Array], *args: jax.Array) -> jax.Array:
         # Tied to the step by a barrier, the leaves look loop-variant to XLA, which then
@@ -208,14 +234,14 @@ def lowest(
         # of the loop as full-size int32 arrays (that would triple the extra memory).
         tied, tied_offsets, _ = lax.optimization_barrier((list(leaves), jnp.asarray(offsets, jnp.int32), step))
         per_leaf = [
-            count_true(predicate(x.reshape(-1), tied_offsets[j], *[a[g] for a in args]))
+            count_true(predicate(x, tied_offsets[j], *[a[g] for a in args]))
             for j, (x, g) in enumerate(zip(tied, groups))
         ]
         return _group_sums(per_leaf, groups, n_groups)
 
-    def at_most(flat: jax.Array, offset: jax.Array, key: jax.Array) -> jax.Array:
+    def at_most(x: jax.Array, offset: jax.Array, key: jax.Array) -> jax.Array:
         del offset
-        return key_fn(flat) <= key
+        return key_fn(x) <= key
 
     # The threshold key T of a group: the least key with count(key <= T) >= counts[g].
     # Search state per group: T lies in [lo, hi], with below = count(key < lo) < counts
@@ -302,4 +328,4 @@ def lowest(
     start = (jnp.zeros([], jnp.int32), jnp.zeros((n_groups,), jnp.int32), sizes_arr)
     _, _, position = lax.while_loop(ties_left, halve_positions, start)
     cut = jnp.where(at_threshold > counts, position, sizes_arr)
-    return [below(x, o, threshold[g], cut[g]).reshape(x.shape) for x, g, o in zip(leaves, groups, offsets)]
+    return [below(x, o, threshold[g], cut[g]) for x, g, o in zip(leaves, groups, offsets)]

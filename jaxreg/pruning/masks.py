@@ -174,7 +174,7 @@ def rank_keep(
             _check_size(fn, f"params{jax.tree_util.keystr(paths[i])}", size)
         groups = list(range(len(picked)))
         counts = [prune_count(per_leaf[i], size, fn, paths[i]) for i, size in zip(picked, sizes)]
-    keep = [jnp.ones(jnp.shape(x), jnp.bool_) for x in leaves]
+    keep = [jnp.ones_like(x, dtype=jnp.bool_) for x in leaves]
     if picked:
         prepare = prepare or (lambda i, x: jnp.asarray(x))
         ranked = [prepare(i, leaves[i]) for i in picked]
@@ -334,7 +334,7 @@ def threshold_mask(params: optax.Params, threshold: chex.Numeric | Any, where: M
             w = _tree.wide(jnp.asarray(leaf))
             keep.append(~(jnp.abs(w) < jnp.asarray(theta).astype(w.dtype)))
         else:
-            keep.append(jnp.ones(jnp.shape(leaf), jnp.bool_))
+            keep.append(jnp.ones_like(leaf, dtype=jnp.bool_))
     return treedef.unflatten(keep)
 
 
@@ -411,7 +411,7 @@ def structured_mask(
     picked = [i for i, c in enumerate(_candidates(fn, where, params, leaves)) if c]
     _tree.check_axis(fn, axis, [paths[i] for i in picked], [leaves[i] for i in picked], selector="where")
     per_leaf = _per_leaf_amount(fn, amount_of(fn, sparsity, keep_ratio, num_pruned), params, paths)
-    keep = [jnp.ones(jnp.shape(x), jnp.bool_) for x in leaves]
+    keep = [jnp.ones_like(x, dtype=jnp.bool_) for x in leaves]
     if not picked:
         return treedef.unflatten(keep)
     scores = scores_for(fn, score, params, paths, leaves)
@@ -424,7 +424,7 @@ def structured_mask(
         counts=jnp.stack(counts),
     )
     for i, u, p in zip(picked, units, pruned):
-        keep[i] = jnp.broadcast_to(~p.reshape(u.shape), jnp.shape(leaves[i]))
+        keep[i] = ~p.reshape(u.shape) & jnp.ones_like(leaves[i], dtype=jnp.bool_)  # the leaf's shape and sharding
     return treedef.unflatten(keep)
 
 
@@ -484,7 +484,7 @@ def n_m_mask(
                 f"params{jax.tree_util.keystr(paths[i])} with shape {jnp.shape(leaves[i])}; "
                 "leave that leaf out with where= or choose another m or axis."
             )
-    keep = [jnp.ones(jnp.shape(x), jnp.bool_) for x in leaves]
+    keep = [jnp.ones_like(x, dtype=jnp.bool_) for x in leaves]
     if picked:
         scores = scores_for(fn, score, params, paths, leaves)
         for i in picked:

@@ -60,9 +60,15 @@ def random_score(key: jax.Array) -> Score:
 
 def uniform_leaf(key: jax.Array, index: int, leaf: Any) -> jax.Array:
     """The uniform float32 draws of :func:`random_score` for the leaf at ``index``."""
+    key = jax.random.fold_in(key, index)
+    sharding = _tree.explicit_sharding(leaf)
+    if sharding is not None:
+        # Drawn in place on the leaf's devices; the partitionable threefry (JAX's
+        # default) gives the same bits as the flat draw below.
+        return jax.random.uniform(key, jnp.shape(leaf), out_sharding=sharding)
     # Drawn flat: XLA compiles a 1-D threefry much faster than one of the leaf's rank.
     size = int(np.prod(jnp.shape(leaf), dtype=np.int64))
-    return jax.random.uniform(jax.random.fold_in(key, index), (size,)).reshape(jnp.shape(leaf))
+    return jax.random.uniform(key, (size,)).reshape(jnp.shape(leaf))
 
 
 def snip_score(loss_fn: Callable[..., jax.Array], *args: Any, **kwargs: Any) -> Score:

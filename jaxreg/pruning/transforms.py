@@ -156,7 +156,7 @@ def keep_pruned(
     ) -> tuple[optax.Updates, KeepPrunedState]:
         _, p_leaves, u_leaves, keeps, treedef = _aligned(fn, updates, params, state.keep)
         u_leaves, inner_state = _inner_updates(fn, wrapped, u_leaves, treedef, state.inner, params, keeps, extra_args)
-        return treedef.unflatten(_hold_pruned(u_leaves, p_leaves, keeps)), state._replace(inner=inner_state)
+        return _tree.rebox_like(updates, _hold_pruned(u_leaves, p_leaves, keeps)), state._replace(inner=inner_state)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -217,7 +217,7 @@ def prune_during_training(
     def init_fn(params: optax.Params) -> PruneState:
         unboxed = _tree.unbox(params)
         _tree.resolve_mask(fn, where, unboxed, arg="where")
-        keep = jax.tree.map(lambda x: jnp.ones(jnp.shape(x), jnp.bool_), unboxed)
+        keep = jax.tree.map(lambda x: jnp.ones_like(x, dtype=jnp.bool_), unboxed)
         inner_state = optax.EmptyState() if wrapped is None else wrapped.init(params)
         zero = jnp.zeros([], jnp.float32)
         return PruneState(count=jnp.zeros([], jnp.int32), sparsity=zero, keep=keep, inner=inner_state)
@@ -254,6 +254,6 @@ def prune_during_training(
         new_state = PruneState(
             count=optax.safe_increment(state.count), sparsity=sparsity, keep=treedef.unflatten(keeps), inner=inner_state
         )
-        return treedef.unflatten(_hold_pruned(u_leaves, p_leaves, keeps)), new_state
+        return _tree.rebox_like(updates, _hold_pruned(u_leaves, p_leaves, keeps)), new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
