@@ -1,22 +1,60 @@
-"""The demo (first source article): the loss falls and the box holds."""
+"""python -m jaxreg.demo: --help, a --fast run (table, plots, pruning), and the same seed gives the same table."""
 
-import jax
+import sys
+
 import numpy as np
+import pytest
 
 from jaxreg import demo
 
 
-def test_demo_fit_recovers_line_and_box_binds():
-    x, y = demo.make_data(jax.random.key(0))
-    params, history = demo.fit(x, y, box=5.0, clip_value=1.0, lam=0.01)
-    history = np.asarray(history)
-    assert history[-1] < 0.1 * history[0]
-    assert abs(float(params["w"]) - 3.0) < 0.2 and abs(float(params["b"]) - 2.0) < 0.2
-    tight, _ = demo.fit(x, y, box=2.5, clip_value=1.0, lam=0.01)
-    assert float(tight["w"]) == 2.5
-
-
-def test_demo_main_prints_loss(capsys):
-    demo.main()
+def test_help_documents_the_options(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        demo.parse_args(["--help"])
+    assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    assert "mse" in out and "fit: y =" in out
+    for option in ("--epochs", "--out", "--fast", "--seed"):
+        assert option in out
+
+
+def test_fast_run_prints_the_table_writes_plots_and_repeats_exactly(tmp_path, capsys):
+    first = demo.main(["--fast", "--seed", "3", "--out", str(tmp_path / "a")])
+    out = capsys.readouterr().out
+    names = [o.name for o in first]
+    assert names == [c.name for c in demo.configurations(1e-3, 1, 1, 2)]
+    for name in names:
+        assert name in out
+    assert "test acc" in out and "sparsity" in out and f"plots written to {tmp_path / 'a'}" in out
+    for png in ("loss_curves.png", "weight_histograms.png", "accuracy_vs_sparsity.png"):
+        path = tmp_path / "a" / png
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+    by_name = {o.name: o for o in first}
+    assert by_name["L1 prox + pruning 90%"].sparsity == pytest.approx(0.9, abs=0.01)
+    assert all(o.sparsity == 0.0 for o in first if "pruning" not in o.name)
+    assert all(o.test_accuracy > 0.8 for o in first)  # a few epochs already learn the digits
+
+    second = demo.main(["--fast", "--seed", "3", "--out", str(tmp_path / "b")])
+    for a, b in zip(first, second):
+        assert (a.name, a.test_accuracy, a.test_loss, a.sparsity, a.epochs) == (
+            b.name,
+            b.test_accuracy,
+            b.test_loss,
+            b.sparsity,
+            b.epochs,
+        )
+        np.testing.assert_array_equal(a.history.train_loss, b.history.train_loss)
+        np.testing.assert_array_equal(a.history.val_loss, b.history.val_loss)
+    table = [line.rsplit(None, 1)[0] for line in demo.format_table(first).splitlines()]  # all but the time
+    assert table == [line.rsplit(None, 1)[0] for line in demo.format_table(second).splitlines()]
+
+
+def test_missing_scikit_learn_is_explained(monkeypatch):
+    monkeypatch.setitem(sys.modules, "sklearn", None)
+    with pytest.raises(SystemExit, match=r"jaxreg.demo needs sklearn for the digits data; install it with pip install"):
+        demo.main(["--fast"])
+
+
+def test_bad_epochs_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        demo.parse_args(["--epochs", "0"])
+    assert "--epochs must be a positive int, got 0" in capsys.readouterr().err

@@ -78,6 +78,16 @@ def test_random_search_is_log_uniform_and_sorted():
     assert result.best_value == result.values[np.argmin(result.mean)]
 
 
+def test_random_search_cross_validates_every_draw():
+    # The design's kfold_cv(n_splits): n_splits= on grid_search or random_search.
+    result = random_search(_ridge_score, jax.random.key(1), 1e-3, 10.0, 5, n_splits=4, n_samples=len(X))
+    assert result.scores.shape == (5, 4)
+    for i, lam in enumerate(result.values):
+        folds = [_ridge_score(lam, *w) for w in zip(*kfold_weights(len(X), 4))]
+        np.testing.assert_allclose(result.scores[i], folds, rtol=1e-5)
+    np.testing.assert_allclose(result.std, result.scores.std(1))
+
+
 def test_max_mode_picks_the_largest_score():
     result = grid_search(lambda v: -((v - 2.0) ** 2), [0.0, 1.0, 2.0, 3.0], mode="max")
     assert result.best_value == 2.0
@@ -94,6 +104,15 @@ def test_max_mode_picks_the_largest_score():
         ),
         (lambda: grid_search(_train_and_score, LAMBDAS, mode="best"), r"grid_search: mode must be 'min' or 'max'"),
         (lambda: kfold_weights(10, 1), r"kfold_weights: n_splits must be an int in \[2, n_samples=10\], got 1"),
+        (lambda: kfold_weights(0, 2), r"kfold_weights: n_samples must be a positive int, got 0"),
+        (
+            lambda: grid_search(_ridge_score, LAMBDAS, n_splits=61, n_samples=60),
+            r"grid_search: n_splits must be an int in \[2, n_samples=60\], got 61",
+        ),
+        (
+            lambda: random_search(_ridge_score, jax.random.key(0), 0.1, 1.0, 4, n_splits=1, n_samples=60),
+            r"random_search: n_splits must be an int in \[2, n_samples=60\], got 1",
+        ),
         (lambda: kfold_weights(10, 11), r"kfold_weights: n_splits must be an int in \[2, n_samples=10\], got 11"),
         (
             lambda: random_search(_train_and_score, jax.random.key(0), 0.0, 1.0, 4),

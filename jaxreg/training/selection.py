@@ -10,6 +10,13 @@ program.
 Folds are given as per-sample weights rather than index sets, so that every fold has
 the same static shapes: ``score_fn(value, train_weight, val_weight)`` weights its
 training loss by ``train_weight`` and its validation score by ``val_weight``.
+
+k-fold cross-validation over candidate values (``kfold_cv(n_splits)`` in the design
+issue; scikit-learn's ``GridSearchCV``) is ``grid_search(score_fn, values,
+n_splits=k, n_samples=n)``: every (value, fold) pair is a lane of the same vmapped
+program, and the :class:`SearchResult` holds each value's mean and std over the folds.
+``random_search`` takes the same ``n_splits``. To cross-validate a single setting,
+give one value.
 """
 
 from __future__ import annotations
@@ -60,8 +67,13 @@ def kfold_weights(n_samples: int, n_splits: int) -> tuple[jax.Array, jax.Array]:
       ``(train_weight, val_weight)``, float32 arrays of shape ``(n_splits, n_samples)``
       holding 0/1, with ``train_weight + val_weight == 1``.
     """
+    return _kfold("kfold_weights", n_samples, n_splits)
+
+
+def _kfold(fn: str, n_samples: int, n_splits: int) -> tuple[jax.Array, jax.Array]:
+    _checks.check_positive_int(fn, "n_samples", n_samples)
     if isinstance(n_splits, bool) or not isinstance(n_splits, int) or not 2 <= n_splits <= n_samples:
-        raise ValueError(f"kfold_weights: n_splits must be an int in [2, n_samples={n_samples}], got {n_splits!r}.")
+        raise ValueError(f"{fn}: n_splits must be an int in [2, n_samples={n_samples}], got {n_splits!r}.")
     sizes = np.full(n_splits, n_samples // n_splits)
     sizes[: n_samples % n_splits] += 1
     fold_of = np.repeat(np.arange(n_splits), sizes)
@@ -88,9 +100,11 @@ def grid_search(
 
     Without cross-validation ``score_fn(value) -> scalar``; with ``n_splits`` it is
     ``score_fn(value, train_weight, val_weight) -> scalar`` and is run on each of the
-    :func:`kfold_weights` folds of ``n_samples`` samples. ``score_fn`` typically trains
-    a model with the regularization strength ``value`` (a traced scalar: build the
-    jaxreg transforms inside it) and returns a validation loss.
+    :func:`kfold_weights` folds of ``n_samples`` samples: this is k-fold
+    cross-validation (the design's ``kfold_cv(n_splits)``, scikit-learn's
+    ``GridSearchCV``), every (value, fold) pair one lane of the same program.
+    ``score_fn`` typically trains a model with the regularization strength ``value`` (a
+    traced scalar: build the jaxreg transforms inside it) and returns a validation loss.
 
     Args:
       score_fn: pure, jit-able function of one value (and one fold's weights).
@@ -105,7 +119,19 @@ def grid_search(
       A :class:`SearchResult` with the scores, their mean and std over folds, and the
       best value.
     """
-    fn = "grid_search"
+    return _search("grid_search", score_fn, values, n_splits, n_samples, chunk_size, mode)
+
+
+def _search(
+    fn: str,
+    score_fn: Callable[..., jax.Array],
+    values: jax.Array | np.ndarray | list[float],
+    n_splits: int | None,
+    n_samples: int | None,
+    chunk_size: int | None,
+    mode: str,
+) -> SearchResult:
+    """grid_search's body; ``fn`` names the public function in error messages."""
     _check_mode(fn, mode)
     grid = np.asarray(values, np.float32).reshape(-1)
     if grid.size == 0:
@@ -122,7 +148,7 @@ def grid_search(
     else:
         if n_samples is None:
             raise ValueError(f"{fn}: n_samples is required with n_splits.")
-        train_w, val_w = kfold_weights(n_samples, n_splits)
+        train_w, val_w = _kfold(fn, n_samples, n_splits)
         n_folds = n_splits
         # One lane per (value, fold) pair, value-major.
         lanes = (
@@ -185,6 +211,4 @@ def random_search(
         draws = jnp.exp(u)
     else:
         draws = jax.random.uniform(key, (num,), minval=low, maxval=high)
-    return grid_search(
-        score_fn, np.sort(np.asarray(draws)), n_splits=n_splits, n_samples=n_samples, chunk_size=chunk_size, mode=mode
-    )
+    return _search(fn, score_fn, np.sort(np.asarray(draws)), n_splits, n_samples, chunk_size, mode)

@@ -1,0 +1,419 @@
+"""``fit``: a small, honest training loop for Flax NNX models.
+
+What it does, and nothing more: each epoch shuffles the training set with a key
+derived from ``(key, epoch)``, runs every full minibatch through the user's loss and
+``nnx.Optimizer`` (the last partial batch is dropped), evaluates the validation set in
+evaluation mode, feeds the monitored score to an optional
+:class:`~jaxreg.training.EarlyStopping`, writes an orbax checkpoint every
+``checkpoint_every`` epochs, and reports epoch, losses and time left on a tqdm bar.
+
+Why one compiled program per epoch: the model and optimizer are split once into a
+graph definition and a pytree of arrays (``nnx.split``), and a whole epoch is one
+``jax.jit`` of a ``lax.scan`` over the minibatches that merges them back inside the
+trace. ``nnx.jit`` walks the object graph in Python on every call; the functional split
+pays that once per trace, and the scan removes the per-step dispatch too. On a
+64-128-128-10 MLP (dropout, Adam) with batch 64, in three runs on a shared 2-core CPU
+machine, a step took 2.2-25 ms with ``nnx.jit``, 0.5-4.0 ms with a jitted split/merge
+step and 0.4-0.7 ms inside the scan: the Python-side costs grow with the machine's
+load, and the scan has none per step.
+
+Resuming is exact: everything an epoch reads is in the checkpoint (parameters,
+optimizer state, the model's ``nnx.Rngs`` counters, the early-stopping state, the epoch
+and the history), and the shuffle and augmentation keys are ``fold_in(key, epoch)``, so
+a run interrupted after epoch ``k`` and resumed from its checkpoint computes the same
+epochs ``k + 1, ...`` bit for bit.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm.auto import tqdm
+
+from jaxreg import _checks
+from jaxreg.training.early_stopping import EarlyStopping, EarlyStoppingState
+
+__all__ = ["History", "fit"]
+
+_MONITORS = ("val_loss", "val_metric", "train_loss")
+_FIELDS = ("train_loss", "val_loss", "val_metric", "epoch_time")
+
+
+class History(NamedTuple):
+    """What :func:`fit` returns: one entry per epoch run (restored epochs included)."""
+
+    train_loss: np.ndarray  # mean minibatch loss of the epoch, in training mode
+    val_loss: np.ndarray  # loss_fn on the validation set in evaluation mode (NaN without val_data)
+    val_metric: np.ndarray  # metric_fn on the validation set (NaN without metric_fn)
+    epoch_time: np.ndarray  # seconds per epoch (the first includes compilation)
+    stopped_early: bool  # True if early stopping (or the callback) ended the run
+    best_epoch: int | None  # 1-based epoch with the best monitored score (None without early stopping)
+    resumed_from: int  # epochs restored from a checkpoint (0 for a fresh run)
+
+    @property
+    def epochs(self) -> int:
+        """Number of epochs in the history."""
+        return len(self.train_loss)
+
+
+def _import_orbax() -> Any:
+    try:
+        import orbax.checkpoint as ocp
+    except ImportError as err:
+        raise ImportError(
+            "fit: checkpoint_dir needs orbax-checkpoint, which is not installed; "
+            "install it with pip install 'jaxreg[train]'."
+        ) from err
+    return ocp
+
+
+def _is_key(x: Any) -> bool:
+    return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _encode(tree: Any) -> Any:
+    # orbax stores arrays of numbers; typed PRNG keys (nnx.Rngs) are stored as their data.
+    return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, tree)
+
+
+def _decode(tree: Any, template: Any) -> Any:
+    return jax.tree.map(
+        lambda x, t: jax.random.wrap_key_data(x, impl=jax.random.key_impl(t)) if _is_key(t) else x, tree, template
+    )
+
+
+def _check_data(fn: str, name: str, data: Any) -> tuple[Any, Any, int]:
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise ValueError(f"{fn}: {name} must be a pair (inputs, targets) of arrays, got {type(data).__name__}.")
+    x, y = jax.tree.map(jnp.asarray, tuple(data))
+    sizes = {leaf.shape[0] if leaf.ndim else None for leaf in jax.tree.leaves((x, y))}
+    if len(sizes) != 1 or None in sizes:
+        shapes = [leaf.shape for leaf in jax.tree.leaves((x, y))]
+        raise ValueError(f"{fn}: {name} arrays must share their first (sample) dimension, got shapes {shapes}.")
+    n = sizes.pop()
+    if n == 0:
+        raise ValueError(f"{fn}: {name} holds no samples.")
+    return x, y, n
+
+
+def _take(tree: Any, idx: jax.Array) -> Any:
+    return jax.tree.map(lambda a: a[idx], tree)
+
+
+def _slice(tree: Any, start: int, stop: int) -> Any:
+    return jax.tree.map(lambda a: a[start:stop], tree)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "loss_fn", "wrt", "augment", "batch_size"))
+def _train_epoch(
+    state: Any,
+    x: Any,
+    y: Any,
+    epoch_key: jax.Array,
+    *,
+    graphdef: Any,
+    loss_fn: Callable[..., jax.Array],
+    wrt: Any,
+    augment: Callable[[jax.Array, Any], Any] | None,
+    batch_size: int,
+) -> tuple[Any, jax.Array]:
+    """One epoch: a keyed shuffle, then one optimizer step per full minibatch, as one scan."""
+    n = jax.tree.leaves(x)[0].shape[0]
+    steps = n // batch_size
+    shuffle_key, augment_key = jax.random.split(epoch_key)
+    order = jax.random.permutation(shuffle_key, n)[: steps * batch_size].reshape(steps, batch_size)
+
+    def step(state: Any, batch: tuple[jax.Array, jax.Array]) -> tuple[Any, jax.Array]:
+        idx, step_key = batch
+        model, optimizer = nnx.merge(graphdef, state)
+        model.train()
+        xb, yb = _take(x, idx), _take(y, idx)
+        if augment is not None:
+            xb = augment(step_key, xb)
+        loss, grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, wrt))(model, xb, yb)
+        optimizer.update(model, grads)
+        return nnx.split((model, optimizer))[1], jnp.asarray(loss, jnp.float32)
+
+    state, losses = jax.lax.scan(step, state, (order, jax.random.split(augment_key, steps)))
+    return state, jnp.mean(losses)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "loss_fn", "metric_fn"))
+def _evaluate(
+    state: Any,
+    x: Any,
+    y: Any,
+    *,
+    graphdef: Any,
+    loss_fn: Callable[..., jax.Array],
+    metric_fn: Callable[..., jax.Array] | None,
+) -> tuple[jax.Array, jax.Array]:
+    """Mean loss and metric of one batch in evaluation mode (dropout and noise off)."""
+    model = nnx.merge(graphdef, state)
+    model.eval()
+    metric = jnp.nan if metric_fn is None else metric_fn(model, x, y)
+    return jnp.asarray(loss_fn(model, x, y), jnp.float32), jnp.asarray(metric, jnp.float32)
+
+
+def _mean_over_chunks(
+    evaluate: Callable[..., tuple[jax.Array, jax.Array]], data: tuple[Any, Any, int], chunk: int | None
+) -> tuple[float, float]:
+    x, y, n = data
+    chunk = n if chunk is None else min(chunk, n)
+    totals = np.zeros(2)
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        loss, metric = evaluate(_slice(x, start, stop), _slice(y, start, stop))
+        # loss_fn and metric_fn are batch means: weighting by batch size gives the set's mean.
+        totals += (stop - start) * np.array([float(loss), float(metric)])
+    return float(totals[0] / n), float(totals[1] / n)
+
+
+def fit(
+    model: nnx.Module,
+    optimizer: nnx.Optimizer,
+    loss_fn: Callable[[nnx.Module, Any, Any], jax.Array],
+    train_data: tuple[Any, Any],
+    val_data: tuple[Any, Any] | None = None,
+    *,
+    key: jax.Array,
+    epochs: int,
+    batch_size: int,
+    metric_fn: Callable[[nnx.Module, Any, Any], jax.Array] | None = None,
+    early_stopping: EarlyStopping | None = None,
+    monitor: str = "val_loss",
+    restore_best: bool = True,
+    augment: Callable[[jax.Array, Any], Any] | None = None,
+    eval_batch_size: int | None = None,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = 1,
+    max_checkpoints: int = 2,
+    on_epoch_end: Callable[[int, dict[str, float]], bool | None] | None = None,
+    progress: bool | str = True,
+) -> History:
+    """Trains ``model`` with ``optimizer`` on minibatches, validating every epoch.
+
+    Each epoch: shuffle the ``n`` training samples with ``fold_in(key, epoch)``, take the
+    ``n // batch_size`` full minibatches (the remainder is dropped, a different one each
+    epoch), apply ``augment`` to each batch's inputs, and take one optimizer step per
+    batch on ``loss_fn`` in training mode (``model.train()``: dropout and noise on).
+    Then evaluate ``loss_fn`` and ``metric_fn`` on ``val_data`` in evaluation mode
+    (``model.eval()``), update ``early_stopping`` with the ``monitor`` score, save a
+    checkpoint, call ``on_epoch_end``. The model and optimizer passed in are updated in
+    place after every epoch, so an interrupted call leaves them at the last finished
+    epoch.
+
+    With ``checkpoint_dir`` the model and optimizer state (with the model's RNG
+    counters), the early-stopping state, the epoch and the history are written every
+    ``checkpoint_every`` epochs and after the last one; a later call with the same
+    directory and arguments restores the newest checkpoint and continues from there,
+    reaching the same parameters as a run that was never interrupted. Give a larger
+    ``epochs`` to train a finished run further.
+
+    Args:
+      model: an NNX module; ``loss_fn(model, x, y)`` must work on a batch.
+      optimizer: ``nnx.Optimizer(model, tx, wrt=...)`` with any optax/jaxreg chain
+        (transforms that read ``params`` included); gradients are taken with respect to
+        its ``wrt`` filter.
+      loss_fn: ``(model, x, y) -> scalar`` mean loss of a batch (a jaxreg penalty may
+        be part of it). It, ``metric_fn`` and ``augment`` are static arguments of the
+        compiled epoch (hashable; a later fit with the same ones, the same model
+        architecture and the same ``tx`` object reuses the compilation).
+      train_data: ``(x, y)``, arrays (or pytrees of arrays) with the samples along the
+        first axis.
+      val_data: ``(x, y)`` for validation, or None.
+      key: PRNG key for the shuffles and ``augment``; the model's own ``nnx.Rngs``
+        drive dropout and noise.
+      epochs: total number of epochs (counting those restored from a checkpoint), >= 1.
+      batch_size: samples per step, ``1 <= batch_size <= n``.
+      metric_fn: ``(model, x, y) -> scalar`` batch mean (e.g. accuracy) reported on
+        the validation set, or None.
+      early_stopping: an :class:`EarlyStopping` fed the ``monitor`` score each epoch,
+        or None. Set its ``mode`` to match the score (``"max"`` for an accuracy).
+      monitor: the score early stopping watches: ``"val_loss"``, ``"val_metric"`` or
+        ``"train_loss"``.
+      restore_best: with early stopping, load the best epoch's parameters into the
+        model at the end (the optimizer keeps its last state).
+      augment: ``(key, x_batch) -> x_batch`` applied to every training batch inside the
+        compiled step (e.g. :class:`~jaxreg.training.ImageAugmentation`), or None.
+      eval_batch_size: evaluate the validation set in chunks of this size (None: all at
+        once).
+      checkpoint_dir: directory for orbax checkpoints (created if missing), or None.
+        Needs ``pip install 'jaxreg[train]'``.
+      checkpoint_every: save every this many epochs (and after the last one), >= 1.
+      max_checkpoints: how many of the newest checkpoints to keep, >= 1.
+      on_epoch_end: ``(epoch, record) -> bool | None`` called after each epoch's
+        checkpoint with the 1-based epoch and its ``train_loss``, ``val_loss``,
+        ``val_metric`` and ``epoch_time``; returning True stops training. An exception
+        it raises ends the call after the checkpoint is written.
+      progress: show a tqdm bar (True), one labelled with this string, or none (False).
+
+    Returns:
+      A :class:`History` with per-epoch ``train_loss``, ``val_loss``, ``val_metric``,
+      ``epoch_time``, and ``stopped_early``, ``best_epoch``, ``resumed_from``.
+    """
+    fn = "fit"
+    if not isinstance(model, nnx.Module):
+        raise TypeError(f"{fn}: model must be an nnx.Module, got {type(model).__name__}.")
+    if not isinstance(optimizer, nnx.Optimizer):
+        raise TypeError(f"{fn}: optimizer must be an nnx.Optimizer, got {type(optimizer).__name__}.")
+    _checks.check_positive_int(fn, "epochs", epochs)
+    _checks.check_positive_int(fn, "batch_size", batch_size)
+    _checks.check_positive_int(fn, "checkpoint_every", checkpoint_every)
+    _checks.check_positive_int(fn, "max_checkpoints", max_checkpoints)
+    if eval_batch_size is not None:
+        _checks.check_positive_int(fn, "eval_batch_size", eval_batch_size)
+    train = _check_data(fn, "train_data", train_data)
+    val = None if val_data is None else _check_data(fn, "val_data", val_data)
+    if batch_size > train[2]:
+        raise ValueError(f"{fn}: batch_size must be at most the {train[2]} training samples, got {batch_size}.")
+    if monitor not in _MONITORS:
+        raise ValueError(f"{fn}: monitor must be one of {', '.join(map(repr, _MONITORS))}, got {monitor!r}.")
+    if early_stopping is not None and not isinstance(early_stopping, EarlyStopping):
+        raise TypeError(f"{fn}: early_stopping must be a jaxreg.training.EarlyStopping, got {early_stopping!r}.")
+    if early_stopping is not None and monitor != "train_loss" and val is None:
+        raise ValueError(f"{fn}: monitor={monitor!r} needs val_data; give val_data or monitor='train_loss'.")
+    if early_stopping is not None and monitor == "val_metric" and metric_fn is None:
+        raise ValueError(f"{fn}: monitor='val_metric' needs metric_fn.")
+    if not (_is_key(key) or (getattr(key, "dtype", None) == np.uint32 and np.shape(key)[-1:] == (2,))):
+        raise TypeError(f"{fn}: key must be a PRNG key such as jax.random.key(0), got {key!r}.")
+    key_data = np.asarray(jax.random.key_data(key) if _is_key(key) else key)
+
+    graphdef, state = nnx.split((model, optimizer))
+    # Static arguments key the compilation cache: a second fit of the same architecture,
+    # optimizer and functions (a resumed run, another seed) reuses the compiled epoch.
+    train_epoch = functools.partial(
+        _train_epoch, graphdef=graphdef, loss_fn=loss_fn, wrt=optimizer.wrt, augment=augment, batch_size=batch_size
+    )
+
+    def evaluate(x: Any, y: Any) -> tuple[jax.Array, jax.Array]:
+        # The model alone: its graph does not hold the optimizer, so runs that differ only
+        # in their optimizer share this compilation.
+        model_def, model_state = nnx.split(model)
+        return _evaluate(model_state, x, y, graphdef=model_def, loss_fn=loss_fn, metric_fn=metric_fn)
+
+    def params_of(model: nnx.Module) -> Any:
+        return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+    stop_state = None if early_stopping is None else early_stopping.init(params_of(model))
+    records: dict[str, list[float]] = {name: [] for name in _FIELDS}
+    start, stopped = 0, False
+
+    manager = None
+    if checkpoint_dir is not None:
+        ocp = _import_orbax()
+        directory = Path(checkpoint_dir).absolute()
+        manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_checkpoints))
+    fingerprint = {"batch_size": batch_size, "n_train": train[2], "key": key_data.tolist()}
+
+    def payload() -> dict[str, Any]:
+        tree = {"model_and_optimizer": nnx.to_pure_dict(state)}
+        if stop_state is not None:
+            tree["early_stopping"] = stop_state._asdict()
+        return tree
+
+    bar = None
+    try:
+        if manager is not None and manager.latest_step() is not None:
+            latest = manager.latest_step()
+            template = payload()
+            try:
+                restored = manager.restore(
+                    latest,
+                    args=ocp.args.Composite(
+                        arrays=ocp.args.StandardRestore(_encode(template)), meta=ocp.args.JsonRestore()
+                    ),
+                )
+            except Exception as err:  # orbax raises several types for a structure or shape mismatch
+                raise ValueError(
+                    f"{fn}: the checkpoint {directory}/{latest} does not match this model, optimizer and "
+                    f"early_stopping; use a new checkpoint_dir. ({type(err).__name__}: {err})"
+                ) from err
+            meta = restored.meta
+            if meta["epoch"] > epochs:
+                raise ValueError(
+                    f"{fn}: the checkpoint in {directory} is at epoch {meta['epoch']}, beyond epochs={epochs}; "
+                    "give epochs >= that or use a new checkpoint_dir."
+                )
+            for name, value in fingerprint.items():
+                if meta["fingerprint"][name] != value:
+                    raise ValueError(
+                        f"{fn}: the checkpoint in {directory} was written with {name}={meta['fingerprint'][name]!r}, "
+                        f"got {name}={value!r}; resume with the same arguments or use a new checkpoint_dir."
+                    )
+            arrays = _decode(restored.arrays, template)
+            nnx.replace_by_pure_dict(state, arrays["model_and_optimizer"])  # in place
+            if stop_state is not None:
+                stop_state = EarlyStoppingState(**arrays["early_stopping"])
+            records = {name: list(meta["history"][name]) for name in _FIELDS}
+            start, stopped = int(meta["epoch"]), bool(meta["stopped"])
+            nnx.update((model, optimizer), state)
+
+        label = progress if isinstance(progress, str) else None
+        bar = _progress_bar(label, epochs, start, disable=not progress)
+        for epoch in range(start, epochs):
+            if stopped:
+                break
+            t0 = time.perf_counter()
+            state, train_loss = train_epoch(state, train[0], train[1], jax.random.fold_in(key, epoch))
+            nnx.update((model, optimizer), state)
+            val_loss, val_metric = math.nan, math.nan
+            if val is not None:
+                val_loss, val_metric = _mean_over_chunks(evaluate, val, eval_batch_size)
+            record = {"train_loss": float(train_loss), "val_loss": val_loss, "val_metric": val_metric}
+            if stop_state is not None:
+                stop_state = early_stopping.update(stop_state, jnp.float32(record[monitor]), params_of(model))
+                stopped = bool(stop_state.should_stop)
+            record["epoch_time"] = time.perf_counter() - t0
+            for name in _FIELDS:
+                records[name].append(record[name])
+            last = epoch + 1 == epochs
+            if manager is not None and ((epoch + 1) % checkpoint_every == 0 or last or stopped):
+                meta = {"epoch": epoch + 1, "stopped": stopped, "history": records, "fingerprint": fingerprint}
+                manager.save(
+                    epoch + 1,
+                    args=ocp.args.Composite(
+                        arrays=ocp.args.StandardSave(_encode(payload())), meta=ocp.args.JsonSave(meta)
+                    ),
+                )
+            bar.set_postfix(_postfix(record), refresh=False)
+            bar.update(1)
+            if on_epoch_end is not None and on_epoch_end(epoch + 1, dict(record)):
+                stopped = True
+    finally:
+        if bar is not None:
+            bar.close()
+        if manager is not None:
+            manager.wait_until_finished()
+            manager.close()
+
+    best_epoch = None
+    if stop_state is not None and int(stop_state.best_step) >= 0:
+        best_epoch = int(stop_state.best_step) + 1
+        if restore_best:
+            params = nnx.state(model, nnx.Param)
+            nnx.replace_by_pure_dict(params, stop_state.best_params)  # in place
+            nnx.update(model, params)
+    return History(
+        *(np.asarray(records[name], np.float64) for name in _FIELDS),
+        stopped_early=stopped,
+        best_epoch=best_epoch,
+        resumed_from=start,
+    )
+
+
+def _postfix(record: dict[str, float]) -> dict[str, str]:
+    return {name: f"{value:.4g}" for name, value in record.items() if name != "epoch_time" and not math.isnan(value)}
+
+
+def _progress_bar(label: str | None, epochs: int, start: int, disable: bool) -> tqdm:
+    return tqdm(total=epochs, initial=start, desc=label or "fit", unit="epoch", disable=disable, dynamic_ncols=True)

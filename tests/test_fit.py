@@ -1,0 +1,262 @@
+"""jaxreg.training.fit: an interrupted run resumes to the same parameters, and the loop does what it says."""
+
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import jaxreg
+from jaxreg.training import EarlyStopping, fit
+
+RNG = np.random.default_rng(0)
+X = RNG.standard_normal((96, 6)).astype(np.float32)
+Y = (X[:, 0] - X[:, 1] > 0).astype(np.int32)
+TRAIN, VAL = (X[:64], Y[:64]), (X[64:], Y[64:])
+
+
+def loss_fn(model, x, y):
+    return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
+
+
+def accuracy(model, x, y):
+    return jnp.mean((jnp.argmax(model(x), -1) == y).astype(jnp.float32))
+
+
+AUGMENTED_SHAPES = []  # shapes noise_augment was traced with
+
+
+def noise_augment(key, x):
+    AUGMENTED_SHAPES.append(x.shape)
+    return x + 0.1 * jax.random.normal(key, x.shape, x.dtype)
+
+
+# One chain for every test: fit's compiled epoch is keyed by (architecture, optimizer,
+# loss, augment, batch size), so the runs below share their compilations.
+TX = optax.chain(
+    jaxreg.clip_by_global_norm(1.0),
+    optax.adam(1e-2),
+    jaxreg.decoupled_weight_decay(1e-2, learning_rate=1e-2, mask=jaxreg.masks.weights_only),
+    # A pruning mask computed from the params at init (every fourth weight pruned): state that reads params.
+    jaxreg.pruning.keep_pruned(lambda p: jax.tree.map(lambda w: jnp.arange(w.size).reshape(w.shape) % 4 != 0, p)),
+)
+
+
+def make(seed=0):
+    """A model with dropout and noise (RNG state) and a chain with state that reads params."""
+    model = jaxreg.nn.MLP(6, [16], 2, dropout_rate=0.2, input_noise_std=0.05, rngs=nnx.Rngs(seed))
+    with jax.numpy_dtype_promotion("standard"):
+        return model, nnx.Optimizer(model, TX, wrt=nnx.Param)
+
+
+def run(model, optimizer, **kwargs):
+    kwargs = {
+        "key": jax.random.key(1),
+        "epochs": 4,
+        "batch_size": 16,
+        "metric_fn": accuracy,
+        "augment": noise_augment,
+        "progress": False,
+        **kwargs,
+    }
+    with jax.numpy_dtype_promotion("standard"):
+        return fit(model, optimizer, loss_fn, TRAIN, VAL, **kwargs)
+
+
+def leaves(model, optimizer):
+    return [
+        np.asarray(jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x)
+        for x in jax.tree.leaves(nnx.state((model, optimizer)))
+    ]
+
+
+def assert_same(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def interrupt_after(epoch):
+    def callback(e, record):
+        if e == epoch:
+            raise Interrupt
+
+    return callback
+
+
+@pytest.fixture(scope="module")
+def straight():
+    """Four uninterrupted epochs with early stopping watching (but not stopping)."""
+    model, optimizer = make()
+    history = run(model, optimizer, early_stopping=EarlyStopping(patience=10), restore_best=False)
+    return leaves(model, optimizer), history
+
+
+def test_interrupted_run_resumes_to_the_same_parameters(tmp_path, straight):
+    want, want_history = straight
+    model, optimizer = make()
+    stopper = EarlyStopping(patience=10)
+    with pytest.raises(Interrupt):
+        run(
+            model,
+            optimizer,
+            early_stopping=stopper,
+            restore_best=False,
+            checkpoint_dir=tmp_path,
+            on_epoch_end=interrupt_after(2),
+        )
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.isdigit()) == ["1", "2"]
+    # A fresh process would build its model anew: other seeds, to show that everything is restored.
+    model, optimizer = make(seed=7)
+    history = run(model, optimizer, early_stopping=stopper, restore_best=False, checkpoint_dir=tmp_path)
+    assert history.resumed_from == 2 and history.epochs == 4
+    assert_same(leaves(model, optimizer), want)  # bitwise: params, Adam moments, keep masks, RNG counters
+    np.testing.assert_array_equal(history.train_loss, want_history.train_loss)
+    np.testing.assert_array_equal(history.val_loss, want_history.val_loss)
+    assert history.best_epoch == want_history.best_epoch
+
+
+def test_resume_recomputes_epochs_after_the_last_checkpoint(tmp_path, straight):
+    want, _ = straight
+    model, optimizer = make()
+    es = EarlyStopping(patience=10)
+    with pytest.raises(Interrupt):  # checkpoints at epoch 2 only; epoch 3 is lost and redone
+        run(
+            model,
+            optimizer,
+            early_stopping=es,
+            restore_best=False,
+            checkpoint_dir=tmp_path,
+            checkpoint_every=2,
+            on_epoch_end=interrupt_after(3),
+        )
+    model, optimizer = make()
+    history = run(model, optimizer, early_stopping=es, restore_best=False, checkpoint_dir=tmp_path, checkpoint_every=2)
+    assert history.resumed_from == 2
+    assert_same(leaves(model, optimizer), want)
+
+
+def test_a_shorter_run_extended_equals_the_long_run(tmp_path, straight):
+    want, _ = straight
+    model, optimizer = make()
+    es = EarlyStopping(patience=10)
+    first = run(model, optimizer, early_stopping=es, restore_best=False, checkpoint_dir=tmp_path, epochs=3)
+    assert first.epochs == 3 and not first.stopped_early
+    model, optimizer = make()
+    run(model, optimizer, early_stopping=es, restore_best=False, checkpoint_dir=tmp_path)
+    assert_same(leaves(model, optimizer), want)
+
+
+def test_history_and_the_model_updated_in_place(straight):
+    _, history = straight
+    assert history.train_loss.shape == history.val_loss.shape == history.val_metric.shape == (4,)
+    assert history.train_loss[-1] < history.train_loss[0] and history.val_loss[-1] < history.val_loss[0]
+    assert np.all((history.val_metric >= 0) & (history.val_metric <= 1)) and np.all(history.epoch_time > 0)
+    assert history.resumed_from == 0 and not history.stopped_early
+    # Without val_data or metric_fn the columns are NaN; the model passed in is trained.
+    model, optimizer = make()
+    before = leaves(model, optimizer)
+    with jax.numpy_dtype_promotion("standard"):
+        h = fit(model, optimizer, loss_fn, TRAIN, key=jax.random.key(0), epochs=1, batch_size=16, progress=False)
+    assert np.isnan(h.val_loss).all() and np.isnan(h.val_metric).all()
+    assert not all(np.array_equal(a, b) for a, b in zip(before, leaves(model, optimizer)))
+
+
+def test_early_stopping_stops_and_restores_the_best_epoch(tmp_path):
+    # A min_delta no epoch can beat: epoch 1 is best (the first score always is), epoch 2 stops.
+    model, optimizer = make()
+    stopper = EarlyStopping(patience=1, min_delta=1e9)
+    h = run(model, optimizer, early_stopping=stopper, epochs=10, checkpoint_dir=tmp_path, checkpoint_every=5)
+    assert h.stopped_early and h.epochs == 2 and h.best_epoch == 1
+    one_epoch, opt1 = make()
+    run(one_epoch, opt1, epochs=1)
+    assert_same(jax.tree.leaves(nnx.state(model, nnx.Param)), jax.tree.leaves(nnx.state(one_epoch, nnx.Param)))
+    # The stop was checkpointed: resuming trains nothing and restores the same best epoch.
+    again, opt2 = make(seed=5)
+    h2 = run(again, opt2, early_stopping=stopper, epochs=10, checkpoint_dir=tmp_path, checkpoint_every=5)
+    assert h2.resumed_from == 2 and h2.epochs == 2 and h2.stopped_early and h2.best_epoch == 1
+    assert_same(jax.tree.leaves(nnx.state(again, nnx.Param)), jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def test_callback_returning_true_stops():
+    model, optimizer = make()
+    h = run(model, optimizer, on_epoch_end=lambda epoch, record: epoch == 2)
+    assert h.epochs == 2 and h.stopped_early
+
+
+def test_augment_applies_to_training_batches_only(straight):
+    assert set(AUGMENTED_SHAPES) == {(16, 6)}  # training batches; never the 32 validation rows
+
+
+def test_progress_bar_shows_epoch_losses_and_time_left(capsys):
+    model, optimizer = make()
+    run(model, optimizer, epochs=2, progress="digits-mlp")
+    err = capsys.readouterr().err
+    assert "digits-mlp" in err and "2/2" in err and "val_loss=" in err and "<" in err  # elapsed<remaining
+
+
+def test_missing_orbax_names_the_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "orbax.checkpoint", None)
+    model, optimizer = make()
+    with pytest.raises(ImportError, match=r"pip install 'jaxreg\[train\]'"):
+        run(model, optimizer, checkpoint_dir=tmp_path)
+
+
+def test_checkpoint_from_other_arguments_is_refused(tmp_path):
+    model, optimizer = make()
+    run(model, optimizer, epochs=1, checkpoint_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"fit: the checkpoint in .* written with batch_size=16, got batch_size=32"):
+        run(model, optimizer, epochs=2, batch_size=32, checkpoint_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"fit: the checkpoint in .* written with key=\[0, 1\], got key=\[0, 7\]"):
+        run(model, optimizer, epochs=2, key=jax.random.key(7), checkpoint_dir=tmp_path)
+    run(model, optimizer, epochs=2, checkpoint_dir=tmp_path)  # the same arguments: resumes, trains epoch 2
+    with pytest.raises(ValueError, match=r"fit: the checkpoint in .* is at epoch 2, beyond epochs=1"):
+        run(model, optimizer, epochs=1, checkpoint_dir=tmp_path)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"epochs": 0}, r"fit: epochs must be a positive int, got 0"),
+        ({"batch_size": 65}, r"fit: batch_size must be at most the 64 training samples, got 65"),
+        ({"batch_size": 2.5}, r"fit: batch_size must be a positive int, got 2.5"),
+        ({"checkpoint_every": 0}, r"fit: checkpoint_every must be a positive int, got 0"),
+        (
+            {"monitor": "accuracy"},
+            r"fit: monitor must be one of 'val_loss', 'val_metric', 'train_loss', got 'accuracy'",
+        ),
+        (
+            {"monitor": "val_metric", "metric_fn": None, "early_stopping": EarlyStopping()},
+            r"fit: monitor='val_metric' needs metric_fn",
+        ),
+        ({"val_data": None, "early_stopping": EarlyStopping()}, r"fit: monitor='val_loss' needs val_data"),
+        ({"train_data": (X[:64], Y[:63])}, r"fit: train_data arrays must share their first .* got shapes"),
+        ({"val_data": X}, r"fit: val_data must be a pair \(inputs, targets\)"),
+    ],
+)
+def test_bad_input(kwargs, message):
+    model, optimizer = make()
+    data = {"train_data": TRAIN, "val_data": VAL}
+    for name in data:
+        if name in kwargs:
+            data[name] = kwargs.pop(name)
+    kwargs = {"key": jax.random.key(0), "epochs": 1, "batch_size": 16, "metric_fn": accuracy, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        fit(model, optimizer, loss_fn, data["train_data"], data["val_data"], **kwargs)
+
+
+def test_wrong_types_are_named():
+    model, optimizer = make()
+    with pytest.raises(TypeError, match=r"fit: optimizer must be an nnx.Optimizer, got GradientTransformation"):
+        fit(model, optax.sgd(0.1), loss_fn, TRAIN, key=jax.random.key(0), epochs=1, batch_size=8)
+    with pytest.raises(TypeError, match=r"fit: key must be a PRNG key such as jax.random.key\(0\), got 0"):
+        fit(model, optimizer, loss_fn, TRAIN, key=0, epochs=1, batch_size=8)
+    with pytest.raises(TypeError, match=r"fit: early_stopping must be a jaxreg.training.EarlyStopping"):
+        fit(model, optimizer, loss_fn, TRAIN, VAL, key=jax.random.key(0), epochs=1, batch_size=8, early_stopping=3)
