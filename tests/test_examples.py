@@ -112,6 +112,191 @@ EXPECTED: dict[str, Expectation] = {
             "clipping ends where plain gradient descent ends": lambda r: r["clip_vs_plain_max_diff"] < 1e-4,
         },
     },
+    "04_penalty_zoo": {
+        "figures": [
+            "04_coefficient_paths",
+            "04_noise_and_dropout",
+            "04_early_stopping",
+            "04_multitask",
+            "04_sparse_activations",
+        ],
+        "checks": {
+            "ISTA with l1_prox / elastic_net_prox gives scikit-learn's lasso and enet paths": lambda r: (
+                r["lasso_path_max_diff"] < 1e-4 and r["enet_path_max_diff"] < 1e-4
+            ),
+            "... with the same exact zeros (up to a coefficient at its entry point)": lambda r: (
+                r["lasso_zero_pattern_mismatches"] <= 2 and r["enet_zero_pattern_mismatches"] <= 2
+            ),
+            "the lasso path runs from no coefficient to all ten": lambda r: (
+                r["lasso_nonzero_at_alpha_max"] == 0 and r["lasso_nonzero_at_alpha_min"] == 10
+            ),
+            "a sum-of-squares loss needs strength n * alpha": lambda r: (
+                r["sum_loss_unscaled_max_diff"] > 0.1 and r["sum_loss_scaled_max_diff"] < 1e-4
+            ),
+            "weight decay gives Ridge(alpha = n * lam), with no exact zeros": lambda r: (
+                r["ridge_path_max_diff"] < 1e-4 and r["ridge_path_exact_zeros"] == 0
+            ),
+            "with a twin feature the lasso keeps one, the elastic net shares": lambda r: (
+                r["twin_paths_max_diff"] < 1e-4
+                and r["twin_lasso_nonzero"] <= 2
+                and r["twin_enet_nonzero"] >= 10
+                and r["twin_enet_max"] > 0.05
+            ),
+            "the plain network fits below the noise level": lambda r: r["toy_train_mse_plain"] < 0.09,
+            "input and hidden noise end closer to the truth than the plain network": lambda r: (
+                max(r["toy_test_mse_input_noise"], r["toy_test_mse_hidden_noise"]) < 0.7 * r["toy_test_mse_plain"]
+            ),
+            "dropout ends closer to the truth too": lambda r: r["toy_test_mse_dropout"] < r["toy_test_mse_plain"],
+            "early stopping keeps better parameters than the end of the run": lambda r: (
+                r["early_stop_test_mse_best"] < r["early_stop_test_mse_end"]
+                and r["early_stop_best_step"] < r["early_stop_stop_step"]
+            ),
+            "auxiliary tasks at least halve the main task's test error": lambda r: (
+                r["multitask_main_test_mse_shared"] < 0.5 * r["multitask_main_test_mse_single"]
+                and r["multitask_aux_test_mse"] < 0.2
+            ),
+            "activity L1 halves the active units without losing accuracy": lambda r: (
+                r["activity_active_units_strong"] < 0.5 * r["activity_active_units_plain"]
+                and r["activity_zero_fraction_strong"] > r["activity_zero_fraction_plain"]
+                and r["activity_accuracy_strong"] > 0.9
+                and r["activity_accuracy_plain"] > 0.9
+            ),
+        },
+    },
+    "05_regularize_then_prune": {
+        "figures": [
+            "05_weights",
+            "05_accuracy_vs_sparsity",
+            "05_structured_and_nm",
+            "05_gradual_vs_oneshot",
+        ],
+        "checks": {
+            "every network learns the digits": lambda r: (
+                min(r["accuracy_plain"], r["accuracy_l2"], r["accuracy_l1"], r["accuracy_strong_l1"]) > 0.9
+            ),
+            "only the L1 prox makes exact zeros, more with a larger lambda": lambda r: (
+                r["zeros_plain"] < 0.01
+                and r["zeros_l2"] < 0.01
+                and 0.1 < r["zeros_l1"] < r["zeros_strong_l1"]
+                and r["zeros_strong_l1"] > 0.8
+            ),
+            "regularizing first makes 90% global pruning cheaper": lambda r: (
+                r["pruned90_global_l1"] > r["pruned90_global_plain"] + 0.05
+                and r["pruned90_global_l2"] > r["pruned90_global_plain"]
+            ),
+            "strong L1 survives 95% pruning": lambda r: r["pruned95_global_strong_l1"] > 0.9,
+            "L1 and strong L1 can be pruned further than the plain network": lambda r: (
+                r["safe_sparsity_global_plain"] < r["safe_sparsity_global_l1"] < r["safe_sparsity_global_strong_l1"]
+            ),
+            "global pruning beats per-leaf pruning at 90%": lambda r: (
+                r["pruned90_global_plain"] > r["pruned90_leaf_plain"]
+            ),
+            "structured and N:M masks reach their sparsity and cost accuracy": lambda r: (
+                r["nm_2_4_sparsity"] == 0.5
+                and r["structured_half_units_sparsity_plain"] > 0.5
+                and r["structured_half_units_accuracy_plain"] < r["accuracy_plain"]
+                and r["nm_1_4_accuracy_plain"] < r["leaf75_accuracy_plain"]
+            ),
+            "on the L1 network N:M costs less": lambda r: (
+                r["nm_1_4_accuracy_l1"] > r["nm_1_4_accuracy_plain"]
+                and r["nm_2_4_accuracy_l1"] > r["nm_2_4_accuracy_plain"]
+            ),
+            "gradual and one-shot pruning reach the same 98% sparsity": lambda r: (
+                abs(r["final_sparsity_gradual"] - 0.98) < 1e-3 and abs(r["final_sparsity_oneshot"] - 0.98) < 1e-3
+            ),
+            "pruning 98% at once drops to near chance; fine-tuning recovers": lambda r: (
+                r["accuracy_oneshot_before_finetuning"] < 0.5 and r["accuracy_oneshot_finetuned"] > 0.9
+            ),
+            "gradual pruning ends at least as accurate as one-shot with fine-tuning": lambda r: (
+                r["accuracy_gradual"] >= r["accuracy_oneshot_finetuned"]
+            ),
+        },
+    },
+    "06_from_pytorch": {
+        "figures": ["06_weight_decay_vs_torch", "06_clip_grad_norm", "06_bias_init", "06_choosing_lambda"],
+        "checks": {
+            "every weight-decay recipe gives PyTorch's parameters": lambda r: r["recipes_max_abs_diff"] < 1e-5,
+            "... while the decay itself moves them far more": lambda r: r["decay_effect_min"] > 1e-3,
+            "AdamW defaults: 1e-2 in PyTorch, 1e-4 in optax": lambda r: (
+                abs(r["torch_adamw_default_wd"] - 1e-2) < 1e-9 and abs(r["optax_adamw_default_wd"] - 1e-4) < 1e-9
+            ),
+            "optax.adamw(lr) differs from AdamW(lr); weight_decay=1e-2 matches it": lambda r: (
+                r["adamw_defaults_max_abs_diff"] > 1e-4 and r["adamw_matched_max_abs_diff"] < 1e-5
+            ),
+            "at the same lambda, coupled Adam decays harder than AdamW": lambda r: (
+                r["weight_norm_adam_coupled"] < r["weight_norm_adamw"] < r["weight_norm_no_decay"]
+            ),
+            "the weights-only mask spares the biases": lambda r: (
+                r["bias_norm_adam_coupled_weights_only"] > 2 * r["bias_norm_adam_coupled"]
+            ),
+            "the logged pre-clip norm is clip_grad_norm_'s": lambda r: r["clip_norm_max_rel_diff"] < 1e-4,
+            "clip + SGD gives PyTorch's parameters": lambda r: r["clip_max_abs_diff"] < 1e-5,
+            "clipping binds on some steps, not all, and matters": lambda r: (
+                0 < r["clipped_step_fraction"] < 1 and r["clip_effect"] > 1e-3
+            ),
+            "zero and random biases train equally well": lambda r: (
+                r["bias_init_zero_final_mse"] < 1.25 * r["bias_init_torch_final_mse"]
+                and r["zero_bias_distinct_units"] == 32
+            ),
+            "equal weights stay one unit and do not fit": lambda r: (
+                r["equal_weights_distinct_units"] == 1
+                and r["bias_init_equal_weights_final_mse"] > 2 * r["bias_init_zero_final_mse"]
+            ),
+            "batch norm cancels a bias": lambda r: r["batchnorm_bias_invariance_max_diff"] < 1e-5,
+            "the CV optimum is inside the grid": lambda r: 0 < r["grid_best_index"] < r["grid_size"] - 1,
+            "the CV choice fits the true curve far better than either extreme": lambda r: (
+                r["true_mse_cv_best"] < 0.5 * min(r["true_mse_smallest_lambda"], r["true_mse_largest_lambda"])
+            ),
+            "random search does about as well as the grid": lambda r: (
+                r["random_best_cv_mse"] < 1.1 * r["grid_best_cv_mse"]
+            ),
+        },
+    },
+    "07_sweeps_and_selection": {
+        "figures": ["07_vmap_vs_loop", "07_kfold_cv", "07_hypergradient"],
+        "checks": {
+            "the loop and the vmap each compile once": lambda r: r["loop_compiles"] == 1 and r["vmap_compiles"] == 1,
+            "the vmapped sweep equals the loop": lambda r: r["sweep_vs_loop_max_rel_diff"] < 1e-5,
+            "vmap is not slower than the loop by more than 2x": lambda r: r["vmap_speedup"] > 0.5,
+            "a static lambda compiles once per value": lambda r: r["static_compiles"] >= 3,
+            "folds as weights give the index-based (KFold) scores": lambda r: (
+                r["cv_weights_vs_slicing_max_rel_diff"] < 1e-4
+            ),
+            "the CV choice beats no regularization on held-out data": lambda r: (
+                r["holdout_mse_at_cv_choice"] < r["holdout_mse_smallest_lambda"]
+            ),
+            "unrolled_val_loss is the swept function": lambda r: r["unrolled_vs_sweep_max_rel_diff"] < 1e-5,
+            "the hypergradient matches a finite difference": lambda r: r["hypergrad_vs_finite_diff_rel"] < 1e-2,
+            "tune_strength ends much closer to the grid optimum, from below and above": lambda r: (
+                max(r["end_gap_from_below_decades"], r["end_gap_from_above_decades"]) < 0.3 * r["start_gap_decades"]
+            ),
+            "the tuned lambdas validate about as well as the grid optimum": lambda r: (
+                max(r["val_mse_tuned_from_below"], r["val_mse_tuned_from_above"]) < 1.05 * r["val_mse_grid_optimum"]
+            ),
+        },
+    },
+    "08_scaling_out": {
+        "figures": ["08_shardings", "08_training"],
+        "checks": {
+            "the notebook sees 8 devices": lambda r: r["devices"] == 8,
+            "the loss falls fivefold": lambda r: r["final_loss"] < 0.2 * r["initial_loss"],
+            "gradual pruning reaches 80 % of the kernels": lambda r: abs(r["final_kernel_sparsity"] - 0.8) < 1e-6,
+            "the optimizer update communicates scalars only": lambda r: (
+                r["update_all_gathers"] == 0
+                and r["update_non_scalar_collectives"] == 0
+                and r["update_all_reduces"] >= 1
+            ),
+            "the training step communicates more than the update (FSDP, data parallel)": lambda r: (
+                r["step_all_gathers"] + r["step_all_reduces"] > r["update_all_reduces"]
+            ),
+            "each replayed step equals one device's, masks included": lambda r: (
+                r["steps_replayed_on_one_device"] >= 3
+                and r["max_step_diff_vs_one_device"] < 1e-5
+                and r["step_masks_identical_to_one_device"] == 1
+            ),
+            "a whole run on one device ends as well": lambda r: 0.5 < r["final_loss_one_device"] / r["final_loss"] < 2,
+        },
+    },
 }
 
 
