@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test notebooks bench clean
+.PHONY: demo test notebooks bench docs docs-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,5 +28,17 @@ notebooks: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.run_all
 
+# The documentation site, into docs/_build/html; any Sphinx warning fails the build.
+# Notebooks run at the small size, cached in docs/_build/.jupyter_cache until they or
+# jaxreg change. Prose only, without running them: make docs SPHINXOPTS="-D nb_execution_mode=off"
+SPHINXOPTS ?=
+docs: $(STAMP)
+	$(BIN)/sphinx-build -W --keep-going $(SPHINXOPTS) -b html docs docs/_build/html
+
+# The built site in headless Chromium (apt-get install chromium): three pages
+# screenshotted into docs/_build/screenshots, every internal link checked.
+docs-check: docs
+	$(BIN)/python scripts/docs_check.py docs/_build/html
+
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .hypothesis docs/_build

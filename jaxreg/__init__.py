@@ -5,6 +5,8 @@ it) that drop into ``optax.chain``, loss penalties, learning-rate schedules and
 parameter selectors. See the README for the map from PyTorch to jaxreg.
 """
 
+from importlib import metadata as _metadata
+
 from jaxreg import masks, nn, penalties, pruning, schedules, training
 from jaxreg._param_space import StepCountState
 from jaxreg.clipping import ClipByNormState, ClipState, clip, clip_by_global_norm, clip_by_leaf_norm
@@ -15,7 +17,8 @@ from jaxreg.proximal import elastic_net_prox, group_lasso_prox, l1_prox, soft_th
 from jaxreg.pruning import keep_pruned, prune_during_training
 from jaxreg.schedules import epoch_decay, inverse_sqrt_decay
 
-__version__ = "0.1.0"
+# The version lives in pyproject.toml only; this reads it from the installed package.
+__version__ = _metadata.version("jaxreg")
 
 __all__ = [
     "ClipByNormState",

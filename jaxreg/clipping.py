@@ -20,6 +20,8 @@ import optax
 
 from jaxreg import _checks, _tree
 
+__all__ = ["ClipByNormState", "ClipState", "clip", "clip_by_global_norm", "clip_by_leaf_norm"]
+
 
 class ClipState(NamedTuple):
     """State of :func:`clip`."""
@@ -112,6 +114,14 @@ def clip_by_global_norm(
 
     References:
       Pascanu et al., *On the difficulty of training recurrent neural networks*, 2013.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxreg
+      >>> tx = jaxreg.clip_by_global_norm(1.0)
+      >>> grads = {"w": jnp.array([3.0, 4.0])}
+      >>> updates, state = tx.update(grads, tx.init(grads))
+      >>> updates["w"], state.norm
+      (Array([0.6, 0.8], dtype=float32), Array(5., dtype=float32))
     """
     fn = "clip_by_global_norm"
     p = _check_norm_args(fn, max_norm, norm_type, eps)

@@ -17,6 +17,8 @@ import optax
 from jaxreg import _checks, _param_space, _tree
 from jaxreg.masks import Mask
 
+__all__ = ["coupled_weight_decay", "decoupled_weight_decay"]
+
 
 def coupled_weight_decay(
     rate: chex.Numeric | optax.Schedule, mask: Mask = None

@@ -21,7 +21,9 @@ from jaxreg import _tree
 
 __all__ = ["Mask", "all_params", "weights_only", "by_path", "mask_and", "mask_or", "mask_not", "masked"]
 
-Mask = Any  # a pytree of bools, or a callable params -> pytree of bools
+#: A selector: a pytree of bools with the params' structure (True = the transform acts here),
+#: or a callable ``params -> pytree of bools``; None means every leaf.
+Mask = Any
 
 
 def all_params(params: optax.Params) -> Any:
@@ -48,6 +50,11 @@ def weights_only(params: optax.Params) -> Any:
 
     Returns:
       A pytree of bools, True on every leaf with ``ndim >= 2``.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxreg
+      >>> jaxreg.masks.weights_only({"dense": {"kernel": jnp.ones((3, 4)), "bias": jnp.zeros(4)}})
+      {'dense': {'bias': False, 'kernel': True}}
     """
     return jax.tree.map(lambda x: jnp.ndim(x) >= 2, _tree.unbox(params))
 
@@ -65,6 +72,11 @@ def by_path(pattern: str | re.Pattern[str]) -> Callable[[optax.Params], Any]:
 
     Returns:
       A callable ``params -> pytree of bools``.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxreg
+      >>> jaxreg.masks.by_path("kernel")({"dense": {"kernel": jnp.ones((3, 4)), "bias": jnp.zeros(4)}})
+      {'dense': {'bias': False, 'kernel': True}}
     """
     try:
         regex = re.compile(pattern)

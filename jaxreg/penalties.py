@@ -60,6 +60,11 @@ def l2(params: optax.Params, strength: chex.Numeric = 1.0, mask: Mask = None) ->
 
     Returns:
       A float32 scalar.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxreg
+      >>> jaxreg.penalties.l2({"w": jnp.array([3.0, 4.0])}, 0.1)
+      Array(1.25, dtype=float32)
     """
     _checks.check_nonnegative("l2", "strength", strength)
     leaves = _selected("l2", params, mask)

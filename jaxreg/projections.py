@@ -23,6 +23,8 @@ from jaxreg import _checks, _param_space, _tree
 from jaxreg.masks import Mask
 from jaxreg.proximal import soft_threshold
 
+__all__ = ["max_norm", "project_box", "project_l1_ball", "project_l2_ball", "project_nonnegative"]
+
 # Bisection steps before the exact finishing steps of the L1-ball threshold: enough to
 # pin the support in float32, so the finishing Newton loop ends after a pass or two.
 _L1_BISECTION_STEPS = 30
@@ -54,6 +56,14 @@ def project_box(
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` that needs ``params`` in ``update``.
+
+    Example:
+      >>> import jax.numpy as jnp, optax, jaxreg
+      >>> tx = jaxreg.project_box(-1.0, 1.0)
+      >>> params = {"w": jnp.array([0.5, 0.9])}
+      >>> updates, _ = tx.update({"w": jnp.array([0.2, 0.5])}, tx.init(params), params)
+      >>> optax.apply_updates(params, updates)["w"]
+      Array([0.7, 1. ], dtype=float32)
     """
     fn = "project_box"
     lows, highs = jax.tree.leaves(_tree.unbox(lower)), jax.tree.leaves(_tree.unbox(upper))

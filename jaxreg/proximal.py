@@ -18,6 +18,8 @@ import optax
 from jaxreg import _checks, _param_space, _tree
 from jaxreg.masks import Mask
 
+__all__ = ["elastic_net_prox", "group_lasso_prox", "l1_prox", "soft_threshold"]
+
 
 def soft_threshold(x: jax.Array, threshold: chex.Numeric) -> jax.Array:
     """``sign(x) * max(|x| - threshold, 0)``, with exact (+0.0) zeros inside the band.
@@ -28,6 +30,11 @@ def soft_threshold(x: jax.Array, threshold: chex.Numeric) -> jax.Array:
 
     Returns:
       The shrunk array, in the dtype of ``x`` computed in at least float32.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxreg
+      >>> jaxreg.soft_threshold(jnp.array([-2.0, -0.5, 0.5, 2.0]), 1.0)
+      Array([-1.,  0.,  0.,  1.], dtype=float32)
     """
     wx = _tree.wide(x)
     return wx - jnp.clip(wx, -threshold, threshold)
@@ -67,6 +74,14 @@ def l1_prox(
 
     References:
       Parikh & Boyd, *Proximal Algorithms*, 2014, section 6.5.2.
+
+    Example:
+      >>> import jax.numpy as jnp, optax, jaxreg
+      >>> tx = jaxreg.l1_prox(0.5)
+      >>> params = {"w": jnp.array([1.0, -0.2])}
+      >>> updates, _ = tx.update({"w": jnp.zeros(2)}, tx.init(params), params)
+      >>> optax.apply_updates(params, updates)["w"]
+      Array([0.5, 0. ], dtype=float32)
     """
     fn = "l1_prox"
     _checks.check_nonnegative(fn, "strength", strength)

@@ -24,6 +24,12 @@ def inverse_sqrt_decay(init_value: chex.Numeric, gamma: chex.Numeric) -> optax.S
 
     Returns:
       An optax schedule ``step -> learning rate``.
+
+    Example:
+      >>> import jaxreg
+      >>> schedule = jaxreg.inverse_sqrt_decay(0.1, gamma=1.0)
+      >>> [round(float(schedule(t)), 4) for t in (0, 3, 8)]
+      [0.1, 0.05, 0.0333]
     """
     _checks.check_positive("inverse_sqrt_decay", "init_value", init_value)
     _checks.check_nonnegative("inverse_sqrt_decay", "gamma", gamma)

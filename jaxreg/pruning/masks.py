@@ -228,6 +228,11 @@ def magnitude_mask(
 
     Returns:
       A pytree of bool arrays with the params' structure and shapes, True = keep.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxreg
+      >>> jaxreg.pruning.magnitude_mask({"w": jnp.array([0.1, -2.0, 0.5, 3.0])}, 0.5)
+      {'w': Array([False,  True, False,  True], dtype=bool)}
     """
     amount = amount_of("magnitude_mask", sparsity, keep_ratio, num_pruned)
     return rank_keep("magnitude_mask", params, amount, scope, where, _select.magnitude_key)

@@ -23,7 +23,8 @@ from jaxreg import _checks, _tree
 
 __all__ = ["Score", "activation_score", "magnitude_score", "random_score", "snip_score", "unit_norm_score"]
 
-Score = Callable[[optax.Params], Any]  # params -> pytree of per-weight float scores
+#: A score function: params -> a pytree of per-weight float scores (higher = more important, kept first).
+Score = Callable[[optax.Params], Any]
 
 
 def magnitude_score(params: optax.Params) -> Any:
