@@ -164,9 +164,11 @@ def group_lasso_prox(
     def shrink(w, lr, count):
         norms = _tree.unit_norms(w, axis)
         threshold = lr * _tree.value_at(strength, count)
-        # A zero unit stays zero; a NaN norm makes the whole unit NaN (it propagates).
+        # A zero unit stays zero; a NaN norm makes the whole unit NaN (it propagates). A
+        # norm of 0 can also be an underflow (entries near the smallest normal float):
+        # such a unit is below any positive threshold, and left alone by a zero one.
         keep = jnp.maximum(1 - threshold / jnp.where(norms == 0, 1, norms), 0)
-        return _tree.wide(w) * jnp.where(norms == 0, 0, keep)
+        return _tree.wide(w) * jnp.where(norms == 0, jnp.where(threshold > 0, 0.0, 1.0), keep)
 
     def check(paths, leaves):
         _tree.check_axis(fn, axis, paths, leaves)

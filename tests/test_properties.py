@@ -366,3 +366,15 @@ def test_all_zero_params_and_updates_give_zeros_never_nan(name):
     for h in (0.0, 1.0):
         for x in leaves64(run(name, h, 1.0, zeros, zeros)):
             assert np.all(x == 0) and not np.any(np.signbit(x)), f"{name}: {x}"
+
+
+@pytest.mark.parametrize("axis", [0, -1])
+def test_group_lasso_at_strength_zero_keeps_units_whose_norm_underflows(axis):
+    # Found by hypothesis: entries at the smallest normal float32 square to zero, so the
+    # unit's norm is 0; a zero strength must still leave the unit alone.
+    tiny = np.float32(np.finfo(np.float32).tiny)
+    params = {"kernel": jnp.full((4, 3), tiny), "bias": jnp.zeros(3)}
+    for strength, want in [(0.0, tiny), (0.1, 0.0)]:
+        tx = jaxreg.group_lasso_prox(strength, axis=axis)
+        updates, _ = jax.jit(tx.update)(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+        np.testing.assert_array_equal(optax.apply_updates(params, updates)["kernel"], np.full((4, 3), want))
