@@ -80,15 +80,15 @@ def updates_transform(
       An ``optax.GradientTransformationExtraArgs`` with a ``StepCountState``.
     """
 
-    def select(params: Any) -> tuple[list[bool], list[jax.Array], Any, list[_tree.KeyPath]]:
-        paths, leaves, treedef = _tree.leaves_with_paths(params)
+    def select(params: Any) -> tuple[list[bool], list[jax.Array]]:
+        paths, leaves, _ = _tree.leaves_with_paths(params)
         selected = _tree.resolve_mask(fn, mask, params)
         if check is not None:
             check(
                 [p for p, s in zip(paths, selected) if s],
                 [x for x, s in zip(leaves, selected) if s],
             )
-        return selected, leaves, treedef, paths
+        return selected, leaves
 
     def init_fn(params: optax.Params) -> StepCountState:
         select(params)
@@ -105,7 +105,7 @@ def updates_transform(
         del extra_args
         if params is None:
             raise needs_params_error(fn)
-        selected, p_leaves, _, _ = select(params)
+        selected, p_leaves = select(params)
         u_leaves = _tree.match_tree(fn, "updates", updates, params, broadcast=False)
         picked = [i for i, s in enumerate(selected) if s]
         extras = [_tree.match_tree(fn, name, value, params) for name, value in per_leaf]
