@@ -8,6 +8,7 @@ sweep over lambda stays one ``vmap``.
 
 from __future__ import annotations
 
+import importlib
 import math
 from typing import Any
 
@@ -91,3 +92,16 @@ def check_norm_type(fn: str, norm_type: Any, name: str = "norm_type") -> float:
     if not (p >= 1):
         raise ValueError(message)
     return p
+
+
+def import_extra(fn: str, module: str, package: str, needs: str) -> Any:
+    """Imports an optional dependency of the ``train`` extra, or raises an ImportError saying how to get it.
+
+    ``needs`` completes the message: ``f"{fn}: {needs} {package}, which is not installed; ..."``.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise ImportError(
+            f"{fn}: {needs} {package}, which is not installed; install it with pip install 'jaxreg[train]'."
+        ) from err

@@ -37,14 +37,7 @@ __all__ = ["ImageAugmentation", "gaussian_noise", "random_flip", "random_rotatio
 
 
 def _pix(fn: str) -> Any:
-    try:
-        import dm_pix
-    except ImportError as err:
-        raise ImportError(
-            f"{fn}: rotations and shifts need dm-pix, which is not installed; install it with "
-            "pip install 'jaxreg[train]'."
-        ) from err
-    return dm_pix
+    return _checks.import_extra(fn, "dm_pix", "dm-pix", "rotations and shifts need")
 
 
 def _check_images(fn: str, images: jax.Array) -> jax.Array:

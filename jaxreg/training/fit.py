@@ -65,17 +65,6 @@ class History(NamedTuple):
         return len(self.train_loss)
 
 
-def _import_orbax() -> Any:
-    try:
-        import orbax.checkpoint as ocp
-    except ImportError as err:
-        raise ImportError(
-            "fit: checkpoint_dir needs orbax-checkpoint, which is not installed; "
-            "install it with pip install 'jaxreg[train]'."
-        ) from err
-    return ocp
-
-
 def _is_key(x: Any) -> bool:
     return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 
@@ -310,7 +299,7 @@ def fit(
 
     manager = None
     if checkpoint_dir is not None:
-        ocp = _import_orbax()
+        ocp = _checks.import_extra(fn, "orbax.checkpoint", "orbax-checkpoint", "checkpoint_dir needs")
         directory = Path(checkpoint_dir).absolute()
         manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_checkpoints))
     fingerprint = {"batch_size": batch_size, "n_train": train[2], "key": key_data.tolist()}
