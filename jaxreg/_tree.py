@@ -98,15 +98,20 @@ def match_tree(fn: str, arg: str, value: Any, params: Any, broadcast: bool = Tru
     return values
 
 
-def explicit_sharding(x: Any) -> Any:
-    """The sharding of ``x`` when its mesh has explicit axes (part of its type, also under ``jit``), else None."""
+def mesh_of(x: Any) -> Any:
+    """The mesh ``x`` is laid out on, read from its type (also under ``jit``); None for no array or no mesh."""
     if not isinstance(x, jax.Array):
         return None
-    sharding = jax.typeof(x).sharding
-    mesh = getattr(sharding, "mesh", None)
+    mesh = getattr(jax.typeof(x).sharding, "mesh", None)
+    return None if mesh is None or mesh.empty else mesh
+
+
+def explicit_sharding(x: Any) -> Any:
+    """The sharding of ``x`` when its mesh has explicit axes (part of its type, also under ``jit``), else None."""
+    mesh = mesh_of(x)
     if mesh is None or jax.sharding.AxisType.Explicit not in getattr(mesh, "axis_types", ()):
         return None
-    return sharding
+    return jax.typeof(x).sharding
 
 
 def _explicit_spec(x: Any) -> tuple[Any, ...] | None:

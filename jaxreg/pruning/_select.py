@@ -27,6 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jaxreg import _tree
+
 INT32_MIN = -(2**31)
 INT32_MAX = 2**31 - 1
 # A group's size and an array's flat index must fit the int32 counters.
@@ -76,8 +78,8 @@ def _midpoint(lo: jax.Array, hi: jax.Array) -> jax.Array:
 
 def _on_mesh(x: jax.Array) -> bool:
     """Whether ``x`` lives on a mesh of several devices (JAX carries the mesh in the type, also under ``jit``)."""
-    mesh = getattr(jax.typeof(x).sharding, "mesh", None)
-    return mesh is not None and not mesh.empty and mesh.size > 1
+    mesh = _tree.mesh_of(x)
+    return mesh is not None and mesh.size > 1
 
 
 def count_true(flags: jax.Array) -> jax.Array:
