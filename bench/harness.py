@@ -8,7 +8,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -28,14 +28,26 @@ def median_seconds(run: Callable[[], Any], repeats: int, warmup: int = 2) -> flo
 
     ``run`` must block until its work is done (``jax.block_until_ready`` on its output).
     """
-    for _ in range(warmup):
-        run()
-    times = []
+    return interleaved_medians({"run": run}, repeats, warmup)["run"]
+
+
+def interleaved_medians(runs: Mapping[str, Callable[[], Any]], repeats: int, warmup: int = 2) -> dict[str, float]:
+    """Median wall time of each ``run()``, timed in turns: one call of each per round.
+
+    On a shared machine the speed drifts over seconds (neighbours, turbo, page cache);
+    timing the implementations in turns exposes each to the same drift, so their ratios
+    hold even when the absolute times move. Each ``run`` must block until its work is done.
+    """
+    for run in runs.values():
+        for _ in range(warmup):
+            run()
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def emit(record: dict[str, Any]) -> dict[str, Any]:

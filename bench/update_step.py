@@ -9,17 +9,22 @@ the same math on the same sizes in the same process:
   ``optax.adamw``, a soft-threshold transform and ``optax.projections.projection_box``).
 * ``torch_foreach`` / ``torch_fused``: ``clip_grad_norm_`` + ``torch.optim.AdamW`` then the
   same prox and clamp in torch ops.
+* ``xla_one_expression``: the same math hand-written as one expression per leaf, the
+  best layout XLA emits for it (a reference, not an API).
 * ``bandwidth``: an in-place scale of one flat buffer of the same size: the machine's
   read+write bandwidth, which bounds every memory-bound step.
 
 ``roofline`` is the time the step's compulsory traffic would take at that bandwidth
 (8 transfers of 4 bytes per parameter: read g for the norm, read g, m, v, w, write m, v,
-w) divided by the measured time.
+w) divided by the measured time, at the better of the probe's two measurements (alone,
+and in turns with the others). The implementations are timed in turns (one step of each
+per round), so drift on a shared machine moves them all alike.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -72,27 +77,67 @@ def _random_tree(shapes, seed: int, scale: float = 1.0) -> dict[str, jax.Array]:
     return {f"leaf{i:02d}": jnp.asarray(scale * rng.standard_normal(s), jnp.float32) for i, s in enumerate(shapes)}
 
 
-def time_jax_chain(tx: optax.GradientTransformation, shapes, repeats: int) -> float:
-    """Median seconds of one jitted, donated update step of ``tx``."""
+def _jax_runner(step, carry: list, *args) -> Callable[[], None]:
+    """One call of the jitted, donating ``step`` on the carried state, blocking.
+
+    ``step(*carry, *args)`` returns the new carry as a sequence of the same length.
+    """
+
+    def run():
+        carry[:] = step(*carry, *args)
+        jax.block_until_ready(carry)
+
+    return run
+
+
+def jax_chain_runner(tx: optax.GradientTransformation, shapes) -> Callable[[], None]:
+    """A jitted, donated update step of ``tx`` (``tx.update`` then ``optax.apply_updates``)."""
     params, grads = _random_tree(shapes, 0, 0.1), _random_tree(shapes, 1)
-    state = tx.init(params)
 
     def step(params, state, grads):
         updates, state = tx.update(grads, state, params)
         return optax.apply_updates(params, updates), state
 
-    step = jax.jit(step, donate_argnums=(0, 1))
-    carry = [params, state]
-
-    def run():
-        carry[0], carry[1] = step(carry[0], carry[1], grads)
-        jax.block_until_ready(carry[0])
-
-    return harness.median_seconds(run, repeats)
+    return _jax_runner(jax.jit(step, donate_argnums=(0, 1)), [params, tx.init(params)], grads)
 
 
-def time_torch(shapes, fused: bool, repeats: int) -> float:
-    """Median seconds of clip_grad_norm_ + AdamW + prox + clamp in PyTorch."""
+def one_expression_step(params, mu, nu, count, grads):
+    """The chain's math hand-written as one expression per leaf: the best layout XLA gets.
+
+    Not a jaxreg API: a reference for how close the composed chain comes to what XLA
+    can emit for the same arithmetic (on CPU, XLA does not fuse the three outputs
+    ``w, mu, nu`` of a leaf into one loop, so this too reads ``g`` and ``mu, nu`` twice).
+    Returns ``[params, mu, nu, count]`` after one step.
+    """
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    count = count + 1
+    t = count.astype(jnp.float32)
+    norm = jnp.sqrt(sum(jnp.sum(g * g) for g in grads.values()))
+    scale = jnp.minimum(1.0, MAX_NORM / (norm + 1e-6))
+
+    def leaf(g, w, m, v):
+        g = g * scale
+        m = (1 - b1) * g + b1 * m
+        v = (1 - b2) * (g * g) + b2 * v
+        u = (m / (1 - b1**t)) / (jnp.sqrt(v / (1 - b2**t)) + eps)
+        x = w - LR * u - (LR * WD) * w
+        x = jnp.clip(x - jnp.clip(x, -LR * L1, LR * L1), -BOX, BOX)
+        return x, m, v
+
+    out = {k: leaf(grads[k], params[k], mu[k], nu[k]) for k in params}
+    return [{k: o[i] for k, o in out.items()} for i in range(3)] + [count]
+
+
+def one_expression_runner(shapes) -> Callable[[], None]:
+    """:func:`one_expression_step`, jitted with donated buffers."""
+    params, grads = _random_tree(shapes, 0, 0.1), _random_tree(shapes, 1)
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    carry = [params, zeros, jax.tree.map(jnp.zeros_like, params), jnp.zeros([], jnp.int32)]
+    return _jax_runner(jax.jit(one_expression_step, donate_argnums=(0, 1, 2)), carry, grads)
+
+
+def torch_runner(shapes, fused: bool) -> Callable[[], None]:
+    """clip_grad_norm_ + AdamW + prox + clamp in PyTorch."""
     gen = torch.Generator().manual_seed(0)
     params = [torch.nn.Parameter(0.1 * torch.randn(s, generator=gen)) for s in shapes]
     for p in params:
@@ -108,41 +153,43 @@ def time_torch(shapes, fused: bool, repeats: int) -> float:
                 p.sub_(p.clamp(-threshold, threshold))
                 p.clamp_(-BOX, BOX)
 
-    return harness.median_seconds(run, repeats)
+    return run
 
 
-def time_bandwidth(size: int, repeats: int) -> float:
-    """Read+write bandwidth in bytes/s: an in-place scale of one flat float32 buffer.
+def bandwidth_runner(size: int) -> tuple[Callable[[], None], int]:
+    """An in-place scale of one flat float32 buffer, and the bytes it reads and writes.
 
     The buffer holds ``size`` elements rounded up to a multiple of 256 and is shaped
     ``(rows, 256)``: XLA's CPU loops run several times slower on an odd-length 1-D
     buffer, which would understate the machine.
     """
     rows = -(-size // 256)
-    scale = jax.jit(lambda x: x * jnp.float32(1.0000001), donate_argnums=0)
-    carry = [jnp.ones((rows, 256), jnp.float32)]
-
-    def run():
-        carry[0] = scale(carry[0])
-        jax.block_until_ready(carry[0])
-
-    return 2 * 4 * rows * 256 / harness.median_seconds(run, repeats)
+    scale = jax.jit(lambda x: [x * jnp.float32(1.0000001)], donate_argnums=0)
+    return _jax_runner(scale, [jnp.ones((rows, 256), jnp.float32)]), 2 * 4 * rows * 256
 
 
 def run(size_name: str, repeats: int) -> list[dict]:
-    """Measures every implementation at every size; prints and returns the records."""
+    """Measures every implementation at every size, in turns; prints and returns the records."""
     torch.set_num_threads(os.cpu_count() or 1)
     records = []
     for size in SIZES[size_name]:
         shapes = harness.leaf_shapes(size)
         n = int(sum(np.prod(s) for s in shapes))
-        bandwidth = time_bandwidth(n, repeats)
-        times = {
-            "jaxreg": time_jax_chain(jaxreg_chain(), shapes, repeats),
-            "optax": time_jax_chain(optax_chain(), shapes, repeats),
-            "torch_foreach": time_torch(shapes, fused=False, repeats=repeats),
-            "torch_fused": time_torch(shapes, fused=True, repeats=repeats),
+        probe, probe_bytes = bandwidth_runner(n)
+        runs = {
+            "bandwidth": probe,
+            "jaxreg": jax_chain_runner(jaxreg_chain(), shapes),
+            "optax": jax_chain_runner(optax_chain(), shapes),
+            "xla_one_expression": one_expression_runner(shapes),
+            "torch_foreach": torch_runner(shapes, fused=False),
+            "torch_fused": torch_runner(shapes, fused=True),
         }
+        # The probe alone first: the roofline uses the machine's best measured bandwidth,
+        # so drift that slows every implementation never flatters their fractions.
+        alone = harness.median_seconds(probe, repeats)
+        times = harness.interleaved_medians(runs, repeats)
+        bandwidth = probe_bytes / min(alone, times.pop("bandwidth"))
+        del runs  # free this size's buffers before the next
         base = dict(bench="update_step", params=n, leaves=len(shapes), machine=harness.machine_name())
         records.append(
             harness.emit(dict(base, impl="bandwidth", median_s=2 * 4 * n / bandwidth, bandwidth_gb_s=bandwidth / 1e9))
