@@ -88,6 +88,38 @@ def test_random_search_cross_validates_every_draw():
     np.testing.assert_allclose(result.std, result.scores.std(1))
 
 
+def test_a_second_search_with_the_same_score_function_reuses_its_program():
+    traces = []
+
+    def score(value):
+        traces.append(value)  # runs only while tracing
+        return (value - 2.0) ** 2
+
+    first = grid_search(score, [0.0, 1.0, 2.0, 3.0])
+    second = grid_search(score, [1.5, 2.0, 2.5, 4.0])
+    assert len(traces) == 1
+    assert (first.best_value, second.best_value) == (2.0, 2.0)
+    grid_search(score, [0.0, 1.0, 2.0, 3.0], chunk_size=2)  # another program, compiled once
+    assert len(traces) == 2
+
+
+def test_the_program_cache_does_not_keep_a_score_function_alive():
+    import gc
+    import weakref
+
+    from jaxreg.training import selection
+
+    def score(value):
+        return value**2
+
+    grid_search(score, [1.0, 2.0])
+    ref = weakref.ref(score)
+    del score
+    gc.collect()
+    assert ref() is None
+    assert all(fn is not None for fn in selection._PROGRAMS.keys())
+
+
 def test_max_mode_picks_the_largest_score():
     result = grid_search(lambda v: -((v - 2.0) ** 2), [0.0, 1.0, 2.0, 3.0], mode="max")
     assert result.best_value == 2.0

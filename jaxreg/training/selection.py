@@ -22,6 +22,7 @@ give one value.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -122,6 +123,34 @@ def grid_search(
     return _search("grid_search", score_fn, values, n_splits, n_samples, chunk_size, mode)
 
 
+# The compiled search program of each score function, by chunk size: a second search
+# with the same ``score_fn`` (another grid of the same size, another key, the same
+# folds) runs the program already compiled instead of tracing and compiling anew. Keyed
+# weakly, and the program holds ``score_fn`` only weakly, so a cached program never
+# keeps a score function (or the data it closes over) alive.
+_PROGRAMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _program(score_fn: Callable[..., jax.Array], chunk_size: int | None) -> Callable[[tuple], jax.Array]:
+    """``lanes -> scores``: ``score_fn`` mapped over the lanes, jitted (cached per ``score_fn``)."""
+    try:
+        programs = _PROGRAMS.setdefault(score_fn, {})
+        held: Callable[[], Callable[..., jax.Array] | None] = weakref.ref(score_fn)
+    except TypeError:  # a callable without weak references: compiled afresh each search
+        programs = {}
+
+        def held() -> Callable[..., jax.Array]:
+            return score_fn
+
+    if chunk_size not in programs:
+
+        def lane(args: tuple) -> jax.Array:
+            return jnp.asarray(held()(*args), jnp.float32)
+
+        programs[chunk_size] = jax.jit(lambda xs: jax.lax.map(lane, xs, batch_size=chunk_size or xs[0].shape[0]))
+    return programs[chunk_size]
+
+
 def _search(
     fn: str,
     score_fn: Callable[..., jax.Array],
@@ -140,10 +169,6 @@ def _search(
         raise ValueError(f"{fn}: chunk_size must be a positive int or None, got {chunk_size!r}.")
     if n_splits is None:
         lanes = (jnp.asarray(grid),)
-
-        def lane(args):
-            return jnp.asarray(score_fn(args[0]), jnp.float32)
-
         n_folds = 1
     else:
         if n_samples is None:
@@ -156,12 +181,7 @@ def _search(
             jnp.tile(train_w, (grid.size, 1)),
             jnp.tile(val_w, (grid.size, 1)),
         )
-
-        def lane(args):
-            return jnp.asarray(score_fn(*args), jnp.float32)
-
-    run = jax.jit(lambda xs: jax.lax.map(lane, xs, batch_size=chunk_size or xs[0].shape[0]))
-    scores = np.asarray(run(lanes)).reshape(grid.size, n_folds)
+    scores = np.asarray(_program(score_fn, chunk_size)(lanes)).reshape(grid.size, n_folds)
     mean, std = scores.mean(axis=1), scores.std(axis=1)
     ranked = np.where(np.isnan(mean), np.inf, mean if mode == "min" else -mean)
     best = int(np.argmin(ranked))
