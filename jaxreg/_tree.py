@@ -66,7 +66,7 @@ def leaves_with_paths(tree: Any) -> tuple[list[KeyPath], list[Any], Any]:
     return [p for p, _ in pairs], [x for _, x in pairs], treedef
 
 
-def _first_difference(want: Sequence[KeyPath], have: Sequence[KeyPath]) -> str:
+def _first_difference(want: Sequence[KeyPath], have: Sequence[KeyPath], want_def: Any, have_def: Any) -> str:
     have_set, want_set = set(have), set(want)
     for path in want:
         if path not in have_set:
@@ -74,7 +74,24 @@ def _first_difference(want: Sequence[KeyPath], have: Sequence[KeyPath]) -> str:
     for path in have:
         if path not in want_set:
             return f"has an entry params{jax.tree_util.keystr(path)} that the params lack"
+    containers = _container_difference(want_def, have_def)
+    if containers is not None:
+        return f"has the params' leaf paths but {containers}"
     return "has a different tree structure than the params"
+
+
+def _container_difference(want_def: Any, have_def: Any) -> str | None:
+    """'a dict where the params have a State': the first container types that differ."""
+    want, have = want_def.node_data(), have_def.node_data()
+    if want is None or have is None:
+        return None
+    if want[0] is not have[0]:
+        return f"a {have[0].__name__} where the params have a {want[0].__name__}"
+    for w, h in zip(want_def.children(), have_def.children()):
+        found = _container_difference(w, h)
+        if found is not None:
+            return found
+    return None
 
 
 def match_tree(fn: str, arg: str, value: Any, params: Any, broadcast: bool = True) -> list[Any]:
@@ -89,7 +106,7 @@ def match_tree(fn: str, arg: str, value: Any, params: Any, broadcast: bool = Tru
     if broadcast and value_def.num_leaves == 1 and value_def.num_nodes == 1:
         return [value_pairs[0][1]] * len(leaves)
     if value_def != treedef:
-        where = _first_difference(paths, [p for p, _ in value_pairs])
+        where = _first_difference(paths, [p for p, _ in value_pairs], treedef, value_def)
         alternative = ", or one value for all of them" if broadcast else ""
         raise ValueError(f"{fn}: {arg} {where}; give {arg} with the same tree structure as the params{alternative}.")
     values = [x for _, x in value_pairs]
@@ -153,7 +170,7 @@ def resolve_mask(fn: str, mask: Any, params: Any, arg: str = "mask") -> list[boo
     paths, _, treedef = leaves_with_paths(params)
     pairs, mask_def = jax.tree_util.tree_flatten_with_path(unbox(tree))
     if mask_def != treedef:
-        where = _first_difference(paths, [p for p, _ in pairs])
+        where = _first_difference(paths, [p for p, _ in pairs], treedef, mask_def)
         raise ValueError(
             f"{fn}: {arg} {where}; give {arg}= with the same tree structure as the "
             f"params (True where it applies), or a callable params -> {arg}."

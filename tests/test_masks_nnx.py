@@ -142,6 +142,22 @@ def test_nnx_mask_names_missing_leaf():
         jaxreg.l1_prox(0.1, mask=bad).init(params)
 
 
+def test_a_dict_mask_for_an_nnx_state_names_the_two_containers():
+    # Same leaf paths, different containers (a mask built as plain dicts, params from
+    # nnx.state): the error says so instead of "a different tree structure".
+    params = _nnx_params()
+    as_dicts = jax.tree.map(lambda x: np.ones(x.shape, bool), jaxreg._tree.unbox(params).to_pure_dict())
+    with pytest.raises(
+        ValueError, match=r"keep_pruned: keep has the params' leaf paths but a dict where the params have a State"
+    ):
+        jaxreg.pruning.keep_pruned(as_dicts).init(params)
+    flags = jax.tree.map(lambda x: True, as_dicts)
+    with pytest.raises(
+        ValueError, match=r"l1_prox: mask has the params' leaf paths but a dict where the params have a State"
+    ):
+        jaxreg.l1_prox(0.1, mask=flags).init(params)
+
+
 # Every jaxreg transform on an nnx.split state, outside nnx.Optimizer: the updates come
 # back in the params' Variable boxes, so optax.apply_updates pairs them.
 _BOXED_TRANSFORMS = {
