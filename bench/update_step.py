@@ -4,7 +4,10 @@ The chain is global-norm clip -> Adam -> decoupled weight decay -> L1 prox -> bo
 projection on float32 parameters in 50 leaves of uneven sizes. Every implementation runs
 the same math on the same sizes in the same process:
 
-* ``jaxreg``: ``optax.chain`` of jaxreg's transforms, jitted with donated buffers.
+* ``jaxreg``: ``jaxreg.chain`` of jaxreg's transforms run by ``jaxreg.apply_step``, jitted
+  with donated buffers: one pass over the memory on CPU.
+* ``jaxreg_update``: the same chain through ``tx.update`` + ``optax.apply_updates`` (what
+  ``nnx.Optimizer`` calls), i.e. the unfused optax chain of jaxreg's transforms.
 * ``optax``: the same chain from optax's own pieces (``optax.clip_by_global_norm``,
   ``optax.adamw``, a soft-threshold transform and ``optax.projections.projection_box``).
 * ``torch_foreach`` / ``torch_fused``: ``clip_grad_norm_`` + ``torch.optim.AdamW`` then the
@@ -40,11 +43,11 @@ BYTES_PER_PARAM = 8 * 4
 SIZES = {"tiny": [20_000], "default": [1_000_000, 10_000_000, 50_000_000]}
 
 
-def jaxreg_chain() -> optax.GradientTransformation:
+def jaxreg_chain() -> jaxreg.FusedChain:
     """The card's chain from jaxreg's transforms."""
-    return optax.chain(
+    return jaxreg.chain(
         jaxreg.clip_by_global_norm(MAX_NORM),
-        optax.adam(LR),
+        jaxreg.adam(LR),
         jaxreg.decoupled_weight_decay(WD, learning_rate=LR),
         jaxreg.l1_prox(L1, learning_rate=LR),
         jaxreg.project_box(-BOX, BOX),
@@ -90,11 +93,14 @@ def _jax_runner(step, carry: list, *args) -> Callable[[], None]:
     return run
 
 
-def jax_chain_runner(tx: optax.GradientTransformation, shapes) -> Callable[[], None]:
-    """A jitted, donated update step of ``tx`` (``tx.update`` then ``optax.apply_updates``)."""
+def jax_chain_runner(tx: optax.GradientTransformation, shapes, fused: bool = False) -> Callable[[], None]:
+    """A jitted, donated update step of ``tx``: ``tx.update`` then ``optax.apply_updates``,
+    or with ``fused`` :func:`jaxreg.apply_step` (one pass when ``tx`` is a ``jaxreg.chain``)."""
     params, grads = _random_tree(shapes, 0, 0.1), _random_tree(shapes, 1)
 
     def step(params, state, grads):
+        if fused:
+            return jaxreg.apply_step(tx, grads, state, params)
         updates, state = tx.update(grads, state, params)
         return optax.apply_updates(params, updates), state
 
@@ -178,7 +184,8 @@ def run(size_name: str, repeats: int) -> list[dict]:
         probe, probe_bytes = bandwidth_runner(n)
         runs = {
             "bandwidth": probe,
-            "jaxreg": jax_chain_runner(jaxreg_chain(), shapes),
+            "jaxreg": jax_chain_runner(jaxreg_chain(), shapes, fused=True),
+            "jaxreg_update": jax_chain_runner(jaxreg_chain(), shapes),
             "optax": jax_chain_runner(optax_chain(), shapes),
             "xla_one_expression": one_expression_runner(shapes),
             "torch_foreach": torch_runner(shapes, fused=False),

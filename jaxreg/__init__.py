@@ -7,10 +7,11 @@ parameter selectors. See the README for the map from PyTorch to jaxreg.
 
 from importlib import metadata as _metadata
 
-from jaxreg import masks, nn, penalties, pruning, schedules, training
+from jaxreg import fused, masks, nn, penalties, pruning, schedules, training
 from jaxreg._param_space import StepCountState
 from jaxreg.clipping import ClipByNormState, ClipState, clip, clip_by_global_norm, clip_by_leaf_norm
 from jaxreg.decay import coupled_weight_decay, decoupled_weight_decay
+from jaxreg.fused import FusedChain, adam, apply_step, chain
 from jaxreg.masks import masked
 from jaxreg.projections import max_norm, project_box, project_l1_ball, project_l2_ball, project_nonnegative
 from jaxreg.proximal import elastic_net_prox, group_lasso_prox, l1_prox, soft_threshold
@@ -23,7 +24,11 @@ __version__ = _metadata.version("jaxreg")
 __all__ = [
     "ClipByNormState",
     "ClipState",
+    "FusedChain",
     "StepCountState",
+    "adam",
+    "apply_step",
+    "chain",
     "clip",
     "clip_by_global_norm",
     "clip_by_leaf_norm",
@@ -31,6 +36,7 @@ __all__ = [
     "decoupled_weight_decay",
     "elastic_net_prox",
     "epoch_decay",
+    "fused",
     "group_lasso_prox",
     "inverse_sqrt_decay",
     "keep_pruned",

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxreg import _tree
+from jaxreg import _rules, _tree
 
 # op(selected_updates, selected_params, count, *per_leaf_values) -> new selected updates.
 UpdatesOp = Callable[..., list[jax.Array]]
@@ -148,3 +148,28 @@ def params_transform(
         return ds
 
     return updates_transform(fn, to_updates, mask=mask, check=check, per_leaf=per_leaf)
+
+
+def count_rule(code: str, scalars: Callable[[jax.Array], list[Any]], mask: Any, *hypers: Any) -> _rules.Rule | None:
+    """The fused-pass :class:`~jaxreg._rules.Rule` of a transform with a ``StepCountState``.
+
+    ``scalars(count)`` gives the values of ``@s0, ...`` at this step. None (no fused
+    form) unless every hyperparameter in ``hypers`` is one value for all leaves.
+    """
+    if not all(_rules.is_scalar(h) for h in hypers):
+        return None
+    return _rules.Rule(
+        code=code,
+        scalars=lambda state, norm: scalars(state.count),
+        advance=lambda state, slots, norm: StepCountState(optax.safe_increment(state.count)),
+        mask=mask,
+    )
+
+
+def params_code(op: str, bounds: tuple[str, str] | None = None) -> str:
+    """C++ for a parameter-space rule: ``x = wi + u``, ``op`` on ``x``, ``u = x - wi``.
+
+    With ``bounds`` the update is nudged as :func:`land_within` does.
+    """
+    code = "{ float x = wi + u; " + op + " u = x - wi; }"
+    return code + (_rules.land_within_code(*bounds) if bounds else "")

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxreg import _checks, _tree
+from jaxreg import _checks, _rules, _tree
 
 __all__ = ["ClipByNormState", "ClipState", "clip", "clip_by_global_norm", "clip_by_leaf_norm"]
 
@@ -139,7 +139,15 @@ def clip_by_global_norm(
         clipped = jax.tree.map(lambda g: _scale_by_coefficient(g, norm, bound, eps), updates)
         return clipped, ClipByNormState(optax.safe_increment(state.count), norm)
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    rule = _rules.Rule(
+        code="u = u * @s0;",
+        scalars=lambda state, norm: [
+            jnp.minimum(_tree.value_at(max_norm, state.count) * jnp.reciprocal(norm + eps), 1.0)
+        ],
+        advance=lambda state, slots, norm: ClipByNormState(optax.safe_increment(state.count), norm),
+        global_norm=True,
+    )
+    return _rules.describe(optax.GradientTransformation(init_fn, update_fn), rule if p == 2.0 else None)
 
 
 def clip_by_leaf_norm(

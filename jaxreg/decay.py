@@ -14,7 +14,7 @@ import chex
 import jax
 import optax
 
-from jaxreg import _checks, _param_space, _tree
+from jaxreg import _checks, _param_space, _rules, _tree
 from jaxreg.masks import Mask
 
 __all__ = ["coupled_weight_decay", "decoupled_weight_decay"]
@@ -47,7 +47,10 @@ def coupled_weight_decay(
         r = _tree.value_at(rate, count)
         return [_tree.wide(u) + r * _tree.wide(p) for u, p in zip(us, ps)]
 
-    return _param_space.updates_transform(fn, op, mask=mask)
+    tx = _param_space.updates_transform(fn, op, mask=mask)
+    return _rules.describe(
+        tx, _param_space.count_rule("u = u + @s0 * wi;", lambda c: [_tree.value_at(rate, c)], mask, rate)
+    )
 
 
 def decoupled_weight_decay(
@@ -86,4 +89,10 @@ def decoupled_weight_decay(
         shrink = _tree.value_at(lr, count) * _tree.value_at(rate, count)
         return [_tree.wide(u) - shrink * _tree.wide(p) for u, p in zip(us, ps)]
 
-    return _param_space.updates_transform(fn, op, mask=mask)
+    tx = _param_space.updates_transform(fn, op, mask=mask)
+    return _rules.describe(
+        tx,
+        _param_space.count_rule(
+            "u = u - @s0 * wi;", lambda c: [_tree.value_at(lr, c) * _tree.value_at(rate, c)], mask, rate, lr
+        ),
+    )

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxreg import _checks, _param_space, _tree
+from jaxreg import _checks, _param_space, _rules, _tree
 from jaxreg.masks import Mask
 from jaxreg.proximal import soft_threshold
 
@@ -80,7 +80,14 @@ def project_box(
         hi = [jnp.asarray(b).astype(w.dtype) for b, w in zip(hi, ws)]
         return optax.projections.projection_box(ws, lo, hi)
 
-    return _param_space.params_transform(fn, op, mask=mask, per_leaf=(("lower", lower), ("upper", upper)), bounded=True)
+    tx = _param_space.params_transform(fn, op, mask=mask, per_leaf=(("lower", lower), ("upper", upper)), bounded=True)
+    return _rules.describe(tx, _box_rule(mask, lower, upper))
+
+
+def _box_rule(mask: Mask, lower: Any, upper: Any) -> _rules.Rule | None:
+    """The fused form of a box with one lower and one upper bound for every leaf."""
+    code = _param_space.params_code(_rules.clip_code("x", "@s0", "@s1"), bounds=("@s0", "@s1"))
+    return _param_space.count_rule(code, lambda count: [lower, upper], mask, lower, upper)
 
 
 def project_nonnegative(mask: Mask = None) -> optax.GradientTransformationExtraArgs:
@@ -99,9 +106,10 @@ def project_nonnegative(mask: Mask = None) -> optax.GradientTransformationExtraA
         del count, bounds
         return optax.projections.projection_non_negative(ws)
 
-    return _param_space.params_transform(
+    tx = _param_space.params_transform(
         "project_nonnegative", op, mask=mask, per_leaf=(("lower", 0.0), ("upper", jnp.inf)), bounded=True
     )
+    return _rules.describe(tx, _box_rule(mask, 0.0, jnp.inf))
 
 
 def project_l2_ball(

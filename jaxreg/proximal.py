@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxreg import _checks, _param_space, _tree
+from jaxreg import _checks, _param_space, _rules, _tree
 from jaxreg.masks import Mask
 
 __all__ = ["elastic_net_prox", "group_lasso_prox", "l1_prox", "soft_threshold"]
@@ -89,7 +89,15 @@ def l1_prox(
     def shrink(w, lr, count):
         return soft_threshold(w, lr * _tree.value_at(strength, count))
 
-    return _shrink_transform(fn, shrink, learning_rate, mask)
+    lr = _checks.check_learning_rate(fn, learning_rate)
+    rule = _param_space.count_rule(
+        _param_space.params_code("float c = x; " + _rules.clip_code("c", "-@s0", "@s0") + " x = x - c;"),
+        lambda c: [_tree.value_at(lr, c) * _tree.value_at(strength, c)],
+        mask,
+        strength,
+        lr,
+    )
+    return _rules.describe(_shrink_transform(fn, shrink, learning_rate, mask), rule)
 
 
 def elastic_net_prox(

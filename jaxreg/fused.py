@@ -1,0 +1,256 @@
+"""One pass for the whole chain: ``jaxreg.chain`` and ``jaxreg.apply_step``.
+
+An update step is memory-bound. ``optax.chain`` of clip -> Adam -> decay -> prox -> box,
+jitted, makes XLA's CPU backend emit three loops per leaf (it does not fuse loops with
+several outputs) and ``optax.apply_updates`` adds the new params to the old, so every
+parameter costs 11 or more 4-byte transfers. The compulsory traffic is 8: read the
+gradient once for the global norm, then read ``g, w, mu, nu`` and write ``w, mu, nu``
+once. :func:`chain` composes the element-wise rules of its members into one loop per
+chain (a few lines of C++, compiled once per machine and cached), and
+:func:`apply_step` runs it over all leaves at once, in chunks spread over the cores,
+writing the new parameters and optimizer state in place.
+
+``jaxreg.chain`` is an ``optax.chain``: same ``init``, same ``update``, same state, so
+it drops into ``nnx.Optimizer`` or any optax code unchanged. The single pass is taken
+by :func:`apply_step` (which replaces ``tx.update`` + ``optax.apply_updates``) when
+
+* every member has an element-wise rule: :func:`adam`, ``clip_by_global_norm`` (2-norm,
+  first in the chain), ``coupled_weight_decay``, ``decoupled_weight_decay``,
+  ``l1_prox``, ``project_box`` and ``project_nonnegative`` with one value per
+  hyperparameter (floats, scalars or schedules), with masks;
+* parameters and gradients are float32, on one CPU device;
+* the kernels could be built (a C++ compiler; see :mod:`jaxreg._native`).
+
+Otherwise :func:`apply_step` runs ``tx.update`` and ``optax.apply_updates``: the same
+numbers (the tests hold the two to 1e-6), more memory traffic. On GPU and TPU XLA's own
+fusion already does well and the unfused path is used.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxreg import _native, _rules, _tree
+
+__all__ = ["FusedChain", "adam", "apply_step", "chain", "fast_path"]
+
+
+class FusedChain(optax.GradientTransformationExtraArgs):
+    """An ``optax.chain`` that remembers its members, for :func:`apply_step`'s single pass."""
+
+    members: tuple[optax.GradientTransformation, ...]
+
+
+def chain(*transforms: optax.GradientTransformation) -> FusedChain:
+    """``optax.chain(*transforms)`` that :func:`apply_step` can run as one pass.
+
+    ``init`` and ``update`` are ``optax.chain``'s, and so is the state (a tuple with
+    one entry per transform), so the result works wherever an optax transformation
+    does. Pass it to :func:`apply_step` to update the parameters in one pass over the
+    memory when every member has an element-wise form (see :func:`fast_path`).
+
+    Args:
+      *transforms: optax gradient transformations, in order.
+
+    Returns:
+      A :class:`FusedChain`.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxreg
+      >>> tx = jaxreg.chain(jaxreg.clip_by_global_norm(1.0), jaxreg.adam(1e-3),
+      ...                   jaxreg.decoupled_weight_decay(1e-2, learning_rate=1e-3))
+      >>> params = {"w": jnp.ones(3)}
+      >>> params, state = jaxreg.apply_step(tx, {"w": jnp.ones(3)}, tx.init(params), params)
+      >>> params["w"]
+      Array([0.99899, 0.99899, 0.99899], dtype=float32)
+    """
+    base = optax.chain(*transforms)
+    fused = FusedChain(base.init, base.update)
+    fused.members = tuple(transforms)
+    return fused
+
+
+def adam(
+    learning_rate: chex.Numeric | optax.Schedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+) -> optax.GradientTransformationExtraArgs:
+    """``optax.adam`` with its element-wise form, so :func:`chain` can fuse it.
+
+    The transformation *is* ``optax.adam(learning_rate, b1, b2, eps, eps_root)``: same
+    ``update``, same state (``ScaleByAdamState`` and the learning rate's), so
+    checkpoints and code that reads ``state[...].mu`` carry over. For AdamW chain it
+    with :func:`jaxreg.decoupled_weight_decay` (``torch.optim.AdamW`` semantics).
+
+    Args:
+      learning_rate: step size (float, scalar or schedule).
+      b1: decay of the first moment.
+      b2: decay of the second moment.
+      eps: added to the root of the second moment.
+      eps_root: added to the second moment under the root.
+
+    Returns:
+      ``optax.adam``'s transformation, carrying its rule.
+    """
+    tx = optax.adam(learning_rate, b1=b1, b2=b2, eps=eps, eps_root=eps_root)
+    scheduled = callable(learning_rate)
+
+    def scalars(state, norm):
+        adam_state, lr_state = state
+        count = optax.safe_increment(adam_state.count)
+        lr = learning_rate(lr_state.count) if scheduled else learning_rate
+        return [b1, 1 - b1, b2, 1 - b2, eps, eps_root, 1 - b1**count, 1 - b2**count, -1 * lr]
+
+    def advance(state, slots, norm):
+        adam_state, lr_state = state
+        if scheduled:
+            lr_state = lr_state._replace(count=optax.safe_increment(lr_state.count))
+        return (adam_state._replace(count=optax.safe_increment(adam_state.count), mu=slots[0], nu=slots[1]), lr_state)
+
+    rule = _rules.Rule(
+        code=(
+            "{ const float m = @s1 * u + @s0 * @m0[i]; const float v = @s3 * (u * u) + @s2 * @m1[i];"
+            " @m0[i] = m; @m1[i] = v; u = (m / @s6) / (__builtin_sqrtf(v / @s7 + @s5) + @s4); u = u * @s8; }"
+        ),
+        scalars=scalars,
+        advance=advance,
+        slots=lambda state: [state[0].mu, state[0].nu],
+    )
+    return _rules.describe(tx, rule if _rules.is_scalar(learning_rate) else None)
+
+
+def fast_path(tx: Any, grads: Any, params: Any) -> str | None:
+    """Why :func:`apply_step` cannot take the single pass for these arguments; None if it can."""
+    rules = [_rules.rule_of(m) for m in getattr(tx, "members", ())]
+    if not isinstance(tx, FusedChain):
+        return "the transformation is not a jaxreg.chain"
+    missing = [i for i, r in enumerate(rules) if r is None]
+    if missing:
+        return f"member {missing[0]} of the chain has no element-wise form"
+    if any(r.global_norm for r in rules[1:]):
+        return "clip_by_global_norm must come first to be fused"
+    if jax.default_backend() != "cpu" or jax.device_count() != 1:
+        return "the single pass runs on one CPU device"
+    leaves = jax.tree.leaves(_tree.unbox(params)) + jax.tree.leaves(_tree.unbox(grads))
+    if not leaves or any(jnp.result_type(x) != jnp.float32 for x in leaves):
+        return "parameters and gradients must be float32"
+    if not _native.available():
+        return f"the native kernels are not available: {_native.why_unavailable()}"
+    return None
+
+
+def apply_step(tx: optax.GradientTransformation, grads: Any, state: Any, params: Any) -> tuple[Any, Any]:
+    """One optimizer step: ``(new_params, new_state)``.
+
+    For any optax transformation this is ``tx.update(grads, state, params)`` followed by
+    ``optax.apply_updates``. For a :func:`chain` whose members all have element-wise
+    forms, on float32 parameters on one CPU device, it is one pass over the memory
+    that writes the new parameters and state in place (donate them to your jitted step
+    so no copy is made); :func:`fast_path` says why it is not taken otherwise.
+
+    Args:
+      tx: an optax gradient transformation (a :func:`chain` for the single pass).
+      grads: gradients, shaped like ``params``.
+      state: ``tx``'s state.
+      params: the parameters (a pytree; an NNX state works too).
+
+    Returns:
+      The new parameters (in the structure of ``params``) and the new state.
+    """
+    if fast_path(tx, grads, params) is not None:
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+    return _single_pass(tx, grads, state, params)
+
+
+def _single_pass(tx: FusedChain, grads: Any, state: Any, params: Any) -> tuple[Any, Any]:
+    _, p_leaves, _ = _tree.leaves_with_paths(params)
+    g_leaves = _tree.match_tree("apply_step", "grads", grads, params, broadcast=False)
+    rules = [_rules.rule_of(m) for m in tx.members]
+    norm = None
+    if rules[0].global_norm:
+        sums = jax.ffi.ffi_call("jaxreg_sumsq", jax.ShapeDtypeStruct((len(g_leaves),), jnp.float32))(*g_leaves)
+        norm = jnp.sqrt(jnp.sum(sums))
+    scalars, slots = [], []
+    for rule, member_state in zip(rules, state):
+        scalars.append([jnp.asarray(v, jnp.float32) for v in rule.scalars(member_state, norm)])
+        slots.append([jax.tree.leaves(_tree.unbox(tree)) for tree in rule.slots(member_state)])
+    selected = [_tree.resolve_mask("chain", r.mask, params) for r in rules]
+    variants, per_leaf = _variants(selected, len(p_leaves))
+    kernel = _native.register_kernels(*_kernel_source(rules, scalars, slots, variants))
+    n_slots = sum(len(s) for s in slots)
+    operands = [jnp.stack([v for vs in scalars for v in vs]) if any(scalars) else jnp.zeros([1], jnp.float32)]
+    results, aliases = [], {}
+    for leaf, (g, w) in enumerate(zip(g_leaves, p_leaves)):
+        leaf_slots = [column[leaf] for member in slots for column in member]
+        for k, x in enumerate([w, *leaf_slots]):
+            aliases[len(operands) + 1 + k] = len(results)
+            results.append(jax.ShapeDtypeStruct(x.shape, jnp.float32))
+        operands += [g, w, *leaf_slots]
+    out = jax.ffi.ffi_call("jaxreg_step", results, input_output_aliases=aliases, vmap_method="sequential")(
+        *operands, kernel=kernel, variants=np.asarray(per_leaf, np.int64), n_slots=np.int64(n_slots)
+    )
+    stride = 1 + n_slots
+    new_params = _tree.rebox_like(params, [out[leaf * stride] for leaf in range(len(p_leaves))])
+    new_state, offset = [], 1
+    for rule, member_state in zip(rules, state):
+        trees = []
+        for tree in rule.slots(member_state):
+            trees.append(_tree.rebox_like(tree, [out[leaf * stride + offset] for leaf in range(len(p_leaves))]))
+            offset += 1
+        new_state.append(rule.advance(member_state, trees, norm))
+    return new_params, tuple(new_state)
+
+
+def _variants(selected: Sequence[Sequence[bool]], n_leaves: int) -> tuple[list[tuple[int, ...]], list[int]]:
+    """The distinct sets of members acting on a leaf (masks), and each leaf's set's index."""
+    variants: list[tuple[int, ...]] = []
+    per_leaf = []
+    for leaf in range(n_leaves):
+        active = tuple(i for i, sel in enumerate(selected) if sel[leaf])
+        if active not in variants:
+            variants.append(active)
+        per_leaf.append(variants.index(active))
+    return variants, per_leaf
+
+
+def _kernel_source(
+    rules: Sequence[_rules.Rule], scalars: Sequence[Sequence[Any]], slots: Sequence[Sequence[Any]], variants
+) -> tuple[str, list[str]]:
+    """C++ of one loop per variant: every active member's statements, in chain order."""
+    scalar_base = np.cumsum([0] + [len(s) for s in scalars]).tolist()
+    slot_base = np.cumsum([0] + [len(s) for s in slots]).tolist()
+    n_scalars, n_slots = scalar_base[-1], slot_base[-1]
+
+    def body(i: int) -> str:
+        code = re.sub(r"@s(\d+)", lambda m: f"s{scalar_base[i] + int(m.group(1))}", rules[i].code)
+        return re.sub(r"@m(\d+)", lambda m: f"m{slot_base[i] + int(m.group(1))}", code)
+
+    lines = ["#include <cstdint>"]
+    names = []
+    for v, active in enumerate(variants):
+        names.append(f"jaxreg_variant{v}")
+        lines += [
+            f'extern "C" void {names[-1]}(const float* __restrict g, float* __restrict w,'
+            " float* const* slots, const float* S, int64_t n) {",
+            *[f"  const float s{k} = S[{k}];" for k in range(n_scalars)],
+            *[f"  float* __restrict m{k} = slots[{k}];" for k in range(n_slots)],
+            "  for (int64_t i = 0; i < n; ++i) {",
+            "    const float wi = w[i];",
+            "    float u = g[i];",
+            *[f"    {body(i)}" for i in active],
+            "    w[i] = wi + u;",
+            "  }",
+            "}",
+        ]
+    return "\n".join(lines) + "\n", names

@@ -1,0 +1,225 @@
+"""jaxreg.chain + apply_step: the single pass gives the unfused chain's numbers and state."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import jaxreg
+from jaxreg import _native, fused
+
+pytestmark = pytest.mark.skipif(not _native.available(), reason=f"no native kernels: {_native.why_unavailable()}")
+
+SHAPES = [(37, 5), (64,), (3, 4, 5), (1,), (700, 3)]
+
+
+def _tree(seed, scale=1.0, shapes=SHAPES):
+    rng = np.random.default_rng(seed)
+    return {f"p{i}": jnp.asarray(scale * rng.standard_normal(s), jnp.float32) for i, s in enumerate(shapes)}
+
+
+def _is_bias(params):
+    return {k: v.ndim == 1 for k, v in params.items()}
+
+
+CHAINS = {
+    "card": lambda: (
+        jaxreg.clip_by_global_norm(1.0),
+        jaxreg.adam(1e-2),
+        jaxreg.decoupled_weight_decay(1e-2, learning_rate=1e-2),
+        jaxreg.l1_prox(0.5, learning_rate=1e-2),
+        jaxreg.project_box(-0.2, 0.2),
+    ),
+    "masks and eps": lambda: (
+        jaxreg.clip_by_global_norm(0.5, eps=1e-6),
+        jaxreg.coupled_weight_decay(0.1, mask=jaxreg.masks.weights_only),
+        jaxreg.adam(3e-2, b1=0.8, b2=0.99, eps=1e-6, eps_root=1e-12),
+        jaxreg.l1_prox(1.0, learning_rate=3e-2, mask=_is_bias),
+        jaxreg.project_nonnegative(mask=jaxreg.masks.weights_only),
+    ),
+    "schedules": lambda: (
+        jaxreg.adam(optax.linear_schedule(1e-2, 1e-3, 3)),
+        jaxreg.decoupled_weight_decay(
+            optax.constant_schedule(0.05), learning_rate=optax.linear_schedule(1e-2, 1e-3, 3)
+        ),
+        jaxreg.l1_prox(optax.linear_schedule(0.0, 2.0, 3), learning_rate=1e-2),
+    ),
+    "no optimizer": lambda: (jaxreg.decoupled_weight_decay(0.1), jaxreg.project_box(-0.05, 0.3)),
+}
+
+
+def _run(step, tx, params, grads):
+    params = jax.tree.map(jnp.copy, params)  # the fused step donates its inputs
+    state = tx.init(params)
+    for g in grads:
+        params, state = step(params, state, g)
+    return params, state
+
+
+def _unfused(tx):
+    @jax.jit
+    def step(params, state, grads):
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    return step
+
+
+def _fused(tx):
+    return jax.jit(lambda p, s, g: jaxreg.apply_step(tx, g, s, p), donate_argnums=(0, 1))
+
+
+def _assert_trees_close(got, want):
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", sorted(CHAINS))
+def test_single_pass_equals_the_unfused_chain(name):
+    members = CHAINS[name]
+    tx = jaxreg.chain(*members())
+    params, grads = _tree(0, 0.1), [_tree(10 + k) for k in range(4)]
+    assert fused.fast_path(tx, grads[0], params) is None
+    with jax.numpy_dtype_promotion("standard"):
+        got = _run(_fused(tx), tx, params, grads)
+        want = _run(_unfused(optax.chain(*members())), optax.chain(*members()), params, grads)
+    _assert_trees_close(got, want)  # new params, and the state entry by entry
+
+
+def test_box_and_zeros_hold_exactly():
+    tx = jaxreg.chain(jaxreg.adam(0.5), jaxreg.l1_prox(1.0, learning_rate=0.5), jaxreg.project_box(-0.3, 0.3))
+    params, grads = _tree(1, 0.3), [_tree(20 + k) for k in range(3)]
+    with jax.numpy_dtype_promotion("standard"):
+        new, _ = _run(_fused(tx), tx, params, grads)
+    leaves = np.concatenate([np.ravel(x) for x in jax.tree.leaves(new)])
+    assert leaves.min() >= -0.3 and leaves.max() <= 0.3
+    assert np.mean(leaves == 0.0) > 0.1  # the prox made exact zeros
+
+
+def test_non_finite_gradients_follow_the_unfused_chain():
+    members = CHAINS["card"]
+    tx = jaxreg.chain(*members())
+    params, g = _tree(2, 0.1), _tree(30)
+    g["p1"] = g["p1"].at[3].set(jnp.nan).at[5].set(jnp.inf)
+    with jax.numpy_dtype_promotion("standard"):
+        got = _run(_fused(tx), tx, params, [g])
+        want = _run(_unfused(optax.chain(*members())), optax.chain(*members()), params, [g])
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7, equal_nan=True)
+
+
+def test_nnx_state_keeps_its_variable_boxes():
+    model = nnx.Linear(4, 3, rngs=nnx.Rngs(0))
+    params = nnx.state(model, nnx.Param)
+    grads = jax.tree.map(jnp.ones_like, params)
+    tx = jaxreg.chain(jaxreg.adam(1e-2), jaxreg.decoupled_weight_decay(0.1, learning_rate=1e-2))
+    with jax.numpy_dtype_promotion("standard"):
+        new, state = jax.jit(lambda p, s, g: jaxreg.apply_step(tx, g, s, p))(params, tx.init(params), grads)
+        updates, want_state = tx.update(grads, tx.init(params), params)
+    want = optax.apply_updates(params, updates)
+    assert jax.tree.structure(new) == jax.tree.structure(params)
+    _assert_trees_close(new, want)
+    _assert_trees_close(state, want_state)
+
+
+def test_a_vmapped_sweep_over_strengths_runs_each_lane():
+    params, g = _tree(3, 0.1), _tree(40)
+
+    def step(rate, fused_step):
+        tx = jaxreg.chain(jaxreg.adam(1e-2), jaxreg.decoupled_weight_decay(rate, learning_rate=1e-2))
+        if fused_step:
+            return jaxreg.apply_step(tx, g, tx.init(params), params)[0]
+        updates, _ = tx.update(g, tx.init(params), params)
+        return optax.apply_updates(params, updates)
+
+    rates = jnp.array([0.0, 0.5, 5.0])
+    with jax.numpy_dtype_promotion("standard"):
+        got = jax.jit(jax.vmap(lambda r: step(r, True)))(rates)
+        want = jax.jit(jax.vmap(lambda r: step(r, False)))(rates)
+    _assert_trees_close(got, want)
+
+
+@pytest.mark.parametrize(
+    "make, reason",
+    [
+        (lambda: optax.chain(jaxreg.adam(1e-2)), "not a jaxreg.chain"),
+        (lambda: jaxreg.chain(optax.adam(1e-2)), "member 0 of the chain has no element-wise form"),
+        (lambda: jaxreg.chain(jaxreg.adam(1e-2), jaxreg.clip_by_global_norm(1.0)), "must come first"),
+        (lambda: jaxreg.chain(jaxreg.clip_by_global_norm(1.0, norm_type=1)), "member 0"),
+        (lambda: jaxreg.chain(jaxreg.project_box({"p0": -1.0, "p1": -1.0}, 1.0)), "member 0"),
+        (lambda: jaxreg.chain(jaxreg.max_norm(1.0)), "member 0"),
+    ],
+)
+def test_what_has_no_single_pass_says_why_and_runs_unfused(make, reason):
+    tx = make()
+    params, g = {"p0": jnp.ones((3, 2)), "p1": jnp.ones(2)}, {"p0": jnp.full((3, 2), 0.5), "p1": jnp.ones(2)}
+    assert reason in fused.fast_path(tx, g, params)
+    _assert_apply_step_is_update_then_apply(tx, g, params)
+
+
+def _assert_apply_step_is_update_then_apply(tx, grads, params):
+    with jax.numpy_dtype_promotion("standard"):
+        new, _ = jaxreg.apply_step(tx, grads, tx.init(params), params)
+        updates, _ = tx.update(grads, tx.init(params), params)
+    _assert_trees_close(new, optax.apply_updates(params, updates))
+
+
+def test_bfloat16_params_run_the_unfused_chain():
+    tx = jaxreg.chain(jaxreg.adam(1e-2))
+    params = {"w": jnp.ones(4, jnp.bfloat16)}
+    assert "float32" in fused.fast_path(tx, params, params)
+    with jax.numpy_dtype_promotion("standard"):
+        new, _ = jaxreg.apply_step(tx, params, tx.init(params), params)
+    assert new["w"].dtype == jnp.bfloat16
+
+
+def test_without_the_native_kernels_apply_step_falls_back(monkeypatch):
+    monkeypatch.setattr(_native, "available", lambda: False)
+    monkeypatch.setattr(_native, "why_unavailable", lambda: "disabled for the test")
+    tx = jaxreg.chain(jaxreg.adam(1e-2))
+    params = _tree(4)
+    assert "disabled for the test" in fused.fast_path(tx, params, params)
+    _assert_apply_step_is_update_then_apply(tx, params, params)
+
+
+def test_grads_that_do_not_fit_the_params_name_the_leaf():
+    tx = jaxreg.chain(jaxreg.adam(1e-2))
+    params = _tree(5)
+    grads = {k: v for k, v in params.items() if k != "p2"}
+    with pytest.raises(ValueError, match=r"apply_step: grads has no entry for params\['p2'\]"):
+        jaxreg.apply_step(tx, grads, tx.init(params), params)
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    shapes=st.lists(st.lists(st.integers(1, 70), min_size=0, max_size=2).map(tuple), min_size=1, max_size=4),
+    scale=st.floats(1e-3, 1e3),
+    lr=st.floats(1e-4, 1.0),
+    bound=st.floats(1e-3, 10.0),
+    seed=st.integers(0, 2**16),
+)
+def test_any_shapes_and_scales_match_the_unfused_chain(shapes, scale, lr, bound, seed):
+    def members():
+        return (
+            jaxreg.clip_by_global_norm(1.0),
+            jaxreg.adam(lr),
+            jaxreg.decoupled_weight_decay(0.1, learning_rate=lr),
+            jaxreg.l1_prox(0.1, learning_rate=lr),
+            jaxreg.project_box(-bound, bound),
+        )
+
+    params, grads = _tree(seed, 1.0, shapes), [_tree(seed + 1, scale, shapes)]
+    tx = jaxreg.chain(*members())
+    with jax.numpy_dtype_promotion("standard"):
+        new, _ = jax.jit(lambda p, s, g: jaxreg.apply_step(tx, g, s, p))(params, tx.init(params), grads[0])
+        ref = optax.chain(*members())
+        updates, _ = jax.jit(ref.update)(grads[0], ref.init(params), params)
+    want = optax.apply_updates(params, updates)
+    for k in params:  # to 1e-6 of the params' scale: w + (x - w) is x up to an ulp of w
+        np.testing.assert_allclose(new[k], want[k], rtol=1e-6, atol=1e-6)
+        assert np.all(np.abs(new[k]) <= bound)
