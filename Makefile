@@ -17,8 +17,10 @@ $(STAMP): pyproject.toml | $(BIN)/python
 demo: $(STAMP)
 	$(BIN)/python -m jaxreg.demo
 
+# Two workers (pytest-xdist), each test file on one of them: the suite is mostly
+# single-threaded compiles and subprocesses, so this halves its time on 2 cores.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # The notebooks live as jupytext percent-format .py files; this renders .ipynb beside them.
 notebooks: $(STAMP)

@@ -16,10 +16,12 @@ by :func:`apply_step` (which replaces ``tx.update`` + ``optax.apply_updates``) w
 
 * every member has an element-wise rule: :func:`adam`, ``clip_by_global_norm`` (2-norm,
   first in the chain), ``coupled_weight_decay``, ``decoupled_weight_decay``,
-  ``l1_prox``, ``project_box`` and ``project_nonnegative`` with one value per
+  ``l1_prox``, ``elastic_net_prox``, ``project_box`` and ``project_nonnegative`` with one value per
   hyperparameter (floats, scalars or schedules), with masks;
 * parameters and gradients are float32, on one CPU device;
-* the kernels could be built (a C++ compiler; see :mod:`jaxreg._native`).
+* the kernels could be built: a C++ compiler is on the PATH (or in ``CXX``) and
+  ``JAXREG_NATIVE=0`` is not set; they are cached in ``~/.cache/jaxreg`` (or
+  ``$JAXREG_CACHE_DIR``).
 
 Otherwise :func:`apply_step` runs ``tx.update`` and ``optax.apply_updates``: the same
 numbers (the tests hold the two to 1e-6), more memory traffic. On GPU and TPU XLA's own

@@ -40,13 +40,26 @@ def soft_threshold(x: jax.Array, threshold: chex.Numeric) -> jax.Array:
     return wx - jnp.clip(wx, -threshold, threshold)
 
 
-def _shrink_transform(fn, shrink, learning_rate, mask, check=None):
+# The soft threshold of x at @s0 as C++ for the fused pass (soft_threshold's formula).
+_SOFT_THRESHOLD = "float c = x; " + _rules.clip_code("c", "-@s0", "@s0") + " x = x - c;"
+
+
+def _shrink_transform(fn, shrink, learning_rate, mask, check=None, fused=None):
+    """A prox step ``w -> shrink(w, lr, count)``; ``fused = (code, scalars, hypers)`` gives
+    it an element-wise rule with ``scalars(lr, count)`` the values of ``@s0, ...``."""
     lr = _checks.check_learning_rate(fn, learning_rate)
 
     def op(ws: list[jax.Array], count: jax.Array) -> list[jax.Array]:
         return [shrink(w, _tree.value_at(lr, count), count) for w in ws]
 
-    return _param_space.params_transform(fn, op, mask=mask, check=check)
+    tx = _param_space.params_transform(fn, op, mask=mask, check=check)
+    if fused is None:
+        return tx
+    code, scalars, hypers = fused
+    rule = _param_space.count_rule(
+        _param_space.params_code(code), lambda c: scalars(_tree.value_at(lr, c), c), mask, lr, *hypers
+    )
+    return _rules.describe(tx, rule)
 
 
 def l1_prox(
@@ -89,15 +102,8 @@ def l1_prox(
     def shrink(w, lr, count):
         return soft_threshold(w, lr * _tree.value_at(strength, count))
 
-    lr = _checks.check_learning_rate(fn, learning_rate)
-    rule = _param_space.count_rule(
-        _param_space.params_code("float c = x; " + _rules.clip_code("c", "-@s0", "@s0") + " x = x - c;"),
-        lambda c: [_tree.value_at(lr, c) * _tree.value_at(strength, c)],
-        mask,
-        strength,
-        lr,
-    )
-    return _rules.describe(_shrink_transform(fn, shrink, learning_rate, mask), rule)
+    fused = (_SOFT_THRESHOLD, lambda lr, c: [lr * _tree.value_at(strength, c)], (strength,))
+    return _shrink_transform(fn, shrink, learning_rate, mask, fused=fused)
 
 
 def elastic_net_prox(
@@ -132,7 +138,12 @@ def elastic_net_prox(
     def shrink(w, lr, count):
         return soft_threshold(w, lr * _tree.value_at(l1, count)) / (1 + lr * _tree.value_at(l2, count))
 
-    return _shrink_transform(fn, shrink, learning_rate, mask)
+    fused = (
+        _SOFT_THRESHOLD + " x = x / @s1;",
+        lambda lr, c: [lr * _tree.value_at(l1, c), 1 + lr * _tree.value_at(l2, c)],
+        (l1, l2),
+    )
+    return _shrink_transform(fn, shrink, learning_rate, mask, fused=fused)
 
 
 def group_lasso_prox(

@@ -49,6 +49,10 @@ CHAINS = {
         jaxreg.l1_prox(optax.linear_schedule(0.0, 2.0, 3), learning_rate=1e-2),
     ),
     "no optimizer": lambda: (jaxreg.decoupled_weight_decay(0.1), jaxreg.project_box(-0.05, 0.3)),
+    "elastic net": lambda: (
+        jaxreg.adam(1e-2),
+        jaxreg.elastic_net_prox(0.5, optax.linear_schedule(0.1, 1.0, 3), learning_rate=1e-2, mask=_is_bias),
+    ),
 }
 
 
@@ -223,3 +227,34 @@ def test_any_shapes_and_scales_match_the_unfused_chain(shapes, scale, lr, bound,
     for k in params:  # to 1e-6 of the params' scale: w + (x - w) is x up to an ulp of w
         np.testing.assert_allclose(new[k], want[k], rtol=1e-6, atol=1e-6)
         assert np.all(np.abs(new[k]) <= bound)
+
+
+def test_jaxreg_nn_optimizer_steps_a_model_like_nnx_optimizer():
+    def members():
+        return (
+            jaxreg.clip_by_global_norm(1.0),
+            jaxreg.adam(1e-2),
+            jaxreg.decoupled_weight_decay(0.1, learning_rate=1e-2, mask=jaxreg.masks.weights_only),
+        )
+
+    def train(optimizer_class, tx):
+        model = nnx.Sequential(nnx.Linear(3, 8, rngs=nnx.Rngs(0)), nnx.relu, nnx.Linear(8, 1, rngs=nnx.Rngs(1)))
+        optimizer = optimizer_class(model, tx, wrt=nnx.Param)
+
+        @nnx.jit
+        def step(model, optimizer, x):
+            grads = nnx.grad(lambda m: jnp.mean((m(x) - 1.0) ** 2))(model)
+            optimizer.update(model, grads)
+
+        for k in range(3):
+            step(model, optimizer, jnp.full((4, 3), 0.5 + k))
+        return nnx.state(model, nnx.Param), optimizer
+
+    with jax.numpy_dtype_promotion("standard"):
+        got, fused_optimizer = train(jaxreg.nn.Optimizer, jaxreg.chain(*members()))
+        want, nnx_optimizer = train(nnx.Optimizer, optax.chain(*members()))
+    _assert_trees_close(got, want)
+    _assert_trees_close(nnx.state(fused_optimizer.opt_state), nnx.state(nnx_optimizer.opt_state))
+    assert int(fused_optimizer.step[...]) == 3
+    pure = nnx.as_pure(got)
+    assert fused.fast_path(fused_optimizer.tx, pure, pure) is None  # the single pass was the one compared

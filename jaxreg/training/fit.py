@@ -40,6 +40,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from jaxreg import _checks
+from jaxreg.nn.optimizer import update_model
 from jaxreg.training.early_stopping import EarlyStopping, EarlyStoppingState
 
 __all__ = ["History", "fit"]
@@ -129,7 +130,7 @@ def _train_epoch(
         if augment is not None:
             xb = augment(step_key, xb)
         loss, grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, wrt))(model, xb, yb)
-        optimizer.update(model, grads)
+        update_model(optimizer, model, grads)  # one pass when optimizer.tx is a jaxreg.chain
         return nnx.split((model, optimizer))[1], jnp.asarray(loss, jnp.float32)
 
     state, losses = jax.lax.scan(step, state, (order, jax.random.split(augment_key, steps)))
