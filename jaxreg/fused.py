@@ -31,6 +31,7 @@ fusion already does well and the unfused path is used.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -169,27 +170,35 @@ def apply_step(tx: optax.GradientTransformation, grads: Any, state: Any, params:
     Returns:
       The new parameters (in the structure of ``params``) and the new state.
     """
-    if fast_path(tx, grads, params) is not None:
-        updates, state = tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
-    return _single_pass(tx, grads, state, params)
+    if fast_path(tx, grads, params) is None:
+        try:
+            return _single_pass(tx, grads, state, params)
+        except _native.KernelBuildError as error:
+            warnings.warn(
+                f"jaxreg.apply_step: this chain's kernel could not be built ({error}); running it unfused.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
 
 
 def _single_pass(tx: FusedChain, grads: Any, state: Any, params: Any) -> tuple[Any, Any]:
     _, p_leaves, _ = _tree.leaves_with_paths(params)
     g_leaves = _tree.match_tree("apply_step", "grads", grads, params, broadcast=False)
     rules = [_rules.rule_of(m) for m in tx.members]
-    norm = None
+    slots = [[jax.tree.leaves(_tree.unbox(tree)) for tree in r.slots(s)] for r, s in zip(rules, state)]
+    # The kernel depends only on how many scalars each rule reads: build it before tracing
+    # any custom call, so that a failed build leaves nothing behind.
+    norm = jnp.zeros([], jnp.float32) if rules[0].global_norm else None
+    n_scalars = [len(r.scalars(s, norm)) for r, s in zip(rules, state)]
+    selected = [_tree.resolve_mask("chain", r.mask, params) for r in rules]
+    variants, per_leaf = _variants(selected, len(p_leaves))
+    kernel = _native.register_kernels(*_kernel_source(rules, n_scalars, [len(s) for s in slots], variants))
     if rules[0].global_norm:
         sums = jax.ffi.ffi_call("jaxreg_sumsq", jax.ShapeDtypeStruct((len(g_leaves),), jnp.float32))(*g_leaves)
         norm = jnp.sqrt(jnp.sum(sums))
-    scalars, slots = [], []
-    for rule, member_state in zip(rules, state):
-        scalars.append([jnp.asarray(v, jnp.float32) for v in rule.scalars(member_state, norm)])
-        slots.append([jax.tree.leaves(_tree.unbox(tree)) for tree in rule.slots(member_state)])
-    selected = [_tree.resolve_mask("chain", r.mask, params) for r in rules]
-    variants, per_leaf = _variants(selected, len(p_leaves))
-    kernel = _native.register_kernels(*_kernel_source(rules, scalars, slots, variants))
+    scalars = [[jnp.asarray(v, jnp.float32) for v in r.scalars(s, norm)] for r, s in zip(rules, state)]
     n_slots = sum(len(s) for s in slots)
     operands = [jnp.stack([v for vs in scalars for v in vs]) if any(scalars) else jnp.zeros([1], jnp.float32)]
     results, aliases = [], {}
@@ -227,12 +236,15 @@ def _variants(selected: Sequence[Sequence[bool]], n_leaves: int) -> tuple[list[t
 
 
 def _kernel_source(
-    rules: Sequence[_rules.Rule], scalars: Sequence[Sequence[Any]], slots: Sequence[Sequence[Any]], variants
+    rules: Sequence[_rules.Rule], n_scalars: Sequence[int], n_slots: Sequence[int], variants
 ) -> tuple[str, list[str]]:
-    """C++ of one loop per variant: every active member's statements, in chain order."""
-    scalar_base = np.cumsum([0] + [len(s) for s in scalars]).tolist()
-    slot_base = np.cumsum([0] + [len(s) for s in slots]).tolist()
-    n_scalars, n_slots = scalar_base[-1], slot_base[-1]
+    """C++ of one loop per variant: every active member's statements, in chain order.
+
+    Rule ``i`` reads ``n_scalars[i]`` scalars and ``n_slots[i]`` state slots.
+    """
+    scalar_base = np.cumsum([0, *n_scalars]).tolist()
+    slot_base = np.cumsum([0, *n_slots]).tolist()
+    total_scalars, total_slots = scalar_base[-1], slot_base[-1]
 
     def body(i: int) -> str:
         code = re.sub(r"@s(\d+)", lambda m: f"s{scalar_base[i] + int(m.group(1))}", rules[i].code)
@@ -245,8 +257,8 @@ def _kernel_source(
         lines += [
             f'extern "C" void {names[-1]}(const float* __restrict g, float* __restrict w,'
             " float* const* slots, const float* S, int64_t n) {",
-            *[f"  const float s{k} = S[{k}];" for k in range(n_scalars)],
-            *[f"  float* __restrict m{k} = slots[{k}];" for k in range(n_slots)],
+            *[f"  const float s{k} = S[{k}];" for k in range(total_scalars)],
+            *[f"  float* __restrict m{k} = slots[{k}];" for k in range(total_slots)],
             "  for (int64_t i = 0; i < n; ++i) {",
             "    const float wi = w[i];",
             "    float u = g[i];",

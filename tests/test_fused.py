@@ -258,3 +258,15 @@ def test_jaxreg_nn_optimizer_steps_a_model_like_nnx_optimizer():
     assert int(fused_optimizer.step[...]) == 3
     pure = nnx.as_pure(got)
     assert fused.fast_path(fused_optimizer.tx, pure, pure) is None  # the single pass was the one compared
+
+
+def test_a_chain_whose_kernel_cannot_be_built_runs_unfused_with_a_warning(monkeypatch):
+    def fail(source, stem, includes=()):
+        raise RuntimeError("compiler exploded")
+
+    monkeypatch.setattr(_native, "_LIBRARIES", {})
+    monkeypatch.setattr(_native, "_build", fail)
+    tx = jaxreg.chain(jaxreg.adam(1e-2), jaxreg.l1_prox(0.2, learning_rate=1e-2))
+    params = _tree(6)
+    with pytest.warns(RuntimeWarning, match="kernel could not be built.*compiler exploded"):
+        _assert_apply_step_is_update_then_apply(tx, params, params)

@@ -44,6 +44,10 @@ FLAGS = (
 _LIBRARIES: dict[str, ctypes.CDLL] = {}  # kernel id -> its loaded library, kept alive
 
 
+class KernelBuildError(RuntimeError):
+    """A chain's kernel could not be compiled or loaded (the step then runs unfused)."""
+
+
 def _cpu_signature() -> str:
     """The CPU's model and feature flags: a library built with -march=native is for it only."""
     try:
@@ -128,8 +132,11 @@ def register_kernels(source: str, names: list[str]) -> str:
     assert not isinstance(base, str), base
     kernel_id = _digest(source)
     if kernel_id not in _LIBRARIES:
-        _LIBRARIES[kernel_id] = ctypes.CDLL(str(_build(source, "kernel")))
-        library = _LIBRARIES[kernel_id]
+        try:
+            library = ctypes.CDLL(str(_build(source, "kernel")))
+        except (OSError, RuntimeError) as error:
+            raise KernelBuildError(str(error)) from error
+        _LIBRARIES[kernel_id] = library
         pointers = (ctypes.c_void_p * len(names))(*[ctypes.cast(getattr(library, n), ctypes.c_void_p) for n in names])
         base.jaxreg_register_kernels(kernel_id.encode(), pointers, len(names))
     return kernel_id
