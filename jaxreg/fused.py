@@ -187,18 +187,20 @@ def _single_pass(tx: FusedChain, grads: Any, state: Any, params: Any) -> tuple[A
     _, p_leaves, _ = _tree.leaves_with_paths(params)
     g_leaves = _tree.match_tree("apply_step", "grads", grads, params, broadcast=False)
     rules = [_rules.rule_of(m) for m in tx.members]
-    slots = [[jax.tree.leaves(_tree.unbox(tree)) for tree in r.slots(s)] for r, s in zip(rules, state)]
-    # The kernel depends only on how many scalars each rule reads: build it before tracing
-    # any custom call, so that a failed build leaves nothing behind.
-    norm = jnp.zeros([], jnp.float32) if rules[0].global_norm else None
-    n_scalars = [len(r.scalars(s, norm)) for r, s in zip(rules, state)]
-    selected = [_tree.resolve_mask("chain", r.mask, params) for r in rules]
-    variants, per_leaf = _variants(selected, len(p_leaves))
-    kernel = _native.register_kernels(*_kernel_source(rules, n_scalars, [len(s) for s in slots], variants))
+    slot_trees = [list(r.slots(s)) for r, s in zip(rules, state)]
+    slots = [[jax.tree.leaves(_tree.unbox(tree)) for tree in trees] for trees in slot_trees]
+    norm = None
     if rules[0].global_norm:
+        # Traced before the kernel is built: if the build fails, this call is dead code
+        # (it has no side effect) in the unfused step apply_step falls back to.
         sums = jax.ffi.ffi_call("jaxreg_sumsq", jax.ShapeDtypeStruct((len(g_leaves),), jnp.float32))(*g_leaves)
         norm = jnp.sqrt(jnp.sum(sums))
     scalars = [[jnp.asarray(v, jnp.float32) for v in r.scalars(s, norm)] for r, s in zip(rules, state)]
+    selected = [_tree.resolve_mask("chain", r.mask, params) for r in rules]
+    variants, per_leaf = _variants(selected, len(p_leaves))
+    kernel = _native.register_kernels(
+        *_kernel_source(rules, [len(v) for v in scalars], [len(s) for s in slots], variants)
+    )
     n_slots = sum(len(s) for s in slots)
     operands = [jnp.stack([v for vs in scalars for v in vs]) if any(scalars) else jnp.zeros([1], jnp.float32)]
     results, aliases = [], {}
@@ -214,12 +216,12 @@ def _single_pass(tx: FusedChain, grads: Any, state: Any, params: Any) -> tuple[A
     stride = 1 + n_slots
     new_params = _tree.rebox_like(params, [out[leaf * stride] for leaf in range(len(p_leaves))])
     new_state, offset = [], 1
-    for rule, member_state in zip(rules, state):
-        trees = []
-        for tree in rule.slots(member_state):
-            trees.append(_tree.rebox_like(tree, [out[leaf * stride + offset] for leaf in range(len(p_leaves))]))
+    for rule, member_state, trees in zip(rules, state, slot_trees):
+        new_trees = []
+        for tree in trees:
+            new_trees.append(_tree.rebox_like(tree, [out[leaf * stride + offset] for leaf in range(len(p_leaves))]))
             offset += 1
-        new_state.append(rule.advance(member_state, trees, norm))
+        new_state.append(rule.advance(member_state, new_trees, norm))
     return new_params, tuple(new_state)
 
 

@@ -270,3 +270,10 @@ def test_a_chain_whose_kernel_cannot_be_built_runs_unfused_with_a_warning(monkey
     params = _tree(6)
     with pytest.warns(RuntimeWarning, match="kernel could not be built.*compiler exploded"):
         _assert_apply_step_is_update_then_apply(tx, params, params)
+    # With a global-norm clip the norm's custom call is traced before the build fails;
+    # the jitted fallback step still runs.
+    clipped = jaxreg.chain(jaxreg.clip_by_global_norm(1.0), jaxreg.adam(1e-2))
+    with pytest.warns(RuntimeWarning, match="kernel could not be built"), jax.numpy_dtype_promotion("standard"):
+        new, _ = jax.jit(lambda p, s, g: jaxreg.apply_step(clipped, g, s, p))(params, clipped.init(params), params)
+        updates, _ = clipped.update(params, clipped.init(params), params)
+    _assert_trees_close(new, optax.apply_updates(params, updates))

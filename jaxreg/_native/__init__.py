@@ -48,6 +48,7 @@ class KernelBuildError(RuntimeError):
     """A chain's kernel could not be compiled or loaded (the step then runs unfused)."""
 
 
+@functools.cache
 def _cpu_signature() -> str:
     """The CPU's model and feature flags: a library built with -march=native is for it only."""
     try:
