@@ -120,6 +120,18 @@ def collective_counts(hlo: str) -> dict[str, int]:
     return counts
 
 
+def _record_no_gathers(rec, check: str, compiled, mesh, what: str) -> None:
+    """Records that the compiled program of ``what`` all-gathers no parameter-sized array."""
+    hlo = compiled.as_text()
+    gathers = parameter_gathers(hlo, mesh)
+    rec.record(
+        check,
+        not gathers,
+        f"one program of {what}, collectives {collective_counts(hlo)}"
+        + (f"; parameter-sized all-gathers {gathers}" if gathers else ""),
+    )
+
+
 def parameter_gathers(hlo: str, mesh: Mesh) -> list[str]:
     """All-gathers whose result is parameter-sized.
 
@@ -348,14 +360,7 @@ def check_transforms(rec: Recorder, mode: str, mesh: Mesh, ref: References) -> N
             + (f"; updates resharded: {moved}" if moved else "")
             + (f"; init state not sharded as the params: {unspread_state}" if unspread_state else ""),
         )
-    hlo = compiled.as_text()
-    gathers = parameter_gathers(hlo, mesh)
-    rec.record(
-        f"{mode}/hlo/all_transforms",
-        not gathers,
-        f"one program of {len(fns)} transforms, collectives {collective_counts(hlo)}"
-        + (f"; parameter-sized all-gathers {gathers}" if gathers else ""),
-    )
+    _record_no_gathers(rec, f"{mode}/hlo/all_transforms", compiled, mesh, f"{len(fns)} transforms")
 
 
 def _masked(fn: Callable[[Any], Any], p: Any) -> tuple[Any, Any]:
@@ -405,14 +410,7 @@ def check_masks(rec: Recorder, mode: str, mesh: Mesh, ref: References) -> None:
             same and not problems,
             f"mask and pruned params {'identical' if same else 'DIFFERENT'} to one device; {how}: {problems or 'yes'}",
         )
-    hlo = compiled.as_text()
-    gathers = parameter_gathers(hlo, mesh)
-    rec.record(
-        f"{mode}/hlo/all_masks",
-        not gathers,
-        f"one program of {len(fns)} mask functions and apply_mask, collectives {collective_counts(hlo)}"
-        + (f"; parameter-sized all-gathers {gathers}" if gathers else ""),
-    )
+    _record_no_gathers(rec, f"{mode}/hlo/all_masks", compiled, mesh, f"{len(fns)} mask functions and apply_mask")
 
 
 def check_hlo(rec: Recorder, mode: str, mesh: Mesh, ref: References) -> None:
