@@ -297,6 +297,42 @@ EXPECTED: dict[str, Expectation] = {
             "a whole run on one device ends as well": lambda r: 0.5 < r["final_loss_one_device"] / r["final_loss"] < 2,
         },
     },
+    # Timings are only checked to be positive: machines (and a busy 2-core CI) vary.
+    # native=0 (no C++ compiler, JAXREG_NATIVE=0) makes apply_step the plain step.
+    "09_one_pass_step": {
+        "figures": ["09_traffic_and_time"],
+        "checks": {
+            "the one pass gives the plain chain's parameters and state": lambda r: (
+                r["max_abs_diff_params"] < 1e-5 and r["max_abs_diff_state"] < 1e-5 and r["params_moved"] > 1e-4
+            ),
+            "jaxreg.nn.Optimizer trains like nnx.Optimizer": lambda r: r["nnx_optimizer_max_abs_diff"] < 1e-5,
+            "the plain step makes three loops per leaf and moves over 10 transfers per parameter": lambda r: (
+                r["unfused_param_loops"] >= 3 * r["leaves"]
+                and r["unfused_custom_calls"] == 0
+                and r["unfused_bytes_per_param"] > 40
+            ),
+            "with native kernels, the one pass is jaxreg_sumsq + jaxreg_step, 32 bytes per parameter": lambda r: (
+                r["native"] == 0
+                or (
+                    r["fused_step_custom_calls"] == 1
+                    and r["fused_sumsq_custom_calls"] == 1
+                    and r["fused_param_loops"] == 0
+                    and abs(r["fused_bytes_per_param"] - 32) < 1
+                )
+            ),
+            "without them, apply_step compiles to the plain step": lambda r: (
+                r["native"] == 1
+                or (r["fused_step_custom_calls"] == 0 and r["fused_param_loops"] == r["unfused_param_loops"])
+            ),
+            "fast_path names a reason for each unfusable case; apply_step then is update + apply_updates": lambda r: (
+                r["fallback_reasons"] == 3 and r["fallback_custom_calls"] == 0 and r["fallback_max_abs_diff"] < 1e-6
+            ),
+            "the times and the bandwidth are positive": lambda r: all(
+                r[k] > 0
+                for k in ("seconds_optax_chain", "seconds_apply_step", "seconds_bandwidth_probe", "bandwidth_gb_s")
+            ),
+        },
+    },
 }
 
 
