@@ -150,11 +150,14 @@ def params_transform(
     return updates_transform(fn, to_updates, mask=mask, check=check, per_leaf=per_leaf)
 
 
-def count_rule(code: str, scalars: Callable[[jax.Array], list[Any]], mask: Any, *hypers: Any) -> _rules.Rule | None:
+def count_rule(
+    code: str, scalars: Callable[[jax.Array], list[Any]], mask: Any, *hypers: Any, **rule: Any
+) -> _rules.Rule | None:
     """The fused-pass :class:`~jaxreg._rules.Rule` of a transform with a ``StepCountState``.
 
-    ``scalars(count)`` gives the values of ``@s0, ...`` at this step. None (no fused
-    form) unless every hyperparameter in ``hypers`` is one value for all leaves.
+    ``scalars(count)`` gives the values of ``@s0, ...`` at this step; ``rule`` holds
+    further :class:`~jaxreg._rules.Rule` fields. None (no fused form) unless every
+    hyperparameter in ``hypers`` is one value for all leaves.
     """
     if not all(_rules.is_scalar(h) for h in hypers):
         return None
@@ -163,7 +166,27 @@ def count_rule(code: str, scalars: Callable[[jax.Array], list[Any]], mask: Any, 
         scalars=lambda state, norm: scalars(state.count),
         advance=lambda state, slots, norm: StepCountState(optax.safe_increment(state.count)),
         mask=mask,
+        **rule,
     )
+
+
+def params_rule(
+    op: str,
+    scalars: Callable[[jax.Array], list[Any]],
+    mask: Any,
+    *hypers: Any,
+    bounds: tuple[str, str] | None = None,
+) -> _rules.Rule | None:
+    """The rule of a :func:`params_transform`: C++ ``op`` on the new value (see :func:`params_code`)."""
+    return count_rule(params_code(op, bounds), scalars, mask, *hypers, param_space=True)
+
+
+def unit_rule(
+    factor: str, axis: int | None, scalars: Callable[[jax.Array], list[Any]], mask: Any, *hypers: Any
+) -> _rules.Rule | None:
+    """The rule of a :func:`params_transform` that multiplies each unit of a leaf by
+    ``f``, set from the unit's sum of squares ``ss`` by the C++ statements ``factor``."""
+    return count_rule(params_code("x = x * f;"), scalars, mask, *hypers, param_space=True, factor=factor, axis=axis)
 
 
 def params_code(op: str, bounds: tuple[str, str] | None = None) -> str:

@@ -5,6 +5,11 @@ a few C++ statements that update one element, the scalars they read at this step
 how the transform's state advances. ``jaxreg.chain`` writes the rules of its members
 one after the other into a single loop (``jaxreg/fused.py``); the optax ``update`` stays
 the reference the fused step is tested against.
+
+A *per-unit* rule (max-norm, group lasso, a per-leaf L2 ball) rescales each unit of a
+leaf (a slice along an axis, or the whole leaf) by a factor of the unit's norm: its
+``factor`` statements turn the unit's sum of squares ``ss`` into ``f``, and its ``code``
+multiplies by ``f``. The fused pass starts a new stage of the leaf there.
 """
 
 from __future__ import annotations
@@ -31,6 +36,12 @@ class Rule:
         like the params) that the pass reads and rewrites in place.
       mask: the transform's mask (None, a tree of bools or a callable).
       global_norm: the rule needs the gradients' global norm (read before the pass).
+      param_space: the new value ``wi + u`` depends on ``wi + u`` alone (a prox or a
+        projection), so the rule may follow a per-unit rule.
+      factor: for a per-unit rule, C++ statements setting ``float f`` from the unit's
+        ``const float ss`` (the sum of squares of its new values); its ``code`` reads
+        ``f``. None for an element-wise rule.
+      axis: a per-unit rule's units are the slices along ``axis``; None: the whole leaf.
     """
 
     code: str
@@ -39,6 +50,9 @@ class Rule:
     slots: Callable[[Any], Sequence[Any]] = lambda state: ()
     mask: Any = None
     global_norm: bool = False
+    param_space: bool = False
+    factor: str | None = None
+    axis: int | None = None
 
 
 class Fusable(optax.GradientTransformationExtraArgs):

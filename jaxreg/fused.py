@@ -18,6 +18,12 @@ by :func:`apply_step` (which replaces ``tx.update`` + ``optax.apply_updates``) w
   first in the chain), ``coupled_weight_decay``, ``decoupled_weight_decay``,
   ``l1_prox``, ``elastic_net_prox``, ``project_box`` and ``project_nonnegative`` with one value per
   hyperparameter (floats, scalars or schedules), with masks;
+* or rescales units by their norms: ``max_norm``, ``group_lasso_prox`` and
+  ``project_l2_ball(scope="leaf")``. Each such member starts a new stage on the leaves
+  it selects: the pass sums each unit's squares from the rows it has just written, then
+  one more read and write of those leaves rescales them and runs the members after it,
+  which must be projections or proximal steps (they read only the new value). The
+  members rescaling one leaf must agree on its units (the same axis);
 * parameters and gradients are float32, on one CPU device;
 * the kernels could be built: a C++ compiler is on the PATH (or in ``CXX``) and
   ``JAXREG_NATIVE=0`` is not set; they are cached in ``~/.cache/jaxreg`` (or
@@ -142,6 +148,13 @@ def fast_path(tx: Any, grads: Any, params: Any) -> str | None:
         return f"member {missing[0]} of the chain has no element-wise form"
     if any(r.global_norm for r in rules[1:]):
         return "clip_by_global_norm must come first to be fused"
+    first_unit = next((i for i, r in enumerate(rules) if r.factor is not None), len(rules))
+    late = [i for i in range(first_unit, len(rules)) if not rules[i].param_space]
+    if late:
+        return (
+            f"member {late[0]} of the chain reads the parameters before the step and comes after member "
+            f"{first_unit}, which rescales units by their norms: only projections and proximal steps can follow it"
+        )
     if jax.default_backend() != "cpu" or jax.device_count() != 1:
         return "the single pass runs on one CPU device"
     leaves = jax.tree.leaves(_tree.unbox(params)) + jax.tree.leaves(_tree.unbox(grads))
@@ -149,7 +162,42 @@ def fast_path(tx: Any, grads: Any, params: Any) -> str | None:
         return "parameters and gradients must be float32"
     if not _native.available():
         return f"the native kernels are not available: {_native.why_unavailable()}"
+    if first_unit < len(rules):
+        try:
+            _layouts(rules, params)
+        except ValueError as error:
+            return str(error)
     return None
+
+
+def _layouts(rules: Sequence[_rules.Rule], params: Any) -> list[tuple[int, int]]:
+    """Each leaf's ``(units, inner)`` for the per-unit rules acting on it (a leaf viewed as
+    ``(outer, units, inner)``; ``(1, 1)`` for a leaf without any).
+
+    Raises:
+      ValueError: the per-unit rules acting on a leaf cut it into different units, or an
+        axis is out of range (the unfused chain then says which).
+    """
+    paths, leaves, _ = _tree.leaves_with_paths(params)
+    layouts = [set() for _ in leaves]
+    for rule in rules:
+        if rule.factor is None:
+            continue
+        for leaf, picked in enumerate(_tree.resolve_mask("chain", rule.mask, params)):
+            if not picked:
+                continue
+            shape = np.shape(leaves[leaf])
+            if rule.axis is None:
+                layouts[leaf].add((1, int(np.prod(shape))))
+            elif -len(shape) <= rule.axis < len(shape):
+                axis = rule.axis % len(shape)
+                layouts[leaf].add((shape[axis], int(np.prod(shape[axis + 1 :]))))
+            else:
+                raise ValueError(f"axis {rule.axis} is out of range for params{jax.tree_util.keystr(paths[leaf])}")
+    for path, found in zip(paths, layouts):
+        if len(found) > 1:
+            raise ValueError(f"members of the chain rescale different units of params{jax.tree_util.keystr(path)}")
+    return [found.pop() if found else (1, 1) for found in layouts]
 
 
 def apply_step(tx: optax.GradientTransformation, grads: Any, state: Any, params: Any) -> tuple[Any, Any]:
@@ -198,9 +246,11 @@ def _single_pass(tx: FusedChain, grads: Any, state: Any, params: Any) -> tuple[A
     scalars = [[jnp.asarray(v, jnp.float32) for v in r.scalars(s, norm)] for r, s in zip(rules, state)]
     selected = [_tree.resolve_mask("chain", r.mask, params) for r in rules]
     variants, per_leaf = _variants(selected, len(p_leaves))
+    layouts = _layouts(rules, params)
     kernel = _native.register_kernels(
         *_kernel_source(rules, [len(v) for v in scalars], [len(s) for s in slots], variants)
     )
+    stages = [sum(rules[i].factor is not None for i in active) for active in variants]
     n_slots = sum(len(s) for s in slots)
     operands = [jnp.stack([v for vs in scalars for v in vs]) if any(scalars) else jnp.zeros([1], jnp.float32)]
     results, aliases = [], {}
@@ -211,7 +261,13 @@ def _single_pass(tx: FusedChain, grads: Any, state: Any, params: Any) -> tuple[A
             results.append(jax.ShapeDtypeStruct(x.shape, jnp.float32))
         operands += [g, w, *leaf_slots]
     out = jax.ffi.ffi_call("jaxreg_step", results, input_output_aliases=aliases, vmap_method="sequential")(
-        *operands, kernel=kernel, variants=np.asarray(per_leaf, np.int64), n_slots=np.int64(n_slots)
+        *operands,
+        kernel=kernel,
+        variants=np.asarray(per_leaf, np.int64),
+        n_slots=np.int64(n_slots),
+        stages=np.asarray(stages, np.int64),
+        units=np.asarray([units for units, _ in layouts], np.int64),
+        inner=np.asarray([inner for _, inner in layouts], np.int64),
     )
     stride = 1 + n_slots
     new_params = _tree.rebox_like(params, [out[leaf * stride] for leaf in range(len(p_leaves))])
@@ -240,33 +296,73 @@ def _variants(selected: Sequence[Sequence[bool]], n_leaves: int) -> tuple[list[t
 def _kernel_source(
     rules: Sequence[_rules.Rule], n_scalars: Sequence[int], n_slots: Sequence[int], variants
 ) -> tuple[str, list[str]]:
-    """C++ of one loop per variant: every active member's statements, in chain order.
+    """C++ of each variant's functions: stage 0 runs the active members up to the first
+    per-unit one; each per-unit member starts a stage (its factor, and its rescaling
+    followed by the members up to the next, for rows of units or for one unit).
 
-    Rule ``i`` reads ``n_scalars[i]`` scalars and ``n_slots[i]`` state slots.
+    Rule ``i`` reads ``n_scalars[i]`` scalars and ``n_slots[i]`` state slots. The
+    functions of variant ``v`` come in the order ``jaxreg_step`` reads them: stage 0,
+    then factor, rows and one for every further stage.
     """
     scalar_base = np.cumsum([0, *n_scalars]).tolist()
     slot_base = np.cumsum([0, *n_slots]).tolist()
-    total_scalars, total_slots = scalar_base[-1], slot_base[-1]
+    scalars = [f"  const float s{k} = S[{k}];" for k in range(scalar_base[-1])]
 
-    def body(i: int) -> str:
-        code = re.sub(r"@s(\d+)", lambda m: f"s{scalar_base[i] + int(m.group(1))}", rules[i].code)
+    def local(i: int, code: str) -> str:
+        code = re.sub(r"@s(\d+)", lambda m: f"s{scalar_base[i] + int(m.group(1))}", code)
         return re.sub(r"@m(\d+)", lambda m: f"m{slot_base[i] + int(m.group(1))}", code)
 
-    lines = ["#include <cstdint>"]
-    names = []
-    for v, active in enumerate(variants):
-        names.append(f"jaxreg_variant{v}")
-        lines += [
-            f'extern "C" void {names[-1]}(const float* __restrict g, float* __restrict w,'
-            " float* const* slots, const float* S, int64_t n) {",
-            *[f"  const float s{k} = S[{k}];" for k in range(total_scalars)],
-            *[f"  float* __restrict m{k} = slots[{k}];" for k in range(total_slots)],
-            "  for (int64_t i = 0; i < n; ++i) {",
-            "    const float wi = w[i];",
-            "    float u = g[i];",
-            *[f"    {body(i)}" for i in active],
+    def function(name: str, args: str, loop: str, first: Sequence[str], members: Sequence[int]) -> list[str]:
+        return [
+            f'extern "C" void {name}({args}) {{',
+            *scalars,
+            *(f"  float* __restrict m{k} = slots[{k}];" for k in range(slot_base[-1]) if "slots" in args),
+            f"  {loop} {{",
+            *(f"    {line}" for line in first),
+            *(f"    {local(i, rules[i].code)}" for i in members),
             "    w[i] = wi + u;",
             "  }",
             "}",
         ]
+
+    lines, names = ["#include <cstdint>"], []
+    for v, active in enumerate(variants):
+        cuts = [k for k, i in enumerate(active) if rules[i].factor is not None]
+        stages = [active[a:b] for a, b in zip([0, *cuts], [*cuts, len(active)])]
+        names.append(f"jaxreg_v{v}_stage0")
+        lines += function(
+            names[-1],
+            "const float* __restrict g, float* __restrict w, float* const* slots, const float* S, int64_t n",
+            "for (int64_t i = 0; i < n; ++i)",
+            ["const float wi = w[i];", "float u = g[i];"],
+            stages[0],
+        )
+        for k, members in enumerate(stages[1:], start=1):
+            factor = local(members[0], rules[members[0]].factor)
+            names += [f"jaxreg_v{v}_factor{k}", f"jaxreg_v{v}_rows{k}", f"jaxreg_v{v}_one{k}"]
+            lines += [
+                f'extern "C" void {names[-3]}(float* F, const float* S, int64_t n) {{',
+                *scalars,
+                f"  for (int64_t j = 0; j < n; ++j) {{ const float ss = F[j]; float f; {{ {factor} }} F[j] = f; }}",
+                "}",
+            ]
+            lines += function(
+                names[-2],
+                "float* __restrict w, const float* S, int64_t rows, int64_t units, const float* __restrict F",
+                "for (int64_t r = 0; r < rows; ++r) for (int64_t j = 0; j < units; ++j)",
+                [
+                    "const int64_t i = r * units + j;",
+                    "const float f = F[j];",
+                    "const float wi = w[i];",
+                    "float u = 0.0f;",
+                ],
+                members,
+            )
+            lines += function(
+                names[-1],
+                "float* __restrict w, const float* S, int64_t n, const float f",
+                "for (int64_t i = 0; i < n; ++i)",
+                ["const float wi = w[i];", "float u = 0.0f;"],
+                members,
+            )
     return "\n".join(lines) + "\n", names

@@ -28,6 +28,8 @@ __all__ = ["max_norm", "project_box", "project_l1_ball", "project_l2_ball", "pro
 # Bisection steps before the exact finishing steps of the L1-ball threshold: enough to
 # pin the support in float32, so the finishing Newton loop ends after a pass or two.
 _L1_BISECTION_STEPS = 30
+# The factor that caps a unit's norm sqrt(ss) at @s0 (as max_norm and the L2 ball do).
+_CAP_NORM = "const float n = __builtin_sqrtf(ss); f = n > @s0 ? @s0 / (n > 0.0f ? n : 1.0f) : 1.0f;"
 
 
 def _scoped(scope: str, project: Any) -> Any:
@@ -86,8 +88,8 @@ def project_box(
 
 def _box_rule(mask: Mask, lower: Any, upper: Any) -> _rules.Rule | None:
     """The fused form of a box with one lower and one upper bound for every leaf."""
-    code = _param_space.params_code(_rules.clip_code("x", "@s0", "@s1"), bounds=("@s0", "@s1"))
-    return _param_space.count_rule(code, lambda count: [lower, upper], mask, lower, upper)
+    clip = _rules.clip_code("x", "@s0", "@s1")
+    return _param_space.params_rule(clip, lambda count: [lower, upper], mask, lower, upper, bounds=("@s0", "@s1"))
 
 
 def project_nonnegative(mask: Mask = None) -> optax.GradientTransformationExtraArgs:
@@ -139,7 +141,10 @@ def project_l2_ball(
         factor = jnp.where(norm > radius, radius / jnp.where(norm > 0, norm, 1), 1)
         return [_tree.wide(w) * factor for w in ws]
 
-    return _param_space.params_transform(fn, lambda ws, count: _scoped(scope, project)(ws), mask=mask)
+    tx = _param_space.params_transform(fn, lambda ws, count: _scoped(scope, project)(ws), mask=mask)
+    if scope == "global":
+        return tx
+    return _rules.describe(tx, _param_space.unit_rule(_CAP_NORM, None, lambda count: [radius], mask, radius))
 
 
 def _l1_ball_threshold(ws: list[jax.Array], radius: chex.Numeric) -> jax.Array:
@@ -209,7 +214,10 @@ def project_l1_ball(
         tau = jax.lax.cond(norm > radius, lambda: _l1_ball_threshold(ws, radius), lambda: jnp.zeros([], jnp.float32))
         return [soft_threshold(w, tau) for w in ws]
 
-    return _param_space.params_transform(fn, lambda ws, count: _scoped(scope, project)(ws), mask=mask)
+    tx = _param_space.params_transform(fn, lambda ws, count: _scoped(scope, project)(ws), mask=mask)
+    if scope == "global":
+        return tx
+    return _rules.describe(tx, _param_space.unit_rule(_CAP_NORM, None, lambda count: [radius], mask, radius))
 
 
 def max_norm(max_value: chex.Numeric, axis: int = -1, mask: Mask = None) -> optax.GradientTransformationExtraArgs:
@@ -248,4 +256,5 @@ def max_norm(max_value: chex.Numeric, axis: int = -1, mask: Mask = None) -> opta
     def check(paths, leaves):
         _tree.check_axis(fn, axis, paths, leaves)
 
-    return _param_space.params_transform(fn, lambda ws, count: [project(w) for w in ws], mask=mask, check=check)
+    tx = _param_space.params_transform(fn, lambda ws, count: [project(w) for w in ws], mask=mask, check=check)
+    return _rules.describe(tx, _param_space.unit_rule(_CAP_NORM, axis, lambda count: [max_value], mask, max_value))

@@ -42,11 +42,17 @@ def soft_threshold(x: jax.Array, threshold: chex.Numeric) -> jax.Array:
 
 # The soft threshold of x at @s0 as C++ for the fused pass (soft_threshold's formula).
 _SOFT_THRESHOLD = "float c = x; " + _rules.clip_code("c", "-@s0", "@s0") + " x = x - c;"
+# group_lasso_prox's factor from a unit's sum of squares ss, threshold @s0 (as its shrink).
+_GROUP_SHRINK = (
+    "const float n = __builtin_sqrtf(ss); float keep = 1.0f - @s0 / (n == 0.0f ? 1.0f : n);"
+    " keep = keep < 0.0f ? 0.0f : keep; f = n == 0.0f ? (@s0 > 0.0f ? 0.0f : 1.0f) : keep;"
+)
 
 
-def _shrink_transform(fn, shrink, learning_rate, mask, check=None, fused=None):
+def _shrink_transform(fn, shrink, learning_rate, mask, check=None, fused=None, unit=None):
     """A prox step ``w -> shrink(w, lr, count)``; ``fused = (code, scalars, hypers)`` gives
-    it an element-wise rule with ``scalars(lr, count)`` the values of ``@s0, ...``."""
+    it an element-wise rule with ``scalars(lr, count)`` the values of ``@s0, ...``, or
+    with ``unit = (factor, axis)`` a per-unit rule (``code`` is then None)."""
     lr = _checks.check_learning_rate(fn, learning_rate)
 
     def op(ws: list[jax.Array], count: jax.Array) -> list[jax.Array]:
@@ -56,9 +62,14 @@ def _shrink_transform(fn, shrink, learning_rate, mask, check=None, fused=None):
     if fused is None:
         return tx
     code, scalars, hypers = fused
-    rule = _param_space.count_rule(
-        _param_space.params_code(code), lambda c: scalars(_tree.value_at(lr, c), c), mask, lr, *hypers
-    )
+
+    def values(count):
+        return scalars(_tree.value_at(lr, count), count)
+
+    if unit is None:
+        rule = _param_space.params_rule(code, values, mask, lr, *hypers)
+    else:
+        rule = _param_space.unit_rule(*unit, values, mask, lr, *hypers)
     return _rules.describe(tx, rule)
 
 
@@ -192,4 +203,5 @@ def group_lasso_prox(
     def check(paths, leaves):
         _tree.check_axis(fn, axis, paths, leaves)
 
-    return _shrink_transform(fn, shrink, learning_rate, mask, check)
+    fused = (None, lambda lr, c: [lr * _tree.value_at(strength, c)], (strength,))
+    return _shrink_transform(fn, shrink, learning_rate, mask, check, fused, unit=(_GROUP_SHRINK, axis))

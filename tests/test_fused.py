@@ -56,6 +56,35 @@ CHAINS = {
 }
 
 
+# Leaves big enough to be cut into several chunks: rows of units (axis -1), unit rows
+# (axis 0) and pieces of one unit (the (2, 70000) leaf by rows, the whole-leaf units).
+BIG_SHAPES = [(300, 700), (700,), (3, 3, 8, 16), (2, 70_000), (1,)]
+
+# Chains with members that rescale units by their norms: each starts a stage.
+UNIT_CHAINS = {
+    "six transforms": lambda: (
+        jaxreg.clip_by_global_norm(1.0),
+        jaxreg.adam(1e-1),
+        jaxreg.decoupled_weight_decay(1e-2, learning_rate=1e-1),
+        jaxreg.l1_prox(1e-3, learning_rate=1e-1),
+        jaxreg.max_norm(1.0, mask=jaxreg.masks.weights_only),
+        jaxreg.project_box(-0.3, 0.3),
+    ),
+    "max-norm rows, then group lasso rows": lambda: (
+        jaxreg.adam(1e-1),
+        jaxreg.max_norm(1.5, axis=0, mask=jaxreg.masks.weights_only),
+        jaxreg.group_lasso_prox(optax.linear_schedule(2.0, 4.0, 3), axis=0, learning_rate=1e-1, mask=_is_bias),
+        jaxreg.group_lasso_prox(1.0, axis=0, learning_rate=1e-1, mask=jaxreg.masks.weights_only),
+    ),
+    "per-leaf ball, then non-negative": lambda: (
+        jaxreg.coupled_weight_decay(0.1),
+        jaxreg.adam(1e-1),
+        jaxreg.project_l2_ball(30.0, scope="leaf"),
+        jaxreg.project_nonnegative(),
+    ),
+}
+
+
 def _run(step, tx, params, grads):
     params = jax.tree.map(jnp.copy, params)  # the fused step donates its inputs
     state = tx.init(params)
@@ -95,6 +124,28 @@ def test_single_pass_equals_the_unfused_chain(name):
     _assert_trees_close(got, want)  # new params, and the state entry by entry
 
 
+@pytest.mark.parametrize("name", sorted(UNIT_CHAINS))
+def test_members_that_rescale_units_fuse_in_stages(name):
+    members = UNIT_CHAINS[name]
+    tx = jaxreg.chain(*members())
+    params, grads = _tree(7, 0.1, BIG_SHAPES), [_tree(70 + k, 1.0, BIG_SHAPES) for k in range(3)]
+    assert fused.fast_path(tx, grads[0], params) is None
+    with jax.numpy_dtype_promotion("standard"):
+        got = _run(_fused(tx), tx, params, grads)
+        want = _run(_unfused(optax.chain(*members())), optax.chain(*members()), params, grads)
+    _assert_trees_close(got, want)
+
+
+def test_max_norm_binds_in_the_single_pass():
+    tx = jaxreg.chain(*UNIT_CHAINS["six transforms"]())
+    params = _tree(8, 0.1, BIG_SHAPES)
+    with jax.numpy_dtype_promotion("standard"):
+        new, _ = _run(_fused(tx), tx, params, [_tree(80, 1.0, BIG_SHAPES)])
+    norms = np.linalg.norm(np.asarray(new["p0"]), axis=0)  # columns: the units of axis -1
+    assert np.all(norms <= 1.0 + 1e-6) and np.sum(np.isclose(norms, 1.0, rtol=1e-6)) > 100
+    assert np.abs(np.asarray(new["p3"])).max() <= 0.3
+
+
 def test_box_and_zeros_hold_exactly():
     tx = jaxreg.chain(jaxreg.adam(0.5), jaxreg.l1_prox(1.0, learning_rate=0.5), jaxreg.project_box(-0.3, 0.3))
     params, grads = _tree(1, 0.3), [_tree(20 + k) for k in range(3)]
@@ -105,8 +156,8 @@ def test_box_and_zeros_hold_exactly():
     assert np.mean(leaves == 0.0) > 0.1  # the prox made exact zeros
 
 
-def test_non_finite_gradients_follow_the_unfused_chain():
-    members = CHAINS["card"]
+@pytest.mark.parametrize("members", [CHAINS["card"], UNIT_CHAINS["six transforms"]], ids=["card", "six"])
+def test_non_finite_gradients_follow_the_unfused_chain(members):
     tx = jaxreg.chain(*members())
     params, g = _tree(2, 0.1), _tree(30)
     g["p1"] = g["p1"].at[3].set(jnp.nan).at[5].set(jnp.inf)
@@ -156,7 +207,15 @@ def test_a_vmapped_sweep_over_strengths_runs_each_lane():
         (lambda: jaxreg.chain(jaxreg.adam(1e-2), jaxreg.clip_by_global_norm(1.0)), "must come first"),
         (lambda: jaxreg.chain(jaxreg.clip_by_global_norm(1.0, norm_type=1)), "member 0"),
         (lambda: jaxreg.chain(jaxreg.project_box({"p0": -1.0, "p1": -1.0}, 1.0)), "member 0"),
-        (lambda: jaxreg.chain(jaxreg.max_norm(1.0)), "member 0"),
+        (lambda: jaxreg.chain(jaxreg.project_l2_ball(1.0)), "member 0"),
+        (
+            lambda: jaxreg.chain(jaxreg.max_norm(1.0), jaxreg.decoupled_weight_decay(0.1)),
+            "member 1 of the chain reads the parameters before the step and comes after member 0",
+        ),
+        (
+            lambda: jaxreg.chain(jaxreg.max_norm(1.0, axis=0), jaxreg.group_lasso_prox(0.1, mask={"p0": 1, "p1": 0})),
+            "members of the chain rescale different units of params['p0']",
+        ),
     ],
 )
 def test_what_has_no_single_pass_says_why_and_runs_unfused(make, reason):
@@ -164,6 +223,15 @@ def test_what_has_no_single_pass_says_why_and_runs_unfused(make, reason):
     params, g = {"p0": jnp.ones((3, 2)), "p1": jnp.ones(2)}, {"p0": jnp.full((3, 2), 0.5), "p1": jnp.ones(2)}
     assert reason in fused.fast_path(tx, g, params)
     _assert_apply_step_is_update_then_apply(tx, g, params)
+
+
+def test_an_axis_out_of_range_gets_the_unfused_chains_error():
+    tx = jaxreg.chain(jaxreg.max_norm(1.0, axis=1))
+    params = {"p0": jnp.ones((3, 2)), "p1": jnp.ones(2)}
+    assert fused.fast_path(tx, params, params) == "axis 1 is out of range for params['p1']"
+    state = tx.init({"p0": params["p0"]})  # the step count only; init would reject params
+    with pytest.raises(ValueError, match="max_norm"):
+        jaxreg.apply_step(tx, params, state, params)
 
 
 def _assert_apply_step_is_update_then_apply(tx, grads, params):
@@ -227,6 +295,29 @@ def test_any_shapes_and_scales_match_the_unfused_chain(shapes, scale, lr, bound,
     for k in params:  # to 1e-6 of the params' scale: w + (x - w) is x up to an ulp of w
         np.testing.assert_allclose(new[k], want[k], rtol=1e-6, atol=1e-6)
         assert np.all(np.abs(new[k]) <= bound)
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    shapes=st.lists(st.lists(st.integers(1, 40), min_size=1, max_size=3).map(tuple), min_size=1, max_size=3),
+    axis=st.integers(-1, 0),
+    cap=st.floats(1e-2, 10.0),
+    seed=st.integers(0, 2**16),
+)
+def test_any_units_match_the_unfused_chain(shapes, axis, cap, seed):
+    def members():
+        return (jaxreg.adam(0.1), jaxreg.max_norm(cap, axis=axis), jaxreg.group_lasso_prox(0.5, axis=axis))
+
+    params, g = _tree(seed, 1.0, shapes), _tree(seed + 1, 1.0, shapes)
+    tx = jaxreg.chain(*members())
+    assert fused.fast_path(tx, g, params) is None
+    with jax.numpy_dtype_promotion("standard"):
+        new, _ = jax.jit(lambda p, s, g: jaxreg.apply_step(tx, g, s, p))(params, tx.init(params), g)
+        ref = optax.chain(*members())
+        updates, _ = jax.jit(ref.update)(g, ref.init(params), params)
+    want = optax.apply_updates(params, updates)
+    for k in params:
+        np.testing.assert_allclose(new[k], want[k], rtol=1e-6, atol=1e-6)
 
 
 def test_jaxreg_nn_optimizer_steps_a_model_like_nnx_optimizer():

@@ -8,8 +8,19 @@
 // small C++ loop per chain, compiles it once, and registers it under an id with
 // `jaxreg_register_kernels`; the custom call names that id.
 //
+// A chain may hold members that rescale each unit of a leaf by a factor of the unit's
+// norm (max_norm, group lasso, a per-leaf ball): they cut a leaf's work into stages.
+// Stage 0 runs the element-wise members before the first of them and, from the rows
+// it has just written (still in cache), sums the squares of each unit; the unit
+// factors follow from the sums; stage k rescales every unit and runs the members
+// after the k-th such member (parameter-space ones: they read only the new value),
+// one more read and write of w per stage.
+//
 // The work is cut into chunks of all leaves together, so every core of XLA's intra-op
-// pool stays busy whatever the leaf sizes.
+// pool stays busy whatever the leaf sizes. A leaf viewed as (outer, units, inner) is
+// chunked along whole rows (inner == 1: rows of `units` elements, one block of partial
+// sums per chunk) or along pieces of at most kChunk elements of one unit (inner > 1:
+// one partial sum per piece).
 
 #include <algorithm>
 #include <atomic>
@@ -25,8 +36,17 @@
 
 namespace ffi = xla::ffi;
 
-// kernel(g, w_out, slots, scalars, n): one chunk of one leaf; w_out holds w on entry.
-using Kernel = void (*)(const float*, float*, float* const*, const float*, int64_t);
+// A chain's functions for one leaf variant, in registration order: stage 0, then for
+// each stage k >= 1 its factor, rows and one functions.
+// stage0(g, w_out, slots, scalars, n): one chunk of one leaf; w_out holds w on entry.
+using Stage0 = void (*)(const float*, float*, float* const*, const float*, int64_t);
+// factor(sums, scalars, n_units): each unit's sum of squares -> its factor, in place.
+using Factor = void (*)(float*, const float*, int64_t);
+// rows(w, scalars, n_rows, units, factors): rescale rows of `units` elements, w[r, j] by
+// factors[j], then the stage's members.
+using Rows = void (*)(float*, const float*, int64_t, int64_t, const float*);
+// one(w, scalars, n, factor): the same with one factor for all n elements.
+using One = void (*)(float*, const float*, int64_t, float);
 
 namespace {
 
@@ -34,13 +54,14 @@ constexpr int64_t kChunk = 1 << 16;  // elements per task handed to a thread
 constexpr int64_t kMaxSlots = 8;
 
 std::mutex registry_mu;
-std::map<std::string, std::vector<Kernel>>& registry() {
-  static auto* kernels = new std::map<std::string, std::vector<Kernel>>();
+std::map<std::string, std::vector<void*>>& registry() {
+  static auto* kernels = new std::map<std::string, std::vector<void*>>();
   return *kernels;
 }
 
 struct Task {
   int64_t leaf, begin, end;
+  int64_t index = 0;  // a leaf with stages: its first block (inner == 1) or piece of partial sums
 };
 
 std::vector<Task> make_tasks(const std::vector<int64_t>& sizes) {
@@ -49,6 +70,22 @@ std::vector<Task> make_tasks(const std::vector<int64_t>& sizes) {
     for (int64_t b = 0; b < sizes[l]; b += kChunk)
       tasks.push_back({static_cast<int64_t>(l), b, std::min(sizes[l], b + kChunk)});
   return tasks;
+}
+
+// Sum of squares of x[0..n): sixteen float lanes (they vectorize without reordering a
+// single sum), added up in double every 512 elements.
+double sum_squares(const float* x, int64_t n) {
+  double total = 0.0;
+  for (int64_t b = 0; b < n; b += 512) {
+    const int64_t e = std::min(n, b + 512);
+    float acc[16] = {};
+    int64_t i = b;
+    for (; i + 16 <= e; i += 16)
+      for (int j = 0; j < 16; ++j) acc[j] += x[i + j] * x[i + j];
+    for (; i < e; ++i) acc[0] += x[i] * x[i];
+    for (int j = 0; j < 16; ++j) total += acc[j];
+  }
+  return total;
 }
 
 // Runs work(t) for every task on the calling thread and on XLA's intra-op pool. The
@@ -94,21 +131,8 @@ ffi::Error SumSquares(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Result
   const std::vector<Task> tasks = make_tasks(sizes);
   std::vector<double> partial(tasks.size());
   parallel_for(pool, static_cast<int64_t>(tasks.size()), [&](int64_t t) {
-    // Sixteen float lanes (they vectorize without reordering a single sum), added up in
-    // double every 512 elements.
     const Task& task = tasks[t];
-    const float* g = data[task.leaf];
-    double total = 0.0;
-    for (int64_t b = task.begin; b < task.end; b += 512) {
-      const int64_t e = std::min(task.end, b + 512);
-      float acc[16] = {};
-      int64_t i = b;
-      for (; i + 16 <= e; i += 16)
-        for (int j = 0; j < 16; ++j) acc[j] += g[i + j] * g[i + j];
-      for (; i < e; ++i) acc[0] += g[i] * g[i];
-      for (int j = 0; j < 16; ++j) total += acc[j];
-    }
-    partial[t] = total;
+    partial[t] = sum_squares(data[task.leaf] + task.begin, task.end - task.begin);
   });
   std::vector<double> per_leaf(n_leaves, 0.0);
   for (size_t t = 0; t < tasks.size(); ++t) per_leaf[tasks[t].leaf] += partial[t];
@@ -116,60 +140,182 @@ ffi::Error SumSquares(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Result
   return ffi::Error::Success();
 }
 
+// One leaf of the step: its buffers, its variant's functions and, when the variant has
+// stages, its unit layout and per-unit scratch.
+struct Leaf {
+  const float* g = nullptr;
+  float* w = nullptr;
+  float* slots[kMaxSlots] = {};
+  int64_t size = 0, stages = 0, units = 1, inner = 1;
+  void* const* fns = nullptr;  // stage 0, then (factor, rows, one) for each stage k >= 1
+  int64_t pieces_per_row = 1;  // inner > 1: pieces of one unit row
+  std::vector<float> partial;  // partial sums of squares: blocks of `units` or one per piece
+  std::vector<float> factors;  // one per unit, for the next stage
+};
+
+// The chunks of a leaf with stages (see the top of this file); sizes its partial sums.
+void add_staged_tasks(int64_t l, Leaf& leaf, std::vector<Task>& tasks) {
+  if (leaf.inner == 1) {
+    const int64_t chunk = std::max<int64_t>(1, kChunk / leaf.units) * leaf.units;
+    int64_t block = 0;
+    for (int64_t b = 0; b < leaf.size; b += chunk, ++block) tasks.push_back({l, b, std::min(leaf.size, b + chunk), block});
+    leaf.partial.resize(block * leaf.units);
+    return;
+  }
+  const int64_t unit_rows = leaf.size / leaf.inner;
+  leaf.pieces_per_row = (leaf.inner + kChunk - 1) / kChunk;
+  if (leaf.pieces_per_row == 1) {
+    const int64_t per_task = std::max<int64_t>(1, kChunk / leaf.inner);
+    for (int64_t r = 0; r < unit_rows; r += per_task)
+      tasks.push_back({l, r * leaf.inner, std::min(unit_rows, r + per_task) * leaf.inner, r});
+  } else {
+    for (int64_t r = 0; r < unit_rows; ++r)
+      for (int64_t q = 0; q < leaf.pieces_per_row; ++q) {
+        const int64_t b = r * leaf.inner + q * kChunk;
+        tasks.push_back({l, b, std::min(b + kChunk, (r + 1) * leaf.inner), r * leaf.pieces_per_row + q});
+      }
+  }
+  leaf.partial.resize(unit_rows * leaf.pieces_per_row);
+}
+
+// Stage k of one chunk: stage 0's members (k == 0) or the k-th rescaling and the members
+// after it; then, when another stage follows, the partial sums of squares of the units.
+void run_stage(Leaf& leaf, const Task& task, int64_t k, int64_t n_slots, const float* table) {
+  if (k == 0) {
+    float* chunk_slots[kMaxSlots];
+    for (int64_t s = 0; s < n_slots; ++s) chunk_slots[s] = leaf.slots[s] + task.begin;
+    reinterpret_cast<Stage0>(leaf.fns[0])(leaf.g + task.begin, leaf.w + task.begin, chunk_slots, table,
+                                          task.end - task.begin);
+  }
+  if (leaf.stages == 0) return;
+  const bool reduce = k < leaf.stages;
+  if (leaf.inner == 1) {
+    // Whole rows of `units` elements, a few KB at a time so the sums read them from L1.
+    const int64_t rows = std::max<int64_t>(1, 2048 / leaf.units);
+    float* acc = leaf.partial.data() + task.index * leaf.units;
+    if (reduce) std::fill(acc, acc + leaf.units, 0.0f);
+    for (int64_t b = task.begin; b < task.end; b += rows * leaf.units) {
+      const int64_t n_rows = std::min(rows, (task.end - b) / leaf.units);
+      float* w = leaf.w + b;
+      if (k > 0) reinterpret_cast<Rows>(leaf.fns[3 * k - 1])(w, table, n_rows, leaf.units, leaf.factors.data());
+      if (reduce)
+        for (int64_t r = 0; r < n_rows; ++r)
+          for (int64_t j = 0; j < leaf.units; ++j) acc[j] += w[r * leaf.units + j] * w[r * leaf.units + j];
+    }
+    return;
+  }
+  int64_t piece = task.index;
+  for (int64_t b = task.begin; b < task.end; ++piece) {
+    const int64_t e = std::min({task.end, (b / leaf.inner + 1) * leaf.inner, b + kChunk});
+    if (k > 0)
+      reinterpret_cast<One>(leaf.fns[3 * k])(leaf.w + b, table, e - b,
+                                             leaf.factors[(piece / leaf.pieces_per_row) % leaf.units]);
+    if (reduce) leaf.partial[piece] = static_cast<float>(sum_squares(leaf.w + b, e - b));
+    b = e;
+  }
+}
+
+// After stage k - 1: each unit's sum of squares (in double) -> stage k's factors.
+void unit_factors(Leaf& leaf, int64_t k, const float* table) {
+  std::vector<double> sums(leaf.units, 0.0);
+  const int64_t n = static_cast<int64_t>(leaf.partial.size());
+  if (leaf.inner == 1) {
+    for (int64_t b = 0; b < n; b += leaf.units)
+      for (int64_t j = 0; j < leaf.units; ++j) sums[j] += leaf.partial[b + j];
+  } else {
+    for (int64_t p = 0; p < n; ++p) sums[(p / leaf.pieces_per_row) % leaf.units] += leaf.partial[p];
+  }
+  leaf.factors.assign(sums.begin(), sums.end());
+  reinterpret_cast<Factor>(leaf.fns[3 * k - 2])(leaf.factors.data(), table, leaf.units);
+}
+
 // Operands: scalars, then per leaf g, w, slot 0 .. n_slots-1. Results: per leaf w, slots
-// (each aliased to its operand, so it holds the old value on entry).
+// (each aliased to its operand, so it holds the old value on entry). `stages[v]` is the
+// number of per-unit members of variant v; `units[l]` and `inner[l]` lay out leaf l
+// as (outer, units, inner) for them.
 ffi::Error Step(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRets rets, std::string_view kernel,
-                ffi::Span<const int64_t> variants, int64_t n_slots) {
-  std::vector<Kernel> kernels;
+                ffi::Span<const int64_t> variants, int64_t n_slots, ffi::Span<const int64_t> stages,
+                ffi::Span<const int64_t> units, ffi::Span<const int64_t> inner) {
+  std::vector<void*> fns;
   {
     std::lock_guard<std::mutex> lock(registry_mu);
     auto found = registry().find(std::string(kernel));
     if (found == registry().end())
       return ffi::Error::InvalidArgument("jaxreg_step: kernel " + std::string(kernel) +
                                          " is not registered in this process (trace the step again)");
-    kernels = found->second;
+    fns = found->second;
   }
   const int64_t n_leaves = static_cast<int64_t>(variants.size());
   if (n_slots < 0 || n_slots > kMaxSlots || static_cast<int64_t>(args.size()) != 1 + n_leaves * (2 + n_slots) ||
-      static_cast<int64_t>(rets.size()) != n_leaves * (1 + n_slots))
+      static_cast<int64_t>(rets.size()) != n_leaves * (1 + n_slots) ||
+      static_cast<int64_t>(units.size()) != n_leaves || static_cast<int64_t>(inner.size()) != n_leaves)
     return ffi::Error::InvalidArgument("jaxreg_step: operands do not match the leaves and slots");
+  std::vector<int64_t> offsets;  // each variant's first function
+  int64_t n_fns = 0;
+  for (int64_t st : stages) {
+    if (st < 0) return ffi::Error::InvalidArgument("jaxreg_step: negative stage count");
+    offsets.push_back(n_fns);
+    n_fns += 1 + 3 * st;
+  }
+  if (n_fns != static_cast<int64_t>(fns.size()))
+    return ffi::Error::InvalidArgument("jaxreg_step: the kernel's functions do not match the variants' stages");
   auto scalars = args.get<ffi::AnyBuffer>(0);
   if (scalars.has_error()) return scalars.error();
   const float* table = static_cast<const float*>(scalars->untyped_data());
-  std::vector<const float*> g(n_leaves);
-  std::vector<float*> w(n_leaves), slots(n_leaves * kMaxSlots);
-  std::vector<int64_t> sizes(n_leaves);
+  std::vector<Leaf> leaves(n_leaves);
+  std::vector<Task> tasks;
+  int64_t max_stages = 0;
   for (int64_t l = 0; l < n_leaves; ++l) {
-    if (variants[l] < 0 || variants[l] >= static_cast<int64_t>(kernels.size()))
+    Leaf& leaf = leaves[l];
+    if (variants[l] < 0 || variants[l] >= static_cast<int64_t>(stages.size()))
       return ffi::Error::InvalidArgument("jaxreg_step: variant out of range");
     auto gl = args.get<ffi::AnyBuffer>(1 + l * (2 + n_slots));
     if (gl.has_error()) return gl.error();
-    g[l] = static_cast<const float*>(gl->untyped_data());
-    sizes[l] = static_cast<int64_t>(gl->element_count());
+    leaf.g = static_cast<const float*>(gl->untyped_data());
+    leaf.size = static_cast<int64_t>(gl->element_count());
+    leaf.fns = fns.data() + offsets[variants[l]];
+    leaf.stages = stages[variants[l]];
     for (int64_t s = 0; s <= n_slots; ++s) {
       auto out = rets.get<ffi::AnyBuffer>(l * (1 + n_slots) + s);
       if (out.has_error()) return out.error();
       float* data = static_cast<float*>((*out)->untyped_data());
-      if (s == 0) w[l] = data;
-      else slots[l * kMaxSlots + s - 1] = data;
+      if (s == 0) leaf.w = data;
+      else leaf.slots[s - 1] = data;
     }
+    if (leaf.stages == 0 || leaf.size == 0) {
+      leaf.stages = 0;
+      for (const Task& t : make_tasks({leaf.size})) tasks.push_back({l, t.begin, t.end});
+      continue;
+    }
+    leaf.units = units[l];
+    leaf.inner = inner[l];
+    if (leaf.units < 1 || leaf.inner < 1 || leaf.size % (leaf.units * leaf.inner) != 0)
+      return ffi::Error::InvalidArgument("jaxreg_step: a leaf's units do not divide it");
+    add_staged_tasks(l, leaf, tasks);
+    max_stages = std::max(max_stages, leaf.stages);
   }
-  const std::vector<Task> tasks = make_tasks(sizes);
-  parallel_for(pool, static_cast<int64_t>(tasks.size()), [&](int64_t t) {
-    const Task& task = tasks[t];
-    float* chunk_slots[kMaxSlots];
-    for (int64_t s = 0; s < n_slots; ++s) chunk_slots[s] = slots[task.leaf * kMaxSlots + s] + task.begin;
-    kernels[variants[task.leaf]](g[task.leaf] + task.begin, w[task.leaf] + task.begin, chunk_slots, table,
-                                 task.end - task.begin);
-  });
+  parallel_for(pool, static_cast<int64_t>(tasks.size()),
+               [&](int64_t t) { run_stage(leaves[tasks[t].leaf], tasks[t], 0, n_slots, table); });
+  for (int64_t k = 1; k <= max_stages; ++k) {
+    std::vector<int64_t> staged;
+    for (int64_t l = 0; l < n_leaves; ++l)
+      if (leaves[l].stages >= k) staged.push_back(l);
+    parallel_for(pool, static_cast<int64_t>(staged.size()),
+                 [&](int64_t i) { unit_factors(leaves[staged[i]], k, table); });
+    std::vector<Task> stage_tasks;
+    for (const Task& t : tasks)
+      if (leaves[t.leaf].stages >= k) stage_tasks.push_back(t);
+    parallel_for(pool, static_cast<int64_t>(stage_tasks.size()),
+                 [&](int64_t t) { run_stage(leaves[stage_tasks[t].leaf], stage_tasks[t], k, n_slots, table); });
+  }
   return ffi::Error::Success();
 }
 
 }  // namespace
 
-extern "C" void jaxreg_register_kernels(const char* id, const Kernel* kernels, int64_t n) {
+extern "C" void jaxreg_register_kernels(const char* id, void* const* functions, int64_t n) {
   std::lock_guard<std::mutex> lock(registry_mu);
-  registry()[id] = std::vector<Kernel>(kernels, kernels + n);
+  registry()[id] = std::vector<void*>(functions, functions + n);
 }
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxreg_sumsq, SumSquares,
@@ -182,4 +328,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxreg_step, Step,
                                   .RemainingRets()
                                   .Attr<std::string_view>("kernel")
                                   .Attr<ffi::Span<const int64_t>>("variants")
-                                  .Attr<int64_t>("n_slots"));
+                                  .Attr<int64_t>("n_slots")
+                                  .Attr<ffi::Span<const int64_t>>("stages")
+                                  .Attr<ffi::Span<const int64_t>>("units")
+                                  .Attr<ffi::Span<const int64_t>>("inner"));
