@@ -368,9 +368,9 @@ STEPS = pick(5, 3)
 step_grads = [random_tree(10 + k, 1.0) for k in range(STEPS)]
 
 
-def run(compiled):
+def run(compiled, start_state=state):
     p = jax.tree.map(jnp.copy, params)
-    s = jax.tree.map(jnp.copy, state)
+    s = jax.tree.map(jnp.copy, start_state)
     for g in step_grads:
         p, s = compiled(p, s, g)
     return p, s
@@ -474,13 +474,22 @@ save_figure(fig, "09_traffic_and_time")
 # %% [markdown]
 # ## 6. What fuses
 #
-# A chain is fused when **every** member has an element-wise form (the module
-# docstring of `jaxreg/fused.py` keeps the current list). As of this writing these are
-# `jaxreg.adam`, `jaxreg.clip_by_global_norm` (2-norm, first in the chain),
-# `coupled_weight_decay`, `decoupled_weight_decay`, `l1_prox`, `elastic_net_prox`,
-# `project_box` and `project_nonnegative`; the parameters and gradients must be
-# float32 on one CPU device. Anything else (optax's own transforms, bf16 parameters,
-# several devices) makes `apply_step` run the plain chain, as above.
+# A chain is fused when **every** member has a fused form (the module docstring of
+# `jaxreg/fused.py` keeps the list): an element-wise one for `jaxreg.adam`,
+# `jaxreg.clip_by_global_norm` (2-norm, first in the chain), `coupled_weight_decay`,
+# `decoupled_weight_decay`, `l1_prox`, `elastic_net_prox`, `project_box` and
+# `project_nonnegative`; the parameters and gradients must be float32 on one CPU
+# device. Anything else (optax's own transforms, bf16 parameters, several devices)
+# makes `apply_step` run the plain chain, as above.
+#
+# * **Members that rescale units by their norms** (`max_norm`, `group_lasso_prox`,
+#   `project_l2_ball(scope="leaf")`) are not element-wise: a unit's factor needs its
+#   whole norm first. Each one starts a *stage* on the leaves it selects. The pass
+#   sums every unit's squares from the rows it has just written (still in cache); then
+#   one more read and write of those leaves multiplies each unit by its factor and runs
+#   the members after it, which may only be projections or proximal steps (they read
+#   the new value alone). That is 8 more bytes per parameter it rescales: 40 instead of
+#   32 for the card's chain with `max_norm`, still one custom call.
 #
 # * **Masks** (`mask=jaxreg.masks.weights_only`: decay the kernels, not the biases)
 #   make *variants*: one loop per distinct pattern of which members act on a leaf. A
@@ -492,6 +501,44 @@ save_figure(fig, "09_traffic_and_time")
 # * **On GPU and TPU** `apply_step` takes the plain path: there XLA's own fusion emits
 #   loops with several outputs and does well; the one-pass kernels are for CPU.
 #
+# Here is the card's chain with a max-norm cap of 0.3 on the units (columns) of every
+# kernel, between the prox and the box: one custom call still, and the plain chain's
+# numbers.
+
+
+# %%
+def with_max_norm():
+    """The card's chain with max_norm on the kernels' units before the box."""
+    card = members()
+    return (*card[:4], jaxreg.max_norm(0.3, mask=jaxreg.masks.weights_only), card[4])
+
+
+def staged_plain_step(params, state, grads):
+    updates, state = staged_plain_tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+
+staged_tx, staged_plain_tx = jaxreg.chain(*with_max_norm()), optax.chain(*with_max_norm())
+print("fast_path:", jaxreg.fused.fast_path(staged_tx, grads, params))
+with jax.numpy_dtype_promotion("standard"):
+    staged_state = staged_tx.init(params)
+    staged_compiled = (
+        jax.jit(lambda p, s, g: jaxreg.apply_step(staged_tx, g, s, p), donate_argnums=(0, 1))
+        .lower(params, staged_state, grads)
+        .compile()
+    )
+    staged_plain_compiled = jax.jit(staged_plain_step).lower(params, staged_state, grads).compile()
+staged = analyse(staged_compiled.as_text())
+print(
+    f"custom calls: {staged['custom_calls'] or 'none'}; loops writing a parameter-sized array: {len(staged['loops'])}"
+)
+staged_params, _ = run(staged_compiled, staged_state)
+staged_diff = max_abs_diff(staged_params, run(staged_plain_compiled, staged_state)[0])
+kernel = np.asarray(staged_params["block0"]["mlp_in"]["kernel"])
+largest_unit_norm = float(np.linalg.norm(kernel, axis=0).max())
+print(f"max |plain - one pass| params {staged_diff:.1e}; largest column norm of a kernel: {largest_unit_norm:.4f}")
+
+# %% [markdown]
 # ## 7. In Flax NNX
 #
 # `nnx.Optimizer.update` calls `tx.update`, i.e. the plain chain. `jaxreg.nn.Optimizer`
@@ -566,6 +613,9 @@ report(
     unfused_bytes_per_param=plain["bytes_per_param"],
     fused_bytes_per_param=fused["bytes_per_param"],
     fallback_reasons=sum(r is not None for r in reasons.values()),
+    max_norm_step_custom_calls=staged["custom_calls"].count("jaxreg_step"),
+    max_norm_max_abs_diff=staged_diff,
+    max_norm_largest_unit_norm=largest_unit_norm,
     fallback_custom_calls=fallback_custom_calls,
     fallback_max_abs_diff=fallback_diff,
     seconds_optax_chain=t_plain,

@@ -232,6 +232,11 @@ def apply_step(tx: optax.GradientTransformation, grads: Any, state: Any, params:
 
 
 def _single_pass(tx: FusedChain, grads: Any, state: Any, params: Any) -> tuple[Any, Any]:
+    if not isinstance(state, tuple) or len(state) != len(tx.members):
+        raise ValueError(
+            f"apply_step: the state is not the state of this chain of {len(tx.members)} transforms "
+            "(make it with tx.init(params))"
+        )
     _, p_leaves, _ = _tree.leaves_with_paths(params)
     g_leaves = _tree.match_tree("apply_step", "grads", grads, params, broadcast=False)
     rules = [_rules.rule_of(m) for m in tx.members]

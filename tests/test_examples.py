@@ -324,6 +324,11 @@ EXPECTED: dict[str, Expectation] = {
                 r["native"] == 1
                 or (r["fused_step_custom_calls"] == 0 and r["fused_param_loops"] == r["unfused_param_loops"])
             ),
+            "max_norm fuses as a stage of the same call, with the plain chain's numbers and the cap held": lambda r: (
+                (r["native"] == 0 or r["max_norm_step_custom_calls"] == 1)
+                and r["max_norm_max_abs_diff"] < 1e-5
+                and abs(r["max_norm_largest_unit_norm"] - 0.3) < 1e-5
+            ),
             "fast_path names a reason for each unfusable case; apply_step then is update + apply_updates": lambda r: (
                 r["fallback_reasons"] == 3 and r["fallback_custom_calls"] == 0 and r["fallback_max_abs_diff"] < 1e-6
             ),

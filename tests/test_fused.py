@@ -259,6 +259,13 @@ def test_without_the_native_kernels_apply_step_falls_back(monkeypatch):
     _assert_apply_step_is_update_then_apply(tx, params, params)
 
 
+def test_the_state_of_another_chain_is_refused():
+    tx = jaxreg.chain(jaxreg.adam(1e-2), jaxreg.max_norm(1.0))
+    params = _tree(5)
+    with pytest.raises(ValueError, match="not the state of this chain of 2 transforms"):
+        jaxreg.apply_step(tx, params, jaxreg.chain(jaxreg.adam(1e-2)).init(params), params)
+
+
 def test_grads_that_do_not_fit_the_params_name_the_leaf():
     tx = jaxreg.chain(jaxreg.adam(1e-2))
     params = _tree(5)
