@@ -513,21 +513,19 @@ def with_max_norm():
     return (*card[:4], jaxreg.max_norm(0.3, mask=jaxreg.masks.weights_only), card[4])
 
 
-def staged_plain_step(params, state, grads):
-    updates, state = staged_plain_tx.update(grads, state, params)
-    return optax.apply_updates(params, updates), state
+def compiled_step(tx, state):
+    """``apply_step`` jitted for ``tx``: the one pass for a jaxreg.chain, update +
+    apply_updates for an optax.chain (section 3)."""
+    with jax.numpy_dtype_promotion("standard"):
+        step = jax.jit(lambda p, s, g: jaxreg.apply_step(tx, g, s, p), donate_argnums=(0, 1))
+        return step.lower(params, state, grads).compile()
 
 
 staged_tx, staged_plain_tx = jaxreg.chain(*with_max_norm()), optax.chain(*with_max_norm())
 print("fast_path:", jaxreg.fused.fast_path(staged_tx, grads, params))
-with jax.numpy_dtype_promotion("standard"):
-    staged_state = staged_tx.init(params)
-    staged_compiled = (
-        jax.jit(lambda p, s, g: jaxreg.apply_step(staged_tx, g, s, p), donate_argnums=(0, 1))
-        .lower(params, staged_state, grads)
-        .compile()
-    )
-    staged_plain_compiled = jax.jit(staged_plain_step).lower(params, staged_state, grads).compile()
+staged_state = staged_tx.init(params)
+staged_compiled = compiled_step(staged_tx, staged_state)
+staged_plain_compiled = compiled_step(staged_plain_tx, staged_state)
 staged = analyse(staged_compiled.as_text())
 print(
     f"custom calls: {staged['custom_calls'] or 'none'}; loops writing a parameter-sized array: {len(staged['loops'])}"

@@ -164,15 +164,16 @@ def fast_path(tx: Any, grads: Any, params: Any) -> str | None:
         return f"the native kernels are not available: {_native.why_unavailable()}"
     if first_unit < len(rules):
         try:
-            _layouts(rules, params)
+            _layouts(rules, [_tree.resolve_mask("chain", r.mask, params) for r in rules], params)
         except ValueError as error:
             return str(error)
     return None
 
 
-def _layouts(rules: Sequence[_rules.Rule], params: Any) -> list[tuple[int, int]]:
+def _layouts(rules: Sequence[_rules.Rule], selected: Sequence[Sequence[bool]], params: Any) -> list[tuple[int, int]]:
     """Each leaf's ``(units, inner)`` for the per-unit rules acting on it (a leaf viewed as
-    ``(outer, units, inner)``; ``(1, 1)`` for a leaf without any).
+    ``(outer, units, inner)``; ``(1, 1)`` for a leaf without any); ``selected[i]`` is rule
+    ``i``'s resolved mask.
 
     Raises:
       ValueError: the per-unit rules acting on a leaf cut it into different units, or an
@@ -180,10 +181,10 @@ def _layouts(rules: Sequence[_rules.Rule], params: Any) -> list[tuple[int, int]]
     """
     paths, leaves, _ = _tree.leaves_with_paths(params)
     layouts = [set() for _ in leaves]
-    for rule in rules:
+    for rule, picks in zip(rules, selected):
         if rule.factor is None:
             continue
-        for leaf, picked in enumerate(_tree.resolve_mask("chain", rule.mask, params)):
+        for leaf, picked in enumerate(picks):
             if not picked:
                 continue
             shape = np.shape(leaves[leaf])
@@ -251,7 +252,7 @@ def _single_pass(tx: FusedChain, grads: Any, state: Any, params: Any) -> tuple[A
     scalars = [[jnp.asarray(v, jnp.float32) for v in r.scalars(s, norm)] for r, s in zip(rules, state)]
     selected = [_tree.resolve_mask("chain", r.mask, params) for r in rules]
     variants, per_leaf = _variants(selected, len(p_leaves))
-    layouts = _layouts(rules, params)
+    layouts = _layouts(rules, selected, params)
     kernel = _native.register_kernels(
         *_kernel_source(rules, [len(v) for v in scalars], [len(s) for s in slots], variants)
     )

@@ -64,12 +64,9 @@ struct Task {
   int64_t index = 0;  // a leaf with stages: its first block (inner == 1) or piece of partial sums
 };
 
-std::vector<Task> make_tasks(const std::vector<int64_t>& sizes) {
-  std::vector<Task> tasks;
-  for (size_t l = 0; l < sizes.size(); ++l)
-    for (int64_t b = 0; b < sizes[l]; b += kChunk)
-      tasks.push_back({static_cast<int64_t>(l), b, std::min(sizes[l], b + kChunk)});
-  return tasks;
+// The chunks of a leaf of `size` elements, in kChunk pieces.
+void add_tasks(int64_t leaf, int64_t size, std::vector<Task>& tasks) {
+  for (int64_t b = 0; b < size; b += kChunk) tasks.push_back({leaf, b, std::min(size, b + kChunk)});
 }
 
 // Sum of squares of x[0..n): sixteen float lanes (they vectorize without reordering a
@@ -128,7 +125,8 @@ ffi::Error SumSquares(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Result
     data[l] = static_cast<const float*>(buf->untyped_data());
     sizes[l] = static_cast<int64_t>(buf->element_count());
   }
-  const std::vector<Task> tasks = make_tasks(sizes);
+  std::vector<Task> tasks;
+  for (size_t l = 0; l < n_leaves; ++l) add_tasks(static_cast<int64_t>(l), sizes[l], tasks);
   std::vector<double> partial(tasks.size());
   parallel_for(pool, static_cast<int64_t>(tasks.size()), [&](int64_t t) {
     const Task& task = tasks[t];
@@ -284,7 +282,7 @@ ffi::Error Step(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRet
     }
     if (leaf.stages == 0 || leaf.size == 0) {
       leaf.stages = 0;
-      for (const Task& t : make_tasks({leaf.size})) tasks.push_back({l, t.begin, t.end});
+      add_tasks(l, leaf.size, tasks);
       continue;
     }
     leaf.units = units[l];
