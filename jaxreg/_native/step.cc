@@ -69,18 +69,34 @@ void add_tasks(int64_t leaf, int64_t size, std::vector<Task>& tasks) {
   for (int64_t b = 0; b < size; b += kChunk) tasks.push_back({leaf, b, std::min(size, b + kChunk)});
 }
 
-// Sum of squares of x[0..n): sixteen float lanes (they vectorize without reordering a
-// single sum), added up in double every 512 elements.
+// Sum of squares of x[0..n). Its range is cut into four parts read in lockstep: one
+// stream of loads per core reads memory at about 60-80% of the rate of several (the
+// norm pass of the 10M-parameter step measured 1.2-1.7x faster with four). Each part
+// keeps sixteen float lanes (they vectorize without reordering a single sum), added up
+// in double every 512 elements; the tail that does not split evenly runs as one part.
 double sum_squares(const float* x, int64_t n) {
+  constexpr int kParts = 4;
+  constexpr int64_t kBlock = 512;
+  const int64_t part = n / (kParts * kBlock) * kBlock;
   double total = 0.0;
-  for (int64_t b = 0; b < n; b += 512) {
-    const int64_t e = std::min(n, b + 512);
+  auto add = [&](const float (&acc)[16]) {
+    for (int j = 0; j < 16; ++j) total += acc[j];
+  };
+  for (int64_t b = 0; b < part; b += kBlock) {
+    float acc[kParts][16] = {};
+    for (int64_t i = b; i < b + kBlock; i += 16)
+      for (int p = 0; p < kParts; ++p)
+        for (int j = 0; j < 16; ++j) acc[p][j] += x[p * part + i + j] * x[p * part + i + j];
+    for (const auto& a : acc) add(a);
+  }
+  for (int64_t b = kParts * part; b < n; b += kBlock) {
+    const int64_t e = std::min(n, b + kBlock);
     float acc[16] = {};
     int64_t i = b;
     for (; i + 16 <= e; i += 16)
       for (int j = 0; j < 16; ++j) acc[j] += x[i + j] * x[i + j];
     for (; i < e; ++i) acc[0] += x[i] * x[i];
-    for (int j = 0; j < 16; ++j) total += acc[j];
+    add(acc);
   }
   return total;
 }
