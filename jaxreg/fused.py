@@ -14,7 +14,7 @@ writing the new parameters and optimizer state in place.
 it drops into ``nnx.Optimizer`` or any optax code unchanged. The single pass is taken
 by :func:`apply_step` (which replaces ``tx.update`` + ``optax.apply_updates``) when
 
-* every member has an element-wise rule: :func:`adam`, ``clip_by_global_norm`` (2-norm,
+* every member has an element-wise rule: :func:`adam`, :func:`sgd`, ``clip_by_global_norm`` (2-norm,
   first in the chain), ``coupled_weight_decay``, ``decoupled_weight_decay``,
   ``l1_prox``, ``elastic_net_prox``, ``project_box`` and ``project_nonnegative`` with one value per
   hyperparameter (floats, scalars or schedules), with masks;
@@ -47,9 +47,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxreg import _native, _rules, _tree
+from jaxreg import _checks, _native, _rules, _tree
 
-__all__ = ["FusedChain", "adam", "apply_step", "chain", "fast_path"]
+__all__ = ["FusedChain", "adam", "apply_step", "chain", "fast_path", "sgd"]
 
 
 class FusedChain(optax.GradientTransformationExtraArgs):
@@ -112,19 +112,17 @@ def adam(
       ``optax.adam``'s transformation, carrying its rule.
     """
     tx = optax.adam(learning_rate, b1=b1, b2=b2, eps=eps, eps_root=eps_root)
-    scheduled = callable(learning_rate)
+    step_size = _StepSize(learning_rate)
 
     def scalars(state, norm):
         adam_state, lr_state = state
         count = optax.safe_increment(adam_state.count)
-        lr = learning_rate(lr_state.count) if scheduled else learning_rate
-        return [b1, 1 - b1, b2, 1 - b2, eps, eps_root, 1 - b1**count, 1 - b2**count, -1 * lr]
+        return [b1, 1 - b1, b2, 1 - b2, eps, eps_root, 1 - b1**count, 1 - b2**count, step_size.scale(lr_state)]
 
     def advance(state, slots, norm):
         adam_state, lr_state = state
-        if scheduled:
-            lr_state = lr_state._replace(count=optax.safe_increment(lr_state.count))
-        return (adam_state._replace(count=optax.safe_increment(adam_state.count), mu=slots[0], nu=slots[1]), lr_state)
+        adam_state = adam_state._replace(count=optax.safe_increment(adam_state.count), mu=slots[0], nu=slots[1])
+        return (adam_state, step_size.advance(lr_state))
 
     rule = _rules.Rule(
         code=(
@@ -136,6 +134,75 @@ def adam(
         slots=lambda state: [state[0].mu, state[0].nu],
     )
     return _rules.describe(tx, rule if _rules.is_scalar(learning_rate) else None)
+
+
+def sgd(
+    learning_rate: chex.Numeric | optax.Schedule, momentum: float | None = None, nesterov: bool = False
+) -> optax.GradientTransformationExtraArgs:
+    """``optax.sgd`` with its element-wise form, so :func:`chain` can fuse it.
+
+    The transformation *is* ``optax.sgd(learning_rate, momentum, nesterov)``: the
+    heavy-ball trace ``t <- g + momentum * t`` (``nesterov``: the step is
+    ``g + momentum * t``), scaled by ``-learning_rate``; same state
+    (``TraceState`` and the learning rate's). That is ``torch.optim.SGD`` with
+    ``dampening=0`` bit for bit; for its ``weight_decay`` put
+    :func:`jaxreg.coupled_weight_decay` before it in the chain.
+
+    Args:
+      learning_rate: step size (float, scalar or schedule).
+      momentum: the trace's decay; None (the default): plain SGD, no state per leaf.
+      nesterov: Nesterov momentum (needs ``momentum``).
+
+    Returns:
+      ``optax.sgd``'s transformation, carrying its rule.
+
+    Raises:
+      ValueError: ``momentum`` negative, or ``nesterov`` without ``momentum``.
+    """
+    fn = "sgd"
+    if momentum is not None:
+        _checks.check_nonnegative(fn, "momentum", momentum)
+    elif nesterov:
+        raise ValueError(f"{fn}: nesterov=True needs a momentum (got momentum=None)")
+    tx = optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov)
+    step_size = _StepSize(learning_rate)
+    if momentum is None:
+        code = "u = u * @s0;"
+    else:
+        last = "u = u + @s1 * t;" if nesterov else "u = t;"
+        code = f"{{ const float t = u + @s1 * @m0[i]; @m0[i] = t; {last} u = u * @s0; }}"
+
+    def advance(state, slots, norm):
+        trace_state, lr_state = state
+        if momentum is not None:
+            trace_state = trace_state._replace(trace=slots[0])
+        return (trace_state, step_size.advance(lr_state))
+
+    rule = _rules.Rule(
+        code=code,
+        scalars=lambda state, norm: [step_size.scale(state[1]), *([] if momentum is None else [momentum])],
+        advance=advance,
+        slots=lambda state: [] if momentum is None else [state[0].trace],
+    )
+    scalar = _rules.is_scalar(learning_rate) and (momentum is None or _rules.is_scalar(momentum))
+    return _rules.describe(tx, rule if scalar else None)
+
+
+class _StepSize:
+    """The ``-learning_rate`` an optax optimizer ends with (``scale_by_learning_rate``):
+    its value at this step and its state after it (a schedule counts its steps)."""
+
+    def __init__(self, learning_rate: chex.Numeric | optax.Schedule):
+        self.learning_rate = learning_rate
+
+    def scale(self, lr_state: Any) -> Any:
+        lr = self.learning_rate
+        return -1 * (lr(lr_state.count) if callable(lr) else lr)
+
+    def advance(self, lr_state: Any) -> Any:
+        if callable(self.learning_rate):
+            return lr_state._replace(count=optax.safe_increment(lr_state.count))
+        return lr_state
 
 
 def fast_path(tx: Any, grads: Any, params: Any) -> str | None:

@@ -38,6 +38,12 @@ POSITIVE = "must be a positive number, got"
 CONSTRUCTION_ERRORS = {
     # negative strengths and rates, each transform
     "clip max_delta<0": (lambda: jaxreg.clip(-1.0), ValueError, f"clip: max_delta {NONNEGATIVE} -1.0."),
+    "sgd momentum<0": (lambda: jaxreg.sgd(0.1, momentum=-0.9), ValueError, f"sgd: momentum {NONNEGATIVE} -0.9."),
+    "sgd nesterov without momentum": (
+        lambda: jaxreg.sgd(0.1, nesterov=True),
+        ValueError,
+        "sgd: nesterov=True needs a momentum (got momentum=None)",
+    ),
     "clip_by_global_norm max_norm=0": (
         lambda: jaxreg.clip_by_global_norm(0.0),
         ValueError,

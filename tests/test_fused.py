@@ -49,6 +49,17 @@ CHAINS = {
         jaxreg.l1_prox(optax.linear_schedule(0.0, 2.0, 3), learning_rate=1e-2),
     ),
     "no optimizer": lambda: (jaxreg.decoupled_weight_decay(0.1), jaxreg.project_box(-0.05, 0.3)),
+    "sgd, heavy ball": lambda: (
+        jaxreg.clip_by_global_norm(1.0),
+        jaxreg.coupled_weight_decay(0.05, mask=jaxreg.masks.weights_only),
+        jaxreg.sgd(0.1, momentum=0.9),
+        jaxreg.l1_prox(0.5, learning_rate=0.1),
+    ),
+    "sgd, nesterov, schedule": lambda: (
+        jaxreg.sgd(optax.linear_schedule(0.1, 0.01, 3), momentum=0.5, nesterov=True),
+        jaxreg.project_box(-0.3, 0.3),
+    ),
+    "plain sgd": lambda: (jaxreg.sgd(0.1), jaxreg.decoupled_weight_decay(0.1, learning_rate=0.1)),
     "elastic net": lambda: (
         jaxreg.adam(1e-2),
         jaxreg.elastic_net_prox(0.5, optax.linear_schedule(0.1, 1.0, 3), learning_rate=1e-2, mask=_is_bias),

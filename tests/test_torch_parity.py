@@ -155,14 +155,17 @@ def run_jax(
     loss: str,
     observe: JaxObserve | None = None,
 ) -> tuple[dict, list]:
-    """STEPS jitted steps of ``tx``; returns the final params and what ``observe`` logged."""
+    """STEPS jitted steps of ``tx``; returns the final params and what ``observe`` logged.
+
+    Each step is :func:`jaxreg.apply_step`: ``tx.update`` + ``optax.apply_updates``, or
+    the single pass when ``tx`` is a ``jaxreg.chain`` it can fuse.
+    """
     x, y = jnp.asarray(data[0]), jnp.asarray(data[1])
 
     @jax.jit
     def step(params, state):
         grads = jax.grad(lambda p: jax_loss(loss, p, x, y))(params)
-        updates, state = tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), state, grads
+        return *jaxreg.apply_step(tx, grads, state, params), grads  # = update + apply_updates unless fused
 
     state = tx.init(params)
     logged = []
@@ -245,13 +248,17 @@ def plain_opt(name: str) -> tuple[TorchOpt, optax.GradientTransformation]:
 # ------------------------------------------------------- 1-3: optimizers and weight decay
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["optax.sgd", "jaxreg.sgd, fused"])
 @pytest.mark.parametrize("nesterov", [False, True], ids=["heavy-ball", "nesterov"])
 @pytest.mark.parametrize("wd", [0.0, 0.05], ids=["wd0", "wd0.05"])
-def test_sgd_coupled_weight_decay(wd, nesterov):
-    sgd = optax.sgd(SGD_LR, momentum=MOMENTUM, nesterov=nesterov)
+def test_sgd_coupled_weight_decay(wd, nesterov, fused):
+    sgd = (jaxreg.sgd if fused else optax.sgd)(SGD_LR, momentum=MOMENTUM, nesterov=nesterov)
+    tx = (jaxreg.chain if fused else optax.chain)(jaxreg.coupled_weight_decay(wd), sgd)
+    params = torch_to_jax(make_torch_model())
+    assert (jaxreg.fused.fast_path(tx, params, params) is None) == (fused and jaxreg.fused._native.available())
     run_pair(
         torch_opt(torch.optim.SGD, lr=SGD_LR, momentum=MOMENTUM, nesterov=nesterov, weight_decay=wd),
-        optax.chain(jaxreg.coupled_weight_decay(wd), sgd),
+        tx,
         differs_from=sgd if wd else None,
     )
 
