@@ -15,6 +15,7 @@ multiplies by ``f``. The fused pass starts a new stage of the leaf there.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -42,6 +43,9 @@ class Rule:
         ``const float ss`` (the sum of squares of its new values); its ``code`` reads
         ``f``. None for an element-wise rule.
       axis: a per-unit rule's units are the slices along ``axis``; None: the whole leaf.
+      record: for a rule whose ``code`` counts elements (``@c0 += condition;``, ...;
+        not after a per-unit rule): ``(state, fractions) -> state``, given the advanced
+        state and each counter's count over the elements the rule saw, as a fraction.
     """
 
     code: str
@@ -53,6 +57,12 @@ class Rule:
     param_space: bool = False
     factor: str | None = None
     axis: int | None = None
+    record: Callable[[Any, Sequence[Any]], Any] | None = None
+
+    @property
+    def n_counters(self) -> int:
+        """How many counters (``@c0``, ``@c1``, ...) the code increments."""
+        return len(set(re.findall(r"@c(\d+)", self.code)))
 
 
 class Fusable(optax.GradientTransformationExtraArgs):

@@ -73,7 +73,14 @@ def clip(max_delta: chex.Numeric | optax.Schedule) -> optax.GradientTransformati
         clipped = jax.tree.map(lambda g: jnp.clip(g, -in_dtype(g), in_dtype(g)), updates)
         return clipped, ClipState(optax.safe_increment(state.count), hit / total)
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    rule = _rules.Rule(
+        code="@c0 += (u > @s0) | (u < -@s0); " + _rules.clip_code("u", "-@s0", "@s0"),
+        scalars=lambda state, norm: [_tree.value_at(max_delta, state.count)],
+        advance=lambda state, slots, norm: state._replace(count=optax.safe_increment(state.count)),
+        record=lambda state, fractions: state._replace(clipped_fraction=fractions[0]),
+    )
+    tx = optax.GradientTransformation(init_fn, update_fn)
+    return _rules.describe(tx, rule if _rules.is_scalar(max_delta) else None)
 
 
 def _scale_by_coefficient(g: jax.Array, norm: jax.Array, max_norm: Any, eps: float) -> jax.Array:

@@ -14,10 +14,11 @@ writing the new parameters and optimizer state in place.
 it drops into ``nnx.Optimizer`` or any optax code unchanged. The single pass is taken
 by :func:`apply_step` (which replaces ``tx.update`` + ``optax.apply_updates``) when
 
-* every member has an element-wise rule: :func:`adam`, :func:`sgd`, ``clip_by_global_norm`` (2-norm,
-  first in the chain), ``coupled_weight_decay``, ``decoupled_weight_decay``,
-  ``l1_prox``, ``elastic_net_prox``, ``project_box`` and ``project_nonnegative`` with one value per
-  hyperparameter (floats, scalars or schedules), with masks;
+* every member has an element-wise rule: :func:`adam`, :func:`sgd`, ``clip_by_global_norm``
+  (2-norm, first in the chain), ``clip`` (its clipped fraction counted in the pass),
+  ``coupled_weight_decay``, ``decoupled_weight_decay``, ``l1_prox``, ``elastic_net_prox``,
+  ``project_box`` and ``project_nonnegative`` with one value per hyperparameter (floats,
+  scalars or schedules), with masks;
 * or rescales units by their norms: ``max_norm``, ``group_lasso_prox`` and
   ``project_l2_ball(scope="leaf")``. Each such member starts a new stage on the leaves
   it selects: the pass sums each unit's squares from the rows it has just written, then
@@ -323,6 +324,7 @@ def _single_pass(tx: FusedChain, grads: Any, state: Any, params: Any) -> tuple[A
     kernel = _native.register_kernels(
         *_kernel_source(rules, [len(v) for v in scalars], [len(s) for s in slots], variants)
     )
+    n_counters = sum(r.n_counters for r in rules)
     stages = [sum(rules[i].factor is not None for i in active) for active in variants]
     n_slots = sum(len(s) for s in slots)
     operands = [jnp.stack([v for vs in scalars for v in vs]) if any(scalars) else jnp.zeros([1], jnp.float32)]
@@ -333,24 +335,31 @@ def _single_pass(tx: FusedChain, grads: Any, state: Any, params: Any) -> tuple[A
             aliases[len(operands) + 1 + k] = len(results)
             results.append(jax.ShapeDtypeStruct(x.shape, jnp.float32))
         operands += [g, w, *leaf_slots]
+    results.append(jax.ShapeDtypeStruct((max(n_counters, 1),), jnp.float32))  # the counters' totals
     out = jax.ffi.ffi_call("jaxreg_step", results, input_output_aliases=aliases, vmap_method="sequential")(
         *operands,
         kernel=kernel,
         variants=np.asarray(per_leaf, np.int64),
         n_slots=np.int64(n_slots),
+        n_counters=np.int64(n_counters),
         stages=np.asarray(stages, np.int64),
         units=np.asarray([units for units, _ in layouts], np.int64),
         inner=np.asarray([inner for _, inner in layouts], np.int64),
     )
     stride = 1 + n_slots
     new_params = _tree.rebox_like(params, [out[leaf * stride] for leaf in range(len(p_leaves))])
-    new_state, offset = [], 1
-    for rule, member_state, trees in zip(rules, state, slot_trees):
+    new_state, offset, counter = [], 1, 0
+    for rule, member_state, trees, picks in zip(rules, state, slot_trees, selected):
         new_trees = []
         for tree in trees:
             new_trees.append(_tree.rebox_like(tree, [out[leaf * stride + offset] for leaf in range(len(p_leaves))]))
             offset += 1
-        new_state.append(rule.advance(member_state, new_trees, norm))
+        member_state = rule.advance(member_state, new_trees, norm)
+        if rule.n_counters:
+            seen = max(sum(int(np.size(w)) for w, picked in zip(p_leaves, picks) if picked), 1)
+            member_state = rule.record(member_state, [c / seen for c in out[-1][counter : counter + rule.n_counters]])
+            counter += rule.n_counters
+        new_state.append(member_state)
     return new_params, tuple(new_state)
 
 
@@ -379,22 +388,30 @@ def _kernel_source(
     """
     scalar_base = np.cumsum([0, *n_scalars]).tolist()
     slot_base = np.cumsum([0, *n_slots]).tolist()
+    counter_base = np.cumsum([0, *(r.n_counters for r in rules)]).tolist()
     scalars = [f"  const float s{k} = S[{k}];" for k in range(scalar_base[-1])]
 
     def local(i: int, code: str) -> str:
         code = re.sub(r"@s(\d+)", lambda m: f"s{scalar_base[i] + int(m.group(1))}", code)
+        code = re.sub(r"@c(\d+)", lambda m: f"c{counter_base[i] + int(m.group(1))}", code)
         return re.sub(r"@m(\d+)", lambda m: f"m{slot_base[i] + int(m.group(1))}", code)
 
-    def function(name: str, args: str, loop: str, first: Sequence[str], members: Sequence[int]) -> list[str]:
+    def function(
+        name: str, args: str, loop: str, first: Sequence[str], members: Sequence[int], count: bool = False
+    ) -> list[str]:
+        # Counters (stage 0 only): int32 within a call (one chunk), then added to C.
+        counters = range(counter_base[-1] if count else 0)
         return [
             f'extern "C" void {name}({args}) {{',
             *scalars,
             *(f"  float* __restrict m{k} = slots[{k}];" for k in range(slot_base[-1]) if "slots" in args),
+            *(f"  int32_t c{k} = 0;" for k in counters),
             f"  {loop} {{",
             *(f"    {line}" for line in first),
             *(f"    {local(i, rules[i].code)}" for i in members),
             "    w[i] = wi + u;",
             "  }",
+            *(f"  C[{k}] += c{k};" for k in counters),
             "}",
         ]
 
@@ -405,10 +422,12 @@ def _kernel_source(
         names.append(f"jaxreg_v{v}_stage0")
         lines += function(
             names[-1],
-            "const float* __restrict g, float* __restrict w, float* const* slots, const float* S, int64_t n",
+            "const float* __restrict g, float* __restrict w, float* const* slots, const float* S, int64_t n,"
+            " int64_t* __restrict C",
             "for (int64_t i = 0; i < n; ++i)",
             ["const float wi = w[i];", "float u = g[i];"],
             stages[0],
+            count=True,
         )
         for k, members in enumerate(stages[1:], start=1):
             factor = local(members[0], rules[members[0]].factor)

@@ -59,6 +59,12 @@ CHAINS = {
         jaxreg.sgd(optax.linear_schedule(0.1, 0.01, 3), momentum=0.5, nesterov=True),
         jaxreg.project_box(-0.3, 0.3),
     ),
+    "value clips, counted": lambda: (
+        jaxreg.clip_by_global_norm(30.0),
+        jaxreg.clip(optax.linear_schedule(0.3, 1.0, 3)),
+        jaxreg.adam(1e-2),
+        jaxreg.clip(8e-3),
+    ),
     "plain sgd": lambda: (jaxreg.sgd(0.1), jaxreg.decoupled_weight_decay(0.1, learning_rate=0.1)),
     "elastic net": lambda: (
         jaxreg.adam(1e-2),
@@ -147,6 +153,22 @@ def test_members_that_rescale_units_fuse_in_stages(name):
     _assert_trees_close(got, want)
 
 
+def test_value_clips_count_over_every_chunk_and_thread():
+    # Leaves cut into many chunks run on several threads: each chunk counts its clipped
+    # entries, and the fractions in the state are the unfused chain's.
+    def members():
+        return (jaxreg.clip_by_global_norm(1e3), jaxreg.clip(0.5), jaxreg.adam(1e-2), jaxreg.clip(8e-3))
+
+    tx = jaxreg.chain(*members())
+    params, grads = _tree(9, 0.1, BIG_SHAPES), [_tree(90 + k, 1.0, BIG_SHAPES) for k in range(2)]
+    with jax.numpy_dtype_promotion("standard"):
+        got = _run(_fused(tx), tx, params, grads)
+        want = _run(_unfused(optax.chain(*members())), optax.chain(*members()), params, grads)
+    _assert_trees_close(got, want)
+    for member in (1, 3):
+        assert 0.05 < float(got[1][member].clipped_fraction) < 0.95
+
+
 def test_max_norm_binds_in_the_single_pass():
     tx = jaxreg.chain(*UNIT_CHAINS["six transforms"]())
     params = _tree(8, 0.1, BIG_SHAPES)
@@ -167,7 +189,11 @@ def test_box_and_zeros_hold_exactly():
     assert np.mean(leaves == 0.0) > 0.1  # the prox made exact zeros
 
 
-@pytest.mark.parametrize("members", [CHAINS["card"], UNIT_CHAINS["six transforms"]], ids=["card", "six"])
+@pytest.mark.parametrize(
+    "members",
+    [CHAINS["card"], UNIT_CHAINS["six transforms"], lambda: (jaxreg.clip(0.5), jaxreg.adam(1e-2))],
+    ids=["card", "six", "value clip"],  # the value clip: inf is clipped and counted, NaN neither
+)
 def test_non_finite_gradients_follow_the_unfused_chain(members):
     tx = jaxreg.chain(*members())
     params, g = _tree(2, 0.1), _tree(30)

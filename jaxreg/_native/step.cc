@@ -38,8 +38,9 @@ namespace ffi = xla::ffi;
 
 // A chain's functions for one leaf variant, in registration order: stage 0, then for
 // each stage k >= 1 its factor, rows and one functions.
-// stage0(g, w_out, slots, scalars, n): one chunk of one leaf; w_out holds w on entry.
-using Stage0 = void (*)(const float*, float*, float* const*, const float*, int64_t);
+// stage0(g, w_out, slots, scalars, n, counts): one chunk of one leaf; w_out holds w on
+// entry; adds what the chain's counters counted in the chunk to counts[0..n_counters).
+using Stage0 = void (*)(const float*, float*, float* const*, const float*, int64_t, int64_t*);
 // factor(sums, scalars, n_units): each unit's sum of squares -> its factor, in place.
 using Factor = void (*)(float*, const float*, int64_t);
 // rows(w, scalars, n_rows, units, factors): rescale rows of `units` elements, w[r, j] by
@@ -194,12 +195,12 @@ void add_staged_tasks(int64_t l, Leaf& leaf, std::vector<Task>& tasks) {
 
 // Stage k of one chunk: stage 0's members (k == 0) or the k-th rescaling and the members
 // after it; then, when another stage follows, the partial sums of squares of the units.
-void run_stage(Leaf& leaf, const Task& task, int64_t k, int64_t n_slots, const float* table) {
+void run_stage(Leaf& leaf, const Task& task, int64_t k, int64_t n_slots, const float* table, int64_t* counts) {
   if (k == 0) {
     float* chunk_slots[kMaxSlots];
     for (int64_t s = 0; s < n_slots; ++s) chunk_slots[s] = leaf.slots[s] + task.begin;
     reinterpret_cast<Stage0>(leaf.fns[0])(leaf.g + task.begin, leaf.w + task.begin, chunk_slots, table,
-                                          task.end - task.begin);
+                                          task.end - task.begin, counts);
   }
   if (leaf.stages == 0) return;
   const bool reduce = k < leaf.stages;
@@ -244,11 +245,12 @@ void unit_factors(Leaf& leaf, int64_t k, const float* table) {
 }
 
 // Operands: scalars, then per leaf g, w, slot 0 .. n_slots-1. Results: per leaf w, slots
-// (each aliased to its operand, so it holds the old value on entry). `stages[v]` is the
+// (each aliased to its operand, so it holds the old value on entry), then the totals of
+// the chain's `n_counters` counters (at least one entry). `stages[v]` is the
 // number of per-unit members of variant v; `units[l]` and `inner[l]` lay out leaf l
 // as (outer, units, inner) for them.
 ffi::Error Step(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRets rets, std::string_view kernel,
-                ffi::Span<const int64_t> variants, int64_t n_slots, ffi::Span<const int64_t> stages,
+                ffi::Span<const int64_t> variants, int64_t n_slots, int64_t n_counters, ffi::Span<const int64_t> stages,
                 ffi::Span<const int64_t> units, ffi::Span<const int64_t> inner) {
   std::vector<void*> fns;
   {
@@ -261,7 +263,7 @@ ffi::Error Step(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRet
   }
   const int64_t n_leaves = static_cast<int64_t>(variants.size());
   if (n_slots < 0 || n_slots > kMaxSlots || static_cast<int64_t>(args.size()) != 1 + n_leaves * (2 + n_slots) ||
-      static_cast<int64_t>(rets.size()) != n_leaves * (1 + n_slots) ||
+      n_counters < 0 || static_cast<int64_t>(rets.size()) != n_leaves * (1 + n_slots) + 1 ||
       static_cast<int64_t>(units.size()) != n_leaves || static_cast<int64_t>(inner.size()) != n_leaves)
     return ffi::Error::InvalidArgument("jaxreg_step: operands do not match the leaves and slots");
   std::vector<int64_t> offsets;  // each variant's first function
@@ -308,8 +310,21 @@ ffi::Error Step(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRet
     add_staged_tasks(l, leaf, tasks);
     max_stages = std::max(max_stages, leaf.stages);
   }
-  parallel_for(pool, static_cast<int64_t>(tasks.size()),
-               [&](int64_t t) { run_stage(leaves[tasks[t].leaf], tasks[t], 0, n_slots, table); });
+  std::vector<int64_t> counts(tasks.size() * n_counters, 0);  // per task: no sharing between threads
+  parallel_for(pool, static_cast<int64_t>(tasks.size()), [&](int64_t t) {
+    run_stage(leaves[tasks[t].leaf], tasks[t], 0, n_slots, table, counts.data() + t * n_counters);
+  });
+  auto totals = rets.get<ffi::AnyBuffer>(n_leaves * (1 + n_slots));
+  if (totals.has_error()) return totals.error();
+  if ((*totals)->element_type() != ffi::DataType::F32 || static_cast<int64_t>((*totals)->element_count()) < n_counters)
+    return ffi::Error::InvalidArgument("jaxreg_step: the counters' result is too small");
+  float* total = static_cast<float*>((*totals)->untyped_data());
+  std::fill(total, total + (*totals)->element_count(), 0.0f);
+  for (int64_t c = 0; c < n_counters; ++c) {
+    int64_t sum = 0;
+    for (size_t t = 0; t < tasks.size(); ++t) sum += counts[t * n_counters + c];
+    total[c] = static_cast<float>(sum);
+  }
   for (int64_t k = 1; k <= max_stages; ++k) {
     std::vector<int64_t> staged;
     for (int64_t l = 0; l < n_leaves; ++l)
@@ -320,7 +335,7 @@ ffi::Error Step(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRet
     for (const Task& t : tasks)
       if (leaves[t.leaf].stages >= k) stage_tasks.push_back(t);
     parallel_for(pool, static_cast<int64_t>(stage_tasks.size()),
-                 [&](int64_t t) { run_stage(leaves[stage_tasks[t].leaf], stage_tasks[t], k, n_slots, table); });
+                 [&](int64_t t) { run_stage(leaves[stage_tasks[t].leaf], stage_tasks[t], k, n_slots, table, nullptr); });
   }
   return ffi::Error::Success();
 }
@@ -343,6 +358,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxreg_step, Step,
                                   .Attr<std::string_view>("kernel")
                                   .Attr<ffi::Span<const int64_t>>("variants")
                                   .Attr<int64_t>("n_slots")
+                                  .Attr<int64_t>("n_counters")
                                   .Attr<ffi::Span<const int64_t>>("stages")
                                   .Attr<ffi::Span<const int64_t>>("units")
                                   .Attr<ffi::Span<const int64_t>>("inner"));
