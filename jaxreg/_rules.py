@@ -31,12 +31,15 @@ class Rule:
         ``const float wi`` (the parameter before the step), with ``@s0``, ``@s1``, ...
         for this rule's scalars and ``@m0[i]``, ... for its per-leaf state slots.
       scalars: ``(state, norm) -> [scalar, ...]``, this step's values of ``@s0``, ...
-        (``norm`` is the gradients' global 2-norm for a ``global_norm`` rule, else None).
+        (``norm`` is the gradients' global 2-norm for a ``global_norm`` rule, each leaf's
+        gradient 2-norm, shape ``(n_leaves,)``, for a ``leaf_norms`` rule, else None). A
+        value of shape ``(n_leaves,)`` gives each leaf its own ``@sK``.
       advance: ``(state, new_slot_trees, norm) -> new state``.
       slots: ``state -> [tree, ...]``, the per-leaf state arrays ``@m0``, ... (shaped
         like the params) that the pass reads and rewrites in place.
       mask: the transform's mask (None, a tree of bools or a callable).
       global_norm: the rule needs the gradients' global norm (read before the pass).
+      leaf_norms: the rule needs each leaf's gradient norm (read before the pass).
       param_space: the new value ``wi + u`` depends on ``wi + u`` alone (a prox or a
         projection), so the rule may follow a per-unit rule.
       factor: for a per-unit rule, C++ statements setting ``float f`` from the unit's
@@ -54,6 +57,7 @@ class Rule:
     slots: Callable[[Any], Sequence[Any]] = lambda state: ()
     mask: Any = None
     global_norm: bool = False
+    leaf_norms: bool = False
     param_space: bool = False
     factor: str | None = None
     axis: int | None = None

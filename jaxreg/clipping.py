@@ -83,12 +83,15 @@ def clip(max_delta: chex.Numeric | optax.Schedule) -> optax.GradientTransformati
     return _rules.describe(tx, rule if _rules.is_scalar(max_delta) else None)
 
 
-def _scale_by_coefficient(g: jax.Array, norm: jax.Array, max_norm: Any, eps: float) -> jax.Array:
+def _clip_coefficient(norm: jax.Array, max_norm: Any, eps: float) -> jax.Array:
     # PyTorch's rule, computed its way (``scalar / tensor`` is reciprocal-then-multiply
     # there): coef = max_norm * (1 / (norm + eps)), clamped to 1. With eps = 0 and a zero
     # norm the coefficient is inf, clamped to 1: zero gradients stay zero, no NaN.
-    coef = jnp.minimum(max_norm * jnp.reciprocal(norm + eps), 1.0)
-    return (_tree.wide(g) * coef).astype(g.dtype)
+    return jnp.minimum(max_norm * jnp.reciprocal(norm + eps), 1.0)
+
+
+def _scale_by_coefficient(g: jax.Array, norm: jax.Array, max_norm: Any, eps: float) -> jax.Array:
+    return (_tree.wide(g) * _clip_coefficient(norm, max_norm, eps)).astype(g.dtype)
 
 
 def _check_norm_args(fn: str, max_norm: Any, norm_type: Any, eps: Any) -> float:
@@ -148,9 +151,7 @@ def clip_by_global_norm(
 
     rule = _rules.Rule(
         code="u = u * @s0;",
-        scalars=lambda state, norm: [
-            jnp.minimum(_tree.value_at(max_norm, state.count) * jnp.reciprocal(norm + eps), 1.0)
-        ],
+        scalars=lambda state, norm: [_clip_coefficient(norm, _tree.value_at(max_norm, state.count), eps)],
         advance=lambda state, slots, norm: ClipByNormState(optax.safe_increment(state.count), norm),
         global_norm=True,
     )
@@ -190,4 +191,14 @@ def clip_by_leaf_norm(
         clipped = jax.tree.map(lambda g, n: _scale_by_coefficient(g, n, bound, eps), updates, norms)
         return clipped, ClipByNormState(optax.safe_increment(state.count), norms)
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    def advance(state, slots, norms):
+        leaf_norms = jax.tree.unflatten(jax.tree.structure(state.norm), list(norms))
+        return ClipByNormState(optax.safe_increment(state.count), leaf_norms)
+
+    rule = _rules.Rule(
+        code="u = u * @s0;",
+        scalars=lambda state, norms: [_clip_coefficient(norms, _tree.value_at(max_norm, state.count), eps)],
+        advance=advance,
+        leaf_norms=True,
+    )
+    return _rules.describe(optax.GradientTransformation(init_fn, update_fn), rule if p == 2.0 else None)

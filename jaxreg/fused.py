@@ -15,7 +15,7 @@ it drops into ``nnx.Optimizer`` or any optax code unchanged. The single pass is 
 by :func:`apply_step` (which replaces ``tx.update`` + ``optax.apply_updates``) when
 
 * every member has an element-wise rule: :func:`adam`, :func:`sgd`, ``clip_by_global_norm``
-  (2-norm, first in the chain), ``clip`` (its clipped fraction counted in the pass),
+  and ``clip_by_leaf_norm`` (2-norm, first in the chain), ``clip`` (its clipped fraction counted in the pass),
   ``coupled_weight_decay``, ``decoupled_weight_decay``, ``l1_prox``, ``elastic_net_prox``,
   ``project_box`` and ``project_nonnegative`` with one value per hyperparameter (floats,
   scalars or schedules), with masks;
@@ -214,8 +214,8 @@ def fast_path(tx: Any, grads: Any, params: Any) -> str | None:
     missing = [i for i, r in enumerate(rules) if r is None]
     if missing:
         return f"member {missing[0]} of the chain has no element-wise form"
-    if any(r.global_norm for r in rules[1:]):
-        return "clip_by_global_norm must come first to be fused"
+    if any(r.global_norm or r.leaf_norms for r in rules[1:]):
+        return "clip_by_global_norm and clip_by_leaf_norm must come first to be fused"
     first_unit = next((i for i, r in enumerate(rules) if r.factor is not None), len(rules))
     late = [i for i in range(first_unit, len(rules)) if not rules[i].param_space]
     if late:
@@ -312,22 +312,29 @@ def _single_pass(tx: FusedChain, grads: Any, state: Any, params: Any) -> tuple[A
     slot_trees = [list(r.slots(s)) for r, s in zip(rules, state)]
     slots = [[jax.tree.leaves(_tree.unbox(tree)) for tree in trees] for trees in slot_trees]
     norm = None
-    if rules[0].global_norm:
+    if rules[0].global_norm or rules[0].leaf_norms:
         # Traced before the kernel is built: if the build fails, this call is dead code
         # (it has no side effect) in the unfused step apply_step falls back to.
         sums = jax.ffi.ffi_call("jaxreg_sumsq", jax.ShapeDtypeStruct((len(g_leaves),), jnp.float32))(*g_leaves)
-        norm = jnp.sqrt(jnp.sum(sums))
+        norm = jnp.sqrt(jnp.sum(sums)) if rules[0].global_norm else jnp.sqrt(sums)
     scalars = [[jnp.asarray(v, jnp.float32) for v in r.scalars(s, norm)] for r, s in zip(rules, state)]
+    flat = [v for vs in scalars for v in vs]
+    leafwise = [v.ndim == 1 for v in flat]  # one value per leaf: a column of the leaf table
     selected = [_tree.resolve_mask("chain", r.mask, params) for r in rules]
     variants, per_leaf = _variants(selected, len(p_leaves))
     layouts = _layouts(rules, selected, params)
     kernel = _native.register_kernels(
-        *_kernel_source(rules, [len(v) for v in scalars], [len(s) for s in slots], variants)
+        *_kernel_source(rules, [len(v) for v in scalars], [len(s) for s in slots], variants, leafwise)
     )
     n_counters = sum(r.n_counters for r in rules)
     stages = [sum(rules[i].factor is not None for i in active) for active in variants]
     n_slots = sum(len(s) for s in slots)
-    operands = [jnp.stack([v for vs in scalars for v in vs]) if any(scalars) else jnp.zeros([1], jnp.float32)]
+    shared = [v for v, per_leaf in zip(flat, leafwise) if not per_leaf]
+    columns = [v for v, per_leaf in zip(flat, leafwise) if per_leaf]
+    operands = [
+        jnp.stack(shared) if shared else jnp.zeros([1], jnp.float32),
+        jnp.stack(columns, axis=1).reshape(-1) if columns else jnp.zeros([1], jnp.float32),
+    ]
     results, aliases = [], {}
     for leaf, (g, w) in enumerate(zip(g_leaves, p_leaves)):
         leaf_slots = [column[leaf] for member in slots for column in member]
@@ -342,6 +349,7 @@ def _single_pass(tx: FusedChain, grads: Any, state: Any, params: Any) -> tuple[A
         variants=np.asarray(per_leaf, np.int64),
         n_slots=np.int64(n_slots),
         n_counters=np.int64(n_counters),
+        n_leaf_scalars=np.int64(len(columns)),
         stages=np.asarray(stages, np.int64),
         units=np.asarray([units for units, _ in layouts], np.int64),
         inner=np.asarray([inner for _, inner in layouts], np.int64),
@@ -376,20 +384,25 @@ def _variants(selected: Sequence[Sequence[bool]], n_leaves: int) -> tuple[list[t
 
 
 def _kernel_source(
-    rules: Sequence[_rules.Rule], n_scalars: Sequence[int], n_slots: Sequence[int], variants
+    rules: Sequence[_rules.Rule], n_scalars: Sequence[int], n_slots: Sequence[int], variants, leafwise: Sequence[bool]
 ) -> tuple[str, list[str]]:
     """C++ of each variant's functions: stage 0 runs the active members up to the first
     per-unit one; each per-unit member starts a stage (its factor, and its rescaling
     followed by the members up to the next, for rows of units or for one unit).
 
-    Rule ``i`` reads ``n_scalars[i]`` scalars and ``n_slots[i]`` state slots. The
+    Rule ``i`` reads ``n_scalars[i]`` scalars and ``n_slots[i]`` state slots; scalar
+    ``k`` of all rules in order comes from the shared table ``S``, or from this leaf's row
+    ``L`` of the leaf table where ``leafwise[k]`` (stage 0 only reads those). The
     functions of variant ``v`` come in the order ``jaxreg_step`` reads them: stage 0,
     then factor, rows and one for every further stage.
     """
     scalar_base = np.cumsum([0, *n_scalars]).tolist()
     slot_base = np.cumsum([0, *n_slots]).tolist()
     counter_base = np.cumsum([0, *(r.n_counters for r in rules)]).tolist()
-    scalars = [f"  const float s{k} = S[{k}];" for k in range(scalar_base[-1])]
+    shared = np.cumsum([0, *(not x for x in leafwise)]).tolist()
+    column = np.cumsum([0, *leafwise]).tolist()
+    scalars = [f"  const float s{k} = S[{shared[k]}];" for k in range(scalar_base[-1]) if not leafwise[k]]
+    leaf_scalars = [f"  const float s{k} = L[{column[k]}];" for k in range(scalar_base[-1]) if leafwise[k]]
 
     def local(i: int, code: str) -> str:
         code = re.sub(r"@s(\d+)", lambda m: f"s{scalar_base[i] + int(m.group(1))}", code)
@@ -399,11 +412,13 @@ def _kernel_source(
     def function(
         name: str, args: str, loop: str, first: Sequence[str], members: Sequence[int], count: bool = False
     ) -> list[str]:
-        # Counters (stage 0 only): int32 within a call (one chunk), then added to C.
+        # Stage 0 (count): the leaf's own scalars, and counters, int32 within a call (one
+        # chunk), then added to C.
         counters = range(counter_base[-1] if count else 0)
         return [
             f'extern "C" void {name}({args}) {{',
             *scalars,
+            *(leaf_scalars if count else []),
             *(f"  float* __restrict m{k} = slots[{k}];" for k in range(slot_base[-1]) if "slots" in args),
             *(f"  int32_t c{k} = 0;" for k in counters),
             f"  {loop} {{",
@@ -422,8 +437,8 @@ def _kernel_source(
         names.append(f"jaxreg_v{v}_stage0")
         lines += function(
             names[-1],
-            "const float* __restrict g, float* __restrict w, float* const* slots, const float* S, int64_t n,"
-            " int64_t* __restrict C",
+            "const float* __restrict g, float* __restrict w, float* const* slots, const float* S,"
+            " const float* L, int64_t n, int64_t* __restrict C",
             "for (int64_t i = 0; i < n; ++i)",
             ["const float wi = w[i];", "float u = g[i];"],
             stages[0],

@@ -65,6 +65,11 @@ CHAINS = {
         jaxreg.adam(1e-2),
         jaxreg.clip(8e-3),
     ),
+    "leaf-norm clip": lambda: (
+        jaxreg.clip_by_leaf_norm(optax.linear_schedule(3.0, 10.0, 3), eps=1e-6),
+        jaxreg.adam(1e-2),
+        jaxreg.project_box(-0.2, 0.2),
+    ),
     "plain sgd": lambda: (jaxreg.sgd(0.1), jaxreg.decoupled_weight_decay(0.1, learning_rate=0.1)),
     "elastic net": lambda: (
         jaxreg.adam(1e-2),
@@ -191,8 +196,13 @@ def test_box_and_zeros_hold_exactly():
 
 @pytest.mark.parametrize(
     "members",
-    [CHAINS["card"], UNIT_CHAINS["six transforms"], lambda: (jaxreg.clip(0.5), jaxreg.adam(1e-2))],
-    ids=["card", "six", "value clip"],  # the value clip: inf is clipped and counted, NaN neither
+    [
+        CHAINS["card"],
+        UNIT_CHAINS["six transforms"],
+        lambda: (jaxreg.clip(0.5), jaxreg.adam(1e-2)),  # inf is clipped and counted, NaN neither
+        CHAINS["leaf-norm clip"],  # only the leaf holding them turns NaN
+    ],
+    ids=["card", "six", "value clip", "leaf-norm clip"],
 )
 def test_non_finite_gradients_follow_the_unfused_chain(members):
     tx = jaxreg.chain(*members())
@@ -242,6 +252,8 @@ def test_a_vmapped_sweep_over_strengths_runs_each_lane():
         (lambda: optax.chain(jaxreg.adam(1e-2)), "not a jaxreg.chain"),
         (lambda: jaxreg.chain(optax.adam(1e-2)), "member 0 of the chain has no element-wise form"),
         (lambda: jaxreg.chain(jaxreg.adam(1e-2), jaxreg.clip_by_global_norm(1.0)), "must come first"),
+        (lambda: jaxreg.chain(jaxreg.clip(1.0), jaxreg.clip_by_leaf_norm(1.0)), "must come first"),
+        (lambda: jaxreg.chain(jaxreg.clip_by_leaf_norm(1.0, norm_type="inf")), "member 0"),
         (lambda: jaxreg.chain(jaxreg.clip_by_global_norm(1.0, norm_type=1)), "member 0"),
         (lambda: jaxreg.chain(jaxreg.project_box({"p0": -1.0, "p1": -1.0}, 1.0)), "member 0"),
         (lambda: jaxreg.chain(jaxreg.project_l2_ball(1.0)), "member 0"),

@@ -38,9 +38,9 @@ namespace ffi = xla::ffi;
 
 // A chain's functions for one leaf variant, in registration order: stage 0, then for
 // each stage k >= 1 its factor, rows and one functions.
-// stage0(g, w_out, slots, scalars, n, counts): one chunk of one leaf; w_out holds w on
-// entry; adds what the chain's counters counted in the chunk to counts[0..n_counters).
-using Stage0 = void (*)(const float*, float*, float* const*, const float*, int64_t, int64_t*);
+// stage0(g, w_out, slots, scalars, leaf_scalars, n, counts): one chunk of one leaf; w_out
+// holds w on entry; adds what the chain's counters counted in the chunk to counts.
+using Stage0 = void (*)(const float*, float*, float* const*, const float*, const float*, int64_t, int64_t*);
 // factor(sums, scalars, n_units): each unit's sum of squares -> its factor, in place.
 using Factor = void (*)(float*, const float*, int64_t);
 // rows(w, scalars, n_rows, units, factors): rescale rows of `units` elements, w[r, j] by
@@ -159,6 +159,7 @@ ffi::Error SumSquares(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Result
 // stages, its unit layout and per-unit scratch.
 struct Leaf {
   const float* g = nullptr;
+  const float* scalars = nullptr;  // its row of the leaf table
   float* w = nullptr;
   float* slots[kMaxSlots] = {};
   int64_t size = 0, stages = 0, units = 1, inner = 1;
@@ -200,7 +201,7 @@ void run_stage(Leaf& leaf, const Task& task, int64_t k, int64_t n_slots, const f
     float* chunk_slots[kMaxSlots];
     for (int64_t s = 0; s < n_slots; ++s) chunk_slots[s] = leaf.slots[s] + task.begin;
     reinterpret_cast<Stage0>(leaf.fns[0])(leaf.g + task.begin, leaf.w + task.begin, chunk_slots, table,
-                                          task.end - task.begin, counts);
+                                          leaf.scalars, task.end - task.begin, counts);
   }
   if (leaf.stages == 0) return;
   const bool reduce = k < leaf.stages;
@@ -244,13 +245,15 @@ void unit_factors(Leaf& leaf, int64_t k, const float* table) {
   reinterpret_cast<Factor>(leaf.fns[3 * k - 2])(leaf.factors.data(), table, leaf.units);
 }
 
-// Operands: scalars, then per leaf g, w, slot 0 .. n_slots-1. Results: per leaf w, slots
+// Operands: scalars, the leaf table (`n_leaf_scalars` per leaf, row by row), then per leaf
+// g, w, slot 0 .. n_slots-1. Results: per leaf w, slots
 // (each aliased to its operand, so it holds the old value on entry), then the totals of
 // the chain's `n_counters` counters (at least one entry). `stages[v]` is the
 // number of per-unit members of variant v; `units[l]` and `inner[l]` lay out leaf l
 // as (outer, units, inner) for them.
 ffi::Error Step(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRets rets, std::string_view kernel,
-                ffi::Span<const int64_t> variants, int64_t n_slots, int64_t n_counters, ffi::Span<const int64_t> stages,
+                ffi::Span<const int64_t> variants, int64_t n_slots, int64_t n_counters, int64_t n_leaf_scalars,
+                ffi::Span<const int64_t> stages,
                 ffi::Span<const int64_t> units, ffi::Span<const int64_t> inner) {
   std::vector<void*> fns;
   {
@@ -262,7 +265,7 @@ ffi::Error Step(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRet
     fns = found->second;
   }
   const int64_t n_leaves = static_cast<int64_t>(variants.size());
-  if (n_slots < 0 || n_slots > kMaxSlots || static_cast<int64_t>(args.size()) != 1 + n_leaves * (2 + n_slots) ||
+  if (n_slots < 0 || n_slots > kMaxSlots || static_cast<int64_t>(args.size()) != 2 + n_leaves * (2 + n_slots) ||
       n_counters < 0 || static_cast<int64_t>(rets.size()) != n_leaves * (1 + n_slots) + 1 ||
       static_cast<int64_t>(units.size()) != n_leaves || static_cast<int64_t>(inner.size()) != n_leaves)
     return ffi::Error::InvalidArgument("jaxreg_step: operands do not match the leaves and slots");
@@ -278,6 +281,10 @@ ffi::Error Step(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRet
   auto scalars = args.get<ffi::AnyBuffer>(0);
   if (scalars.has_error()) return scalars.error();
   const float* table = static_cast<const float*>(scalars->untyped_data());
+  auto leaf_table = args.get<ffi::AnyBuffer>(1);
+  if (leaf_table.has_error()) return leaf_table.error();
+  if (n_leaf_scalars < 0 || static_cast<int64_t>(leaf_table->element_count()) < n_leaves * n_leaf_scalars)
+    return ffi::Error::InvalidArgument("jaxreg_step: the leaf table is too small");
   std::vector<Leaf> leaves(n_leaves);
   std::vector<Task> tasks;
   int64_t max_stages = 0;
@@ -285,11 +292,12 @@ ffi::Error Step(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRet
     Leaf& leaf = leaves[l];
     if (variants[l] < 0 || variants[l] >= static_cast<int64_t>(stages.size()))
       return ffi::Error::InvalidArgument("jaxreg_step: variant out of range");
-    auto gl = args.get<ffi::AnyBuffer>(1 + l * (2 + n_slots));
+    auto gl = args.get<ffi::AnyBuffer>(2 + l * (2 + n_slots));
     if (gl.has_error()) return gl.error();
     leaf.g = static_cast<const float*>(gl->untyped_data());
     leaf.size = static_cast<int64_t>(gl->element_count());
     leaf.fns = fns.data() + offsets[variants[l]];
+    leaf.scalars = static_cast<const float*>(leaf_table->untyped_data()) + l * n_leaf_scalars;
     leaf.stages = stages[variants[l]];
     for (int64_t s = 0; s <= n_slots; ++s) {
       auto out = rets.get<ffi::AnyBuffer>(l * (1 + n_slots) + s);
@@ -359,6 +367,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxreg_step, Step,
                                   .Attr<ffi::Span<const int64_t>>("variants")
                                   .Attr<int64_t>("n_slots")
                                   .Attr<int64_t>("n_counters")
+                                  .Attr<int64_t>("n_leaf_scalars")
                                   .Attr<ffi::Span<const int64_t>>("stages")
                                   .Attr<ffi::Span<const int64_t>>("units")
                                   .Attr<ffi::Span<const int64_t>>("inner"));
