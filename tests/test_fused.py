@@ -233,11 +233,18 @@ def test_a_vmapped_sweep_over_strengths_runs_each_lane():
     params, g = _tree(3, 0.1), _tree(40)
 
     def step(rate, fused_step):
-        tx = jaxreg.chain(jaxreg.adam(1e-2), jaxreg.decoupled_weight_decay(rate, learning_rate=1e-2))
+        # Each lane has its own shared scalars, per-leaf scalars (the leaf-norm clip's)
+        # and counters (the value clip's fraction).
+        tx = jaxreg.chain(
+            jaxreg.clip_by_leaf_norm(1.0 + rate),
+            jaxreg.clip(0.05 + rate / 10),
+            jaxreg.adam(1e-2),
+            jaxreg.decoupled_weight_decay(rate, learning_rate=1e-2),
+        )
         if fused_step:
-            return jaxreg.apply_step(tx, g, tx.init(params), params)[0]
-        updates, _ = tx.update(g, tx.init(params), params)
-        return optax.apply_updates(params, updates)
+            return jaxreg.apply_step(tx, g, tx.init(params), params)
+        updates, state = tx.update(g, tx.init(params), params)
+        return optax.apply_updates(params, updates), state
 
     rates = jnp.array([0.0, 0.5, 5.0])
     with jax.numpy_dtype_promotion("standard"):
