@@ -306,6 +306,11 @@ EXPECTED: dict[str, Expectation] = {
                 r["max_abs_diff_params"] < 1e-5 and r["max_abs_diff_state"] < 1e-5 and r["params_moved"] > 1e-4
             ),
             "jaxreg.nn.Optimizer trains like nnx.Optimizer": lambda r: r["nnx_optimizer_max_abs_diff"] < 1e-5,
+            "an SGD chain with a value clip is one custom call with the plain chain's numbers": lambda r: (
+                (r["native"] == 0 or (r["sgd_step_custom_calls"] == 1 and r["sgd_sumsq_custom_calls"] == 0))
+                and r["sgd_max_abs_diff"] < 1e-5
+                and 0.1 < r["sgd_clipped_fraction"] < 0.9
+            ),
             "the plain step makes three loops per leaf and moves over 10 transfers per parameter": lambda r: (
                 r["unfused_param_loops"] >= 3 * r["leaves"]
                 and r["unfused_custom_calls"] == 0
