@@ -37,6 +37,8 @@ class Rule:
       advance: ``(state, new_slot_trees, norm) -> new state``.
       slots: ``state -> [tree, ...]``, the per-leaf state arrays ``@m0``, ... (shaped
         like the params) that the pass reads and rewrites in place.
+      inputs: ``state -> [tree, ...]``, per-leaf bool arrays the pass reads but does not
+        write (``@k0[i]``, ...; e.g. a pruning mask); not after a per-unit rule.
       mask: the transform's mask (None, a tree of bools or a callable).
       global_norm: the rule needs the gradients' global norm (read before the pass).
       leaf_norms: the rule needs each leaf's gradient norm (read before the pass).
@@ -55,6 +57,7 @@ class Rule:
     scalars: Callable[[Any, Any], Sequence[Any]]
     advance: Callable[[Any, Sequence[Any], Any], Any]
     slots: Callable[[Any], Sequence[Any]] = lambda state: ()
+    inputs: Callable[[Any], Sequence[Any]] = lambda state: ()
     mask: Any = None
     global_norm: bool = False
     leaf_norms: bool = False
@@ -62,6 +65,11 @@ class Rule:
     factor: str | None = None
     axis: int | None = None
     record: Callable[[Any, Sequence[Any]], Any] | None = None
+
+    @property
+    def has_inputs(self) -> bool:
+        """Whether the rule reads per-leaf arrays besides its state slots (``@k0``, ...)."""
+        return "@k" in self.code
 
     @property
     def n_counters(self) -> int:

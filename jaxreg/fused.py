@@ -18,7 +18,8 @@ by :func:`apply_step` (which replaces ``tx.update`` + ``optax.apply_updates``) w
   and ``clip_by_leaf_norm`` (2-norm, first in the chain), ``clip`` (its clipped fraction counted in the pass),
   ``coupled_weight_decay``, ``decoupled_weight_decay``, ``l1_prox``, ``elastic_net_prox``,
   ``project_box`` and ``project_nonnegative`` with one value per hyperparameter (floats,
-  scalars or schedules), with masks;
+  scalars or schedules), with masks; ``pruning.keep_pruned`` without ``inner`` (the pass
+  reads its mask);
 * or rescales units by their norms: ``max_norm``, ``group_lasso_prox`` and
   ``project_l2_ball(scope="leaf")``. Each such member starts a new stage on the leaves
   it selects: the pass sums each unit's squares from the rows it has just written, then
@@ -223,6 +224,12 @@ def fast_path(tx: Any, grads: Any, params: Any) -> str | None:
             f"member {late[0]} of the chain reads the parameters before the step and comes after member "
             f"{first_unit}, which rescales units by their norms: only projections and proximal steps can follow it"
         )
+    masked = [i for i in range(first_unit, len(rules)) if rules[i].has_inputs]
+    if masked:
+        return (
+            f"member {masked[0]} of the chain reads a per-leaf mask (keep_pruned) and comes after member "
+            f"{first_unit}, which rescales units by their norms: put it before that member to fuse the chain"
+        )
     if jax.default_backend() != "cpu" or jax.device_count() != 1:
         return "the single pass runs on one CPU device"
     leaves = jax.tree.leaves(_tree.unbox(params)) + jax.tree.leaves(_tree.unbox(grads))
@@ -311,6 +318,10 @@ def _single_pass(tx: FusedChain, grads: Any, state: Any, params: Any) -> tuple[A
     rules = [_rules.rule_of(m) for m in tx.members]
     slot_trees = [list(r.slots(s)) for r, s in zip(rules, state)]
     slots = [[jax.tree.leaves(_tree.unbox(tree)) for tree in trees] for trees in slot_trees]
+    inputs = [
+        [[jnp.broadcast_to(x, np.shape(w)) for x, w in zip(jax.tree.leaves(tree), p_leaves)] for tree in r.inputs(s)]
+        for r, s in zip(rules, state)
+    ]
     norm = None
     if rules[0].global_norm or rules[0].leaf_norms:
         # Traced before the kernel is built: if the build fails, this call is dead code
@@ -324,11 +335,14 @@ def _single_pass(tx: FusedChain, grads: Any, state: Any, params: Any) -> tuple[A
     variants, per_leaf = _variants(selected, len(p_leaves))
     layouts = _layouts(rules, selected, params)
     kernel = _native.register_kernels(
-        *_kernel_source(rules, [len(v) for v in scalars], [len(s) for s in slots], variants, leafwise)
+        *_kernel_source(
+            rules, [len(v) for v in scalars], [len(s) for s in slots], [len(k) for k in inputs], variants, leafwise
+        )
     )
     n_counters = sum(r.n_counters for r in rules)
     stages = [sum(rules[i].factor is not None for i in active) for active in variants]
     n_slots = sum(len(s) for s in slots)
+    n_inputs = sum(len(k) for k in inputs)
     shared = [v for v, per_leaf in zip(flat, leafwise) if not per_leaf]
     columns = [v for v, per_leaf in zip(flat, leafwise) if per_leaf]
     operands = [
@@ -338,16 +352,18 @@ def _single_pass(tx: FusedChain, grads: Any, state: Any, params: Any) -> tuple[A
     results, aliases = [], {}
     for leaf, (g, w) in enumerate(zip(g_leaves, p_leaves)):
         leaf_slots = [column[leaf] for member in slots for column in member]
+        leaf_inputs = [column[leaf].astype(jnp.bool_) for member in inputs for column in member]
         for k, x in enumerate([w, *leaf_slots]):
             aliases[len(operands) + 1 + k] = len(results)
             results.append(jax.ShapeDtypeStruct(x.shape, jnp.float32))
-        operands += [g, w, *leaf_slots]
+        operands += [g, w, *leaf_slots, *leaf_inputs]
     results.append(jax.ShapeDtypeStruct((max(n_counters, 1),), jnp.float32))  # the counters' totals
     out = jax.ffi.ffi_call("jaxreg_step", results, input_output_aliases=aliases, vmap_method="sequential")(
         *operands,
         kernel=kernel,
         variants=np.asarray(per_leaf, np.int64),
         n_slots=np.int64(n_slots),
+        n_inputs=np.int64(n_inputs),
         n_counters=np.int64(n_counters),
         n_leaf_scalars=np.int64(len(columns)),
         stages=np.asarray(stages, np.int64),
@@ -384,13 +400,19 @@ def _variants(selected: Sequence[Sequence[bool]], n_leaves: int) -> tuple[list[t
 
 
 def _kernel_source(
-    rules: Sequence[_rules.Rule], n_scalars: Sequence[int], n_slots: Sequence[int], variants, leafwise: Sequence[bool]
+    rules: Sequence[_rules.Rule],
+    n_scalars: Sequence[int],
+    n_slots: Sequence[int],
+    n_inputs: Sequence[int],
+    variants,
+    leafwise: Sequence[bool],
 ) -> tuple[str, list[str]]:
     """C++ of each variant's functions: stage 0 runs the active members up to the first
     per-unit one; each per-unit member starts a stage (its factor, and its rescaling
     followed by the members up to the next, for rows of units or for one unit).
 
-    Rule ``i`` reads ``n_scalars[i]`` scalars and ``n_slots[i]`` state slots; scalar
+    Rule ``i`` reads ``n_scalars[i]`` scalars, ``n_slots[i]`` state slots and
+    ``n_inputs[i]`` read-only bool arrays (stage 0 only reads those); scalar
     ``k`` of all rules in order comes from the shared table ``S``, or from this leaf's row
     ``L`` of the leaf table where ``leafwise[k]`` (stage 0 only reads those). The
     functions of variant ``v`` come in the order ``jaxreg_step`` reads them: stage 0,
@@ -398,6 +420,7 @@ def _kernel_source(
     """
     scalar_base = np.cumsum([0, *n_scalars]).tolist()
     slot_base = np.cumsum([0, *n_slots]).tolist()
+    input_base = np.cumsum([0, *n_inputs]).tolist()
     counter_base = np.cumsum([0, *(r.n_counters for r in rules)]).tolist()
     shared = np.cumsum([0, *(not x for x in leafwise)]).tolist()
     column = np.cumsum([0, *leafwise]).tolist()
@@ -407,6 +430,7 @@ def _kernel_source(
     def local(i: int, code: str) -> str:
         code = re.sub(r"@s(\d+)", lambda m: f"s{scalar_base[i] + int(m.group(1))}", code)
         code = re.sub(r"@c(\d+)", lambda m: f"c{counter_base[i] + int(m.group(1))}", code)
+        code = re.sub(r"@k(\d+)", lambda m: f"k{input_base[i] + int(m.group(1))}", code)
         return re.sub(r"@m(\d+)", lambda m: f"m{slot_base[i] + int(m.group(1))}", code)
 
     def function(
@@ -420,6 +444,7 @@ def _kernel_source(
             *scalars,
             *(leaf_scalars if count else []),
             *(f"  float* __restrict m{k} = slots[{k}];" for k in range(slot_base[-1]) if "slots" in args),
+            *(f"  const bool* __restrict k{j} = inputs[{j}];" for j in range(input_base[-1] if count else 0)),
             *(f"  int32_t c{k} = 0;" for k in counters),
             f"  {loop} {{",
             *(f"    {line}" for line in first),
@@ -437,8 +462,8 @@ def _kernel_source(
         names.append(f"jaxreg_v{v}_stage0")
         lines += function(
             names[-1],
-            "const float* __restrict g, float* __restrict w, float* const* slots, const float* S,"
-            " const float* L, int64_t n, int64_t* __restrict C",
+            "const float* __restrict g, float* __restrict w, float* const* slots, const bool* const* inputs,"
+            " const float* S, const float* L, int64_t n, int64_t* __restrict C",
             "for (int64_t i = 0; i < n; ++i)",
             ["const float wi = w[i];", "float u = g[i];"],
             stages[0],

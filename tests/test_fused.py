@@ -70,6 +70,18 @@ CHAINS = {
         jaxreg.adam(1e-2),
         jaxreg.project_box(-0.2, 0.2),
     ),
+    "pruned, kept at zero": lambda: (
+        jaxreg.clip_by_global_norm(1.0),
+        jaxreg.adam(1e-2),
+        jaxreg.decoupled_weight_decay(1e-2, learning_rate=1e-2),
+        jaxreg.pruning.keep_pruned(lambda p: jaxreg.pruning.magnitude_mask(p, 0.6, where=jaxreg.masks.weights_only)),
+    ),
+    "pruned, broadcast masks": lambda: (
+        jaxreg.sgd(0.1, momentum=0.9),
+        jaxreg.pruning.keep_pruned(
+            lambda p: {k: jnp.arange(v.shape[-1]) % 2 == 0 if v.ndim == 2 else v.ndim != 1 for k, v in p.items()}
+        ),
+    ),
     "plain sgd": lambda: (jaxreg.sgd(0.1), jaxreg.decoupled_weight_decay(0.1, learning_rate=0.1)),
     "elastic net": lambda: (
         jaxreg.adam(1e-2),
@@ -174,6 +186,26 @@ def test_value_clips_count_over_every_chunk_and_thread():
         assert 0.05 < float(got[1][member].clipped_fraction) < 0.95
 
 
+def test_pruned_weights_stay_exactly_zero_in_the_single_pass():
+    # The mask is read next to g, w and the moments, chunk by chunk, on big leaves.
+    def members():
+        keep = jaxreg.pruning.magnitude_mask(params, 0.7)
+        return jaxreg.adam(1e-1), jaxreg.l1_prox(1e-3, learning_rate=1e-1), jaxreg.pruning.keep_pruned(keep)
+
+    params = _tree(11, 0.1, BIG_SHAPES)
+    grads = [_tree(110 + k, 1.0, BIG_SHAPES) for k in range(2)]
+    tx = jaxreg.chain(*members())
+    assert fused.fast_path(tx, grads[0], params) is None
+    with jax.numpy_dtype_promotion("standard"):
+        got = _run(_fused(tx), tx, params, grads)
+        want = _run(_unfused(optax.chain(*members())), optax.chain(*members()), params, grads)
+    _assert_trees_close(got, want)
+    w = np.concatenate([np.ravel(x) for x in jax.tree.leaves(got[0])])
+    keep = np.concatenate([np.ravel(k) for k in jax.tree.leaves(got[1][2].keep)])
+    assert np.all(w[~keep] == 0.0) and 0.6 < np.mean(~keep) < 0.8
+    assert np.mean(w[keep] != 0.0) > 0.9  # the prox zeroes a few kept ones
+
+
 def test_max_norm_binds_in_the_single_pass():
     tx = jaxreg.chain(*UNIT_CHAINS["six transforms"]())
     params = _tree(8, 0.1, BIG_SHAPES)
@@ -267,6 +299,14 @@ def test_a_vmapped_sweep_over_strengths_runs_each_lane():
         (
             lambda: jaxreg.chain(jaxreg.max_norm(1.0), jaxreg.decoupled_weight_decay(0.1)),
             "member 1 of the chain reads the parameters before the step and comes after member 0",
+        ),
+        (
+            lambda: jaxreg.chain(jaxreg.max_norm(1.0), jaxreg.pruning.keep_pruned({"p0": True, "p1": False})),
+            "member 1 of the chain reads a per-leaf mask (keep_pruned) and comes after member 0",
+        ),
+        (
+            lambda: jaxreg.chain(jaxreg.pruning.keep_pruned({"p0": True, "p1": False}, inner=jaxreg.adam(0.1))),
+            "member 0 of the chain has no element-wise form",
         ),
         (
             lambda: jaxreg.chain(jaxreg.max_norm(1.0, axis=0), jaxreg.group_lasso_prox(0.1, mask={"p0": 1, "p1": 0})),

@@ -38,9 +38,11 @@ namespace ffi = xla::ffi;
 
 // A chain's functions for one leaf variant, in registration order: stage 0, then for
 // each stage k >= 1 its factor, rows and one functions.
-// stage0(g, w_out, slots, scalars, leaf_scalars, n, counts): one chunk of one leaf; w_out
-// holds w on entry; adds what the chain's counters counted in the chunk to counts.
-using Stage0 = void (*)(const float*, float*, float* const*, const float*, const float*, int64_t, int64_t*);
+// stage0(g, w_out, slots, inputs, scalars, leaf_scalars, n, counts): one chunk of one
+// leaf; w_out holds w on entry; adds what the chain's counters counted in the chunk to
+// counts.
+using Stage0 = void (*)(const float*, float*, float* const*, const bool* const*, const float*, const float*, int64_t,
+                        int64_t*);
 // factor(sums, scalars, n_units): each unit's sum of squares -> its factor, in place.
 using Factor = void (*)(float*, const float*, int64_t);
 // rows(w, scalars, n_rows, units, factors): rescale rows of `units` elements, w[r, j] by
@@ -162,6 +164,7 @@ struct Leaf {
   const float* scalars = nullptr;  // its row of the leaf table
   float* w = nullptr;
   float* slots[kMaxSlots] = {};
+  const bool* inputs[kMaxSlots] = {};  // read-only masks, one byte per element
   int64_t size = 0, stages = 0, units = 1, inner = 1;
   void* const* fns = nullptr;  // stage 0, then (factor, rows, one) for each stage k >= 1
   int64_t pieces_per_row = 1;  // inner > 1: pieces of one unit row
@@ -196,11 +199,14 @@ void add_staged_tasks(int64_t l, Leaf& leaf, std::vector<Task>& tasks) {
 
 // Stage k of one chunk: stage 0's members (k == 0) or the k-th rescaling and the members
 // after it; then, when another stage follows, the partial sums of squares of the units.
-void run_stage(Leaf& leaf, const Task& task, int64_t k, int64_t n_slots, const float* table, int64_t* counts) {
+void run_stage(Leaf& leaf, const Task& task, int64_t k, int64_t n_slots, int64_t n_inputs, const float* table,
+               int64_t* counts) {
   if (k == 0) {
     float* chunk_slots[kMaxSlots];
+    const bool* chunk_inputs[kMaxSlots];
     for (int64_t s = 0; s < n_slots; ++s) chunk_slots[s] = leaf.slots[s] + task.begin;
-    reinterpret_cast<Stage0>(leaf.fns[0])(leaf.g + task.begin, leaf.w + task.begin, chunk_slots, table,
+    for (int64_t s = 0; s < n_inputs; ++s) chunk_inputs[s] = leaf.inputs[s] + task.begin;
+    reinterpret_cast<Stage0>(leaf.fns[0])(leaf.g + task.begin, leaf.w + task.begin, chunk_slots, chunk_inputs, table,
                                           leaf.scalars, task.end - task.begin, counts);
   }
   if (leaf.stages == 0) return;
@@ -246,13 +252,14 @@ void unit_factors(Leaf& leaf, int64_t k, const float* table) {
 }
 
 // Operands: scalars, the leaf table (`n_leaf_scalars` per leaf, row by row), then per leaf
-// g, w, slot 0 .. n_slots-1. Results: per leaf w, slots
+// g, w, slot 0 .. n_slots-1, input 0 .. n_inputs-1 (bool). Results: per leaf w, slots
 // (each aliased to its operand, so it holds the old value on entry), then the totals of
 // the chain's `n_counters` counters (at least one entry). `stages[v]` is the
 // number of per-unit members of variant v; `units[l]` and `inner[l]` lay out leaf l
 // as (outer, units, inner) for them.
 ffi::Error Step(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRets rets, std::string_view kernel,
-                ffi::Span<const int64_t> variants, int64_t n_slots, int64_t n_counters, int64_t n_leaf_scalars,
+                ffi::Span<const int64_t> variants, int64_t n_slots, int64_t n_inputs, int64_t n_counters,
+                int64_t n_leaf_scalars,
                 ffi::Span<const int64_t> stages,
                 ffi::Span<const int64_t> units, ffi::Span<const int64_t> inner) {
   std::vector<void*> fns;
@@ -265,7 +272,9 @@ ffi::Error Step(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRet
     fns = found->second;
   }
   const int64_t n_leaves = static_cast<int64_t>(variants.size());
-  if (n_slots < 0 || n_slots > kMaxSlots || static_cast<int64_t>(args.size()) != 2 + n_leaves * (2 + n_slots) ||
+  const int64_t per_leaf = 2 + n_slots + n_inputs;  // operands of one leaf
+  if (n_slots < 0 || n_slots > kMaxSlots || n_inputs < 0 || n_inputs > kMaxSlots ||
+      static_cast<int64_t>(args.size()) != 2 + n_leaves * per_leaf ||
       n_counters < 0 || static_cast<int64_t>(rets.size()) != n_leaves * (1 + n_slots) + 1 ||
       static_cast<int64_t>(units.size()) != n_leaves || static_cast<int64_t>(inner.size()) != n_leaves)
     return ffi::Error::InvalidArgument("jaxreg_step: operands do not match the leaves and slots");
@@ -292,12 +301,19 @@ ffi::Error Step(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRet
     Leaf& leaf = leaves[l];
     if (variants[l] < 0 || variants[l] >= static_cast<int64_t>(stages.size()))
       return ffi::Error::InvalidArgument("jaxreg_step: variant out of range");
-    auto gl = args.get<ffi::AnyBuffer>(2 + l * (2 + n_slots));
+    auto gl = args.get<ffi::AnyBuffer>(2 + l * per_leaf);
     if (gl.has_error()) return gl.error();
     leaf.g = static_cast<const float*>(gl->untyped_data());
     leaf.size = static_cast<int64_t>(gl->element_count());
     leaf.fns = fns.data() + offsets[variants[l]];
     leaf.scalars = static_cast<const float*>(leaf_table->untyped_data()) + l * n_leaf_scalars;
+    for (int64_t s = 0; s < n_inputs; ++s) {
+      auto in = args.get<ffi::AnyBuffer>(2 + l * per_leaf + 2 + n_slots + s);
+      if (in.has_error()) return in.error();
+      if (in->element_type() != ffi::DataType::PRED || static_cast<int64_t>(in->element_count()) != leaf.size)
+        return ffi::Error::InvalidArgument("jaxreg_step: an input is not a bool array of its leaf's size");
+      leaf.inputs[s] = static_cast<const bool*>(in->untyped_data());
+    }
     leaf.stages = stages[variants[l]];
     for (int64_t s = 0; s <= n_slots; ++s) {
       auto out = rets.get<ffi::AnyBuffer>(l * (1 + n_slots) + s);
@@ -320,7 +336,7 @@ ffi::Error Step(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRet
   }
   std::vector<int64_t> counts(tasks.size() * n_counters, 0);  // per task: no sharing between threads
   parallel_for(pool, static_cast<int64_t>(tasks.size()), [&](int64_t t) {
-    run_stage(leaves[tasks[t].leaf], tasks[t], 0, n_slots, table, counts.data() + t * n_counters);
+    run_stage(leaves[tasks[t].leaf], tasks[t], 0, n_slots, n_inputs, table, counts.data() + t * n_counters);
   });
   auto totals = rets.get<ffi::AnyBuffer>(n_leaves * (1 + n_slots));
   if (totals.has_error()) return totals.error();
@@ -343,7 +359,8 @@ ffi::Error Step(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRet
     for (const Task& t : tasks)
       if (leaves[t.leaf].stages >= k) stage_tasks.push_back(t);
     parallel_for(pool, static_cast<int64_t>(stage_tasks.size()),
-                 [&](int64_t t) { run_stage(leaves[stage_tasks[t].leaf], stage_tasks[t], k, n_slots, table, nullptr); });
+                 [&](int64_t t) { run_stage(leaves[stage_tasks[t].leaf], stage_tasks[t], k, n_slots, n_inputs, table, nullptr);
+                 });
   }
   return ffi::Error::Success();
 }
@@ -366,6 +383,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxreg_step, Step,
                                   .Attr<std::string_view>("kernel")
                                   .Attr<ffi::Span<const int64_t>>("variants")
                                   .Attr<int64_t>("n_slots")
+                                  .Attr<int64_t>("n_inputs")
                                   .Attr<int64_t>("n_counters")
                                   .Attr<int64_t>("n_leaf_scalars")
                                   .Attr<ffi::Span<const int64_t>>("stages")

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from jaxreg import _checks, _param_space, _tree
+from jaxreg import _checks, _param_space, _rules, _tree
 from jaxreg.masks import Mask
 from jaxreg.pruning import _select
 from jaxreg.pruning.masks import check_keep_shapes, check_sparsity, rank_keep, scores_for
@@ -125,6 +125,9 @@ def keep_pruned(
     inner=optax.adamw(...))`` gives ``inner`` the gradients with pruned entries set to
     zero, then holds its updates as above (jaxpruner's ``wrap_optax``).
 
+    Without ``inner`` it fuses into :func:`jaxreg.chain`'s one-pass step (before any
+    ``max_norm``-like member), which reads the mask beside the gradients and moments.
+
     The first update also zeroes weights that were pruned but not yet zero; apply
     :func:`~jaxreg.pruning.masks.apply_mask` to the params first if the first forward
     pass should already see the pruned model.
@@ -158,7 +161,15 @@ def keep_pruned(
         u_leaves, inner_state = _inner_updates(fn, wrapped, u_leaves, treedef, state.inner, params, keeps, extra_args)
         return _tree.rebox_like(updates, _hold_pruned(u_leaves, p_leaves, keeps)), state._replace(inner=inner_state)
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    # Without ``inner`` it is element-wise: ``jaxreg.chain`` fuses it, reading the mask.
+    rule = _rules.Rule(
+        code="u = @k0[i] ? u : -wi;",
+        scalars=lambda state, norm: [],
+        advance=lambda state, slots, norm: state,
+        inputs=lambda state: [state.keep],
+        param_space=True,
+    )
+    return _rules.describe(optax.GradientTransformationExtraArgs(init_fn, update_fn), rule if wrapped is None else None)
 
 
 def prune_during_training(
