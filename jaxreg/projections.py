@@ -214,10 +214,8 @@ def project_l1_ball(
         tau = jax.lax.cond(norm > radius, lambda: _l1_ball_threshold(ws, radius), lambda: jnp.zeros([], jnp.float32))
         return [soft_threshold(w, tau) for w in ws]
 
-    tx = _param_space.params_transform(fn, lambda ws, count: _scoped(scope, project)(ws), mask=mask)
-    if scope == "global":
-        return tx
-    return _rules.describe(tx, _param_space.unit_rule(_CAP_NORM, None, lambda count: [radius], mask, radius))
+    # No fused form: the threshold is a search over the values, not a factor of a norm.
+    return _param_space.params_transform(fn, lambda ws, count: _scoped(scope, project)(ws), mask=mask)
 
 
 def max_norm(max_value: chex.Numeric, axis: int = -1, mask: Mask = None) -> optax.GradientTransformationExtraArgs:

@@ -119,6 +119,46 @@ UNIT_CHAINS = {
 }
 
 
+# Every transform on its own, as a chain of one: where it fuses, its rule must compute
+# what its optax update computes (a wrong rule would otherwise fuse silently). The ones
+# that must not fuse say so.
+ALONE = {
+    "adam": lambda: jaxreg.adam(0.1),
+    "sgd": lambda: jaxreg.sgd(0.1, momentum=0.9),
+    "clip": lambda: jaxreg.clip(0.5),
+    "clip_by_global_norm": lambda: jaxreg.clip_by_global_norm(1.0),
+    "clip_by_leaf_norm": lambda: jaxreg.clip_by_leaf_norm(1.0),
+    "coupled_weight_decay": lambda: jaxreg.coupled_weight_decay(0.5),
+    "decoupled_weight_decay": lambda: jaxreg.decoupled_weight_decay(0.5, learning_rate=0.1),
+    "l1_prox": lambda: jaxreg.l1_prox(0.5, learning_rate=0.1),
+    "elastic_net_prox": lambda: jaxreg.elastic_net_prox(0.5, 0.5, learning_rate=0.1),
+    "group_lasso_prox": lambda: jaxreg.group_lasso_prox(2.0, learning_rate=0.1),
+    "project_box": lambda: jaxreg.project_box(-0.5, 0.5),
+    "project_nonnegative": lambda: jaxreg.project_nonnegative(),
+    "project_l2_ball leaf": lambda: jaxreg.project_l2_ball(2.0, scope="leaf"),
+    "max_norm": lambda: jaxreg.max_norm(0.5),
+    "keep_pruned": lambda: jaxreg.pruning.keep_pruned(lambda p: jaxreg.pruning.magnitude_mask(p, 0.5)),
+}
+NOT_FUSED = {
+    "project_l1_ball leaf": lambda: jaxreg.project_l1_ball(2.0, scope="leaf"),
+    "project_l1_ball global": lambda: jaxreg.project_l1_ball(2.0),
+    "project_l2_ball global": lambda: jaxreg.project_l2_ball(2.0),
+    "prune_during_training": lambda: jaxreg.pruning.prune_during_training(jaxreg.pruning.magnitude_score, 0.5),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ALONE) + sorted(NOT_FUSED))
+def test_each_transform_alone_gives_its_update(name):
+    make = ALONE.get(name) or NOT_FUSED[name]
+    tx = jaxreg.chain(make())
+    params, grads = _tree(4, 0.1), [_tree(50 + k, 0.1) for k in range(2)]
+    assert (fused.fast_path(tx, grads[0], params) is None) == (name in ALONE)
+    with jax.numpy_dtype_promotion("standard"):
+        got = _run(_fused(tx), tx, params, grads)
+        want = _run(_unfused(optax.chain(make())), optax.chain(make()), params, grads)
+    _assert_trees_close(got, want)
+
+
 def _run(step, tx, params, grads):
     params = jax.tree.map(jnp.copy, params)  # the fused step donates its inputs
     state = tx.init(params)
