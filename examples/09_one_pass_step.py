@@ -476,14 +476,15 @@ save_figure(fig, "09_traffic_and_time")
 #
 # A chain is fused when **every** member has a fused form (the module docstring of
 # `jaxreg/fused.py` keeps the list): an element-wise one for `jaxreg.adam`,
-# `jaxreg.clip_by_global_norm` (2-norm, first in the chain), `coupled_weight_decay`,
-# `decoupled_weight_decay`, `l1_prox`, `elastic_net_prox`, `project_box` and
-# `project_nonnegative`; the parameters and gradients must be float32 on one CPU
+# `jaxreg.sgd`, `clip_by_global_norm` and `clip_by_leaf_norm` (2-norm, first in the
+# chain), `clip`, `coupled_weight_decay`, `decoupled_weight_decay`, `l1_prox`,
+# `elastic_net_prox`, `project_box`, `project_nonnegative` and
+# `pruning.keep_pruned`; the parameters and gradients must be float32 on one CPU
 # device. Anything else (optax's own transforms, bf16 parameters, several devices)
 # makes `apply_step` run the plain chain, as above.
 #
 # * **Members that rescale units by their norms** (`max_norm`, `group_lasso_prox`,
-#   `project_l2_ball(scope="leaf")`) are not element-wise: a unit's factor needs its
+#   `project_l2_ball`, whose unit is a leaf or all its leaves) are not element-wise: a unit's factor needs its
 #   whole norm first. Each one starts a *stage* on the leaves it selects. The pass
 #   sums every unit's squares from the rows it has just written (still in cache); then
 #   one more read and write of those leaves multiplies each unit by its factor and runs

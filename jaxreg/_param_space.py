@@ -182,11 +182,19 @@ def params_rule(
 
 
 def unit_rule(
-    factor: str, axis: int | None, scalars: Callable[[jax.Array], list[Any]], mask: Any, *hypers: Any
+    factor: str,
+    axis: int | None,
+    scalars: Callable[[jax.Array], list[Any]],
+    mask: Any,
+    *hypers: Any,
+    joint: bool = False,
 ) -> _rules.Rule | None:
     """The rule of a :func:`params_transform` that multiplies each unit of a leaf by
-    ``f``, set from the unit's sum of squares ``ss`` by the C++ statements ``factor``."""
-    return count_rule(params_code("x = x * f;"), scalars, mask, *hypers, param_space=True, factor=factor, axis=axis)
+    ``f``, set from the unit's sum of squares ``ss`` by the C++ statements ``factor``
+    (``joint``: one unit of all the selected leaves together)."""
+    return count_rule(
+        params_code("x = x * f;"), scalars, mask, *hypers, param_space=True, factor=factor, axis=axis, joint=joint
+    )
 
 
 def params_code(op: str, bounds: tuple[str, str] | None = None) -> str:

@@ -6,8 +6,9 @@ how the transform's state advances. ``jaxreg.chain`` writes the rules of its mem
 one after the other into a single loop (``jaxreg/fused.py``); the optax ``update`` stays
 the reference the fused step is tested against.
 
-A *per-unit* rule (max-norm, group lasso, a per-leaf L2 ball) rescales each unit of a
-leaf (a slice along an axis, or the whole leaf) by a factor of the unit's norm: its
+A *per-unit* rule (max-norm, group lasso, the L2 ball) rescales each unit of a
+leaf (a slice along an axis, the whole leaf, or all the leaves it selects together) by a
+factor of the unit's norm: its
 ``factor`` statements turn the unit's sum of squares ``ss`` into ``f``, and its ``code``
 multiplies by ``f``. The fused pass starts a new stage of the leaf there.
 """
@@ -48,6 +49,8 @@ class Rule:
         ``const float ss`` (the sum of squares of its new values); its ``code`` reads
         ``f``. None for an element-wise rule.
       axis: a per-unit rule's units are the slices along ``axis``; None: the whole leaf.
+      joint: a per-unit rule with one unit made of all the leaves it selects (a global
+        ball): its factor comes from the sum of squares over all of them.
       record: for a rule whose ``code`` counts elements (``@c0 += condition;``, ...;
         not after a per-unit rule): ``(state, fractions) -> state``, given the advanced
         state and each counter's count over the elements the rule saw, as a fraction.
@@ -64,6 +67,7 @@ class Rule:
     param_space: bool = False
     factor: str | None = None
     axis: int | None = None
+    joint: bool = False
     record: Callable[[Any, Sequence[Any]], Any] | None = None
 
     @property

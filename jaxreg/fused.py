@@ -21,7 +21,8 @@ by :func:`apply_step` (which replaces ``tx.update`` + ``optax.apply_updates``) w
   scalars or schedules), with masks; ``pruning.keep_pruned`` without ``inner`` (the pass
   reads its mask);
 * or rescales units by their norms: ``max_norm``, ``group_lasso_prox`` and
-  ``project_l2_ball(scope="leaf")``. Each such member starts a new stage on the leaves
+  ``project_l2_ball`` (one unit per leaf, or all its leaves as one). Each such member
+  starts a new stage on the leaves
   it selects: the pass sums each unit's squares from the rows it has just written, then
   one more read and write of those leaves rescales them and runs the members after it,
   which must be projections or proximal steps (they read only the new value). The
@@ -238,10 +239,35 @@ def fast_path(tx: Any, grads: Any, params: Any) -> str | None:
     if not _native.available():
         return f"the native kernels are not available: {_native.why_unavailable()}"
     if first_unit < len(rules):
+        selected = [_tree.resolve_mask("chain", r.mask, params) for r in rules]
         try:
-            _layouts(rules, [_tree.resolve_mask("chain", r.mask, params) for r in rules], params)
+            _layouts(rules, selected, params)
         except ValueError as error:
             return str(error)
+        return _unaligned_joint(rules, _variants(selected, len(selected[0]))[0])
+    return None
+
+
+def _joint_stages(rules: Sequence[_rules.Rule], active: Sequence[int]) -> list[int]:
+    """For each stage of a variant (its active members), the member whose one unit spans
+    all the leaves it selects (a global ball), or -1."""
+    return [i if rules[i].joint else -1 for i in active if rules[i].factor is not None]
+
+
+def _unaligned_joint(rules: Sequence[_rules.Rule], variants: Sequence[Sequence[int]]) -> str | None:
+    """Why a joint member cannot be fused: on some of its leaves it comes after more
+    per-unit members than on others, so its leaves would reach it in different stages."""
+    stage_of: dict[int, set[int]] = {}
+    for active in variants:
+        for stage, member in enumerate(_joint_stages(rules, active)):
+            if member >= 0:
+                stage_of.setdefault(member, set()).add(stage)
+    for member, found in sorted(stage_of.items()):
+        if len(found) > 1:
+            return (
+                f"member {member} of the chain scales all the leaves it selects together, but members before it "
+                "that rescale units act on some of those leaves only"
+            )
     return None
 
 
@@ -369,6 +395,7 @@ def _single_pass(tx: FusedChain, grads: Any, state: Any, params: Any) -> tuple[A
         stages=np.asarray(stages, np.int64),
         units=np.asarray([units for units, _ in layouts], np.int64),
         inner=np.asarray([inner for _, inner in layouts], np.int64),
+        joint=np.asarray([m for active in variants for m in _joint_stages(rules, active)], np.int64),
     )
     stride = 1 + n_slots
     new_params = _tree.rebox_like(params, [out[leaf * stride] for leaf in range(len(p_leaves))])

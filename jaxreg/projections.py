@@ -142,9 +142,8 @@ def project_l2_ball(
         return [_tree.wide(w) * factor for w in ws]
 
     tx = _param_space.params_transform(fn, lambda ws, count: _scoped(scope, project)(ws), mask=mask)
-    if scope == "global":
-        return tx
-    return _rules.describe(tx, _param_space.unit_rule(_CAP_NORM, None, lambda count: [radius], mask, radius))
+    rule = _param_space.unit_rule(_CAP_NORM, None, lambda count: [radius], mask, radius, joint=scope == "global")
+    return _rules.describe(tx, rule)
 
 
 def _l1_ball_threshold(ws: list[jax.Array], radius: chex.Numeric) -> jax.Array:

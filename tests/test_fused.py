@@ -110,6 +110,12 @@ UNIT_CHAINS = {
         jaxreg.group_lasso_prox(optax.linear_schedule(2.0, 4.0, 3), axis=0, learning_rate=1e-1, mask=_is_bias),
         jaxreg.group_lasso_prox(1.0, axis=0, learning_rate=1e-1, mask=jaxreg.masks.weights_only),
     ),
+    "per-leaf balls, then a global ball": lambda: (
+        jaxreg.adam(1e-1),
+        jaxreg.project_l2_ball(20.0, scope="leaf"),
+        jaxreg.project_l2_ball(25.0, mask=jaxreg.masks.weights_only),
+        jaxreg.project_box(-0.5, 0.5),
+    ),
     "per-leaf ball, then non-negative": lambda: (
         jaxreg.coupled_weight_decay(0.1),
         jaxreg.adam(1e-1),
@@ -136,13 +142,13 @@ ALONE = {
     "project_box": lambda: jaxreg.project_box(-0.5, 0.5),
     "project_nonnegative": lambda: jaxreg.project_nonnegative(),
     "project_l2_ball leaf": lambda: jaxreg.project_l2_ball(2.0, scope="leaf"),
+    "project_l2_ball global": lambda: jaxreg.project_l2_ball(2.0),
     "max_norm": lambda: jaxreg.max_norm(0.5),
     "keep_pruned": lambda: jaxreg.pruning.keep_pruned(lambda p: jaxreg.pruning.magnitude_mask(p, 0.5)),
 }
 NOT_FUSED = {
     "project_l1_ball leaf": lambda: jaxreg.project_l1_ball(2.0, scope="leaf"),
     "project_l1_ball global": lambda: jaxreg.project_l1_ball(2.0),
-    "project_l2_ball global": lambda: jaxreg.project_l2_ball(2.0),
     "prune_during_training": lambda: jaxreg.pruning.prune_during_training(jaxreg.pruning.magnitude_score, 0.5),
 }
 
@@ -335,10 +341,16 @@ def test_a_vmapped_sweep_over_strengths_runs_each_lane():
         (lambda: jaxreg.chain(jaxreg.clip_by_leaf_norm(1.0, norm_type="inf")), "member 0"),
         (lambda: jaxreg.chain(jaxreg.clip_by_global_norm(1.0, norm_type=1)), "member 0"),
         (lambda: jaxreg.chain(jaxreg.project_box({"p0": -1.0, "p1": -1.0}, 1.0)), "member 0"),
-        (lambda: jaxreg.chain(jaxreg.project_l2_ball(1.0)), "member 0"),
+        (lambda: jaxreg.chain(jaxreg.project_l1_ball(1.0, scope="leaf")), "member 0"),
         (
             lambda: jaxreg.chain(jaxreg.max_norm(1.0), jaxreg.decoupled_weight_decay(0.1)),
             "member 1 of the chain reads the parameters before the step and comes after member 0",
+        ),
+        (
+            lambda: jaxreg.chain(
+                jaxreg.project_l2_ball(1.0, scope="leaf", mask={"p0": True, "p1": False}), jaxreg.project_l2_ball(1.0)
+            ),
+            "member 1 of the chain scales all the leaves it selects together",
         ),
         (
             lambda: jaxreg.chain(jaxreg.max_norm(1.0), jaxreg.pruning.keep_pruned({"p0": True, "p1": False})),

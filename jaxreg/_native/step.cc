@@ -166,6 +166,7 @@ struct Leaf {
   float* slots[kMaxSlots] = {};
   const bool* inputs[kMaxSlots] = {};  // read-only masks, one byte per element
   int64_t size = 0, stages = 0, units = 1, inner = 1;
+  const int64_t* joint = nullptr;  // per stage k >= 1: the member whose unit spans leaves, or -1
   void* const* fns = nullptr;  // stage 0, then (factor, rows, one) for each stage k >= 1
   int64_t pieces_per_row = 1;  // inner > 1: pieces of one unit row
   std::vector<float> partial;  // partial sums of squares: blocks of `units` or one per piece
@@ -237,8 +238,8 @@ void run_stage(Leaf& leaf, const Task& task, int64_t k, int64_t n_slots, int64_t
   }
 }
 
-// After stage k - 1: each unit's sum of squares (in double) -> stage k's factors.
-void unit_factors(Leaf& leaf, int64_t k, const float* table) {
+// After stage k - 1: each unit's sum of squares, in double.
+std::vector<double> unit_sums(const Leaf& leaf) {
   std::vector<double> sums(leaf.units, 0.0);
   const int64_t n = static_cast<int64_t>(leaf.partial.size());
   if (leaf.inner == 1) {
@@ -247,8 +248,24 @@ void unit_factors(Leaf& leaf, int64_t k, const float* table) {
   } else {
     for (int64_t p = 0; p < n; ++p) sums[(p / leaf.pieces_per_row) % leaf.units] += leaf.partial[p];
   }
+  return sums;
+}
+
+// Stage k's factors of a leaf whose units are its own.
+void unit_factors(Leaf& leaf, int64_t k, const float* table) {
+  const std::vector<double> sums = unit_sums(leaf);
   leaf.factors.assign(sums.begin(), sums.end());
   reinterpret_cast<Factor>(leaf.fns[3 * k - 2])(leaf.factors.data(), table, leaf.units);
+}
+
+// Stage k's factor of the leaves `group` that make one unit together (a global ball):
+// from the sum of their sums of squares, computed once.
+void joint_factor(std::vector<Leaf>& leaves, const std::vector<int64_t>& group, int64_t k, const float* table) {
+  double total = 0.0;
+  for (int64_t l : group) total += unit_sums(leaves[l])[0];
+  float f = static_cast<float>(total);
+  reinterpret_cast<Factor>(leaves[group[0]].fns[3 * k - 2])(&f, table, 1);
+  for (int64_t l : group) leaves[l].factors.assign(1, f);
 }
 
 // Operands: scalars, the leaf table (`n_leaf_scalars` per leaf, row by row), then per leaf
@@ -256,12 +273,13 @@ void unit_factors(Leaf& leaf, int64_t k, const float* table) {
 // (each aliased to its operand, so it holds the old value on entry), then the totals of
 // the chain's `n_counters` counters (at least one entry). `stages[v]` is the
 // number of per-unit members of variant v; `units[l]` and `inner[l]` lay out leaf l
-// as (outer, units, inner) for them.
+// as (outer, units, inner) for them. `joint` lists, variant by variant, for each of its
+// stages the member whose one unit is all the leaves it selects, or -1.
 ffi::Error Step(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRets rets, std::string_view kernel,
                 ffi::Span<const int64_t> variants, int64_t n_slots, int64_t n_inputs, int64_t n_counters,
                 int64_t n_leaf_scalars,
                 ffi::Span<const int64_t> stages,
-                ffi::Span<const int64_t> units, ffi::Span<const int64_t> inner) {
+                ffi::Span<const int64_t> units, ffi::Span<const int64_t> inner, ffi::Span<const int64_t> joint) {
   std::vector<void*> fns;
   {
     std::lock_guard<std::mutex> lock(registry_mu);
@@ -278,13 +296,17 @@ ffi::Error Step(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRet
       n_counters < 0 || static_cast<int64_t>(rets.size()) != n_leaves * (1 + n_slots) + 1 ||
       static_cast<int64_t>(units.size()) != n_leaves || static_cast<int64_t>(inner.size()) != n_leaves)
     return ffi::Error::InvalidArgument("jaxreg_step: operands do not match the leaves and slots");
-  std::vector<int64_t> offsets;  // each variant's first function
-  int64_t n_fns = 0;
+  std::vector<int64_t> offsets, joint_offsets;  // each variant's first function, first joint entry
+  int64_t n_fns = 0, n_joint = 0;
   for (int64_t st : stages) {
     if (st < 0) return ffi::Error::InvalidArgument("jaxreg_step: negative stage count");
     offsets.push_back(n_fns);
+    joint_offsets.push_back(n_joint);
     n_fns += 1 + 3 * st;
+    n_joint += st;
   }
+  if (n_joint != static_cast<int64_t>(joint.size()))
+    return ffi::Error::InvalidArgument("jaxreg_step: joint does not list every stage of every variant");
   if (n_fns != static_cast<int64_t>(fns.size()))
     return ffi::Error::InvalidArgument("jaxreg_step: the kernel's functions do not match the variants' stages");
   auto scalars = args.get<ffi::AnyBuffer>(0);
@@ -306,6 +328,7 @@ ffi::Error Step(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRet
     leaf.g = static_cast<const float*>(gl->untyped_data());
     leaf.size = static_cast<int64_t>(gl->element_count());
     leaf.fns = fns.data() + offsets[variants[l]];
+    leaf.joint = joint.begin() + joint_offsets[variants[l]];
     leaf.scalars = static_cast<const float*>(leaf_table->untyped_data()) + l * n_leaf_scalars;
     for (int64_t s = 0; s < n_inputs; ++s) {
       auto in = args.get<ffi::AnyBuffer>(2 + l * per_leaf + 2 + n_slots + s);
@@ -351,10 +374,15 @@ ffi::Error Step(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRet
   }
   for (int64_t k = 1; k <= max_stages; ++k) {
     std::vector<int64_t> staged;
-    for (int64_t l = 0; l < n_leaves; ++l)
-      if (leaves[l].stages >= k) staged.push_back(l);
+    std::map<int64_t, std::vector<int64_t>> groups;  // joint member -> its leaves at this stage
+    for (int64_t l = 0; l < n_leaves; ++l) {
+      if (leaves[l].stages < k) continue;
+      if (leaves[l].joint[k - 1] >= 0) groups[leaves[l].joint[k - 1]].push_back(l);
+      else staged.push_back(l);
+    }
     parallel_for(pool, static_cast<int64_t>(staged.size()),
                  [&](int64_t i) { unit_factors(leaves[staged[i]], k, table); });
+    for (const auto& [member, group] : groups) joint_factor(leaves, group, k, table);
     std::vector<Task> stage_tasks;
     for (const Task& t : tasks)
       if (leaves[t.leaf].stages >= k) stage_tasks.push_back(t);
@@ -388,4 +416,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxreg_step, Step,
                                   .Attr<int64_t>("n_leaf_scalars")
                                   .Attr<ffi::Span<const int64_t>>("stages")
                                   .Attr<ffi::Span<const int64_t>>("units")
-                                  .Attr<ffi::Span<const int64_t>>("inner"));
+                                  .Attr<ffi::Span<const int64_t>>("inner")
+                                  .Attr<ffi::Span<const int64_t>>("joint"));
