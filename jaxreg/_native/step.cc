@@ -1,15 +1,17 @@
 // jaxreg's single-pass update step on XLA:CPU: two XLA FFI custom calls and a registry.
 //
 // `jaxreg_sumsq` returns the sum of squares of every leaf (one read of the gradients),
-// for global-norm clipping. `jaxreg_step` runs a chain's element-wise rule over every
-// leaf in one pass that reads g, w and the optimizer's state slots once and writes w
-// and the slots once (8 transfers per parameter for clip + Adam, where the unfused
-// chain moves 11 or more). The rule itself is not here: jaxreg/fused.py writes it as a
-// small C++ loop per chain, compiles it once, and registers it under an id with
-// `jaxreg_register_kernels`; the custom call names that id.
+// for global- and per-leaf-norm clipping. `jaxreg_step` runs a chain's element-wise rule
+// over every leaf in one pass that reads g, w and the optimizer's state slots once and
+// writes w and the slots once (8 transfers per parameter for clip + Adam, where the
+// unfused chain moves 11 or more); it may also read per-leaf masks (a pruning mask) and
+// count elements (a value clip's clipped fraction). The rule itself is not here:
+// jaxreg/fused.py writes it as a small C++ loop per chain, compiles it once, and
+// registers it under an id with `jaxreg_register_kernels`; the custom call names that id.
 //
 // A chain may hold members that rescale each unit of a leaf by a factor of the unit's
-// norm (max_norm, group lasso, a per-leaf ball): they cut a leaf's work into stages.
+// norm (max_norm, group lasso, an L2 ball): they cut a leaf's work into stages. A
+// global ball's one unit is all the leaves it selects.
 // Stage 0 runs the element-wise members before the first of them and, from the rows
 // it has just written (still in cache), sums the squares of each unit; the unit
 // factors follow from the sums; stage k rescales every unit and runs the members
@@ -178,7 +180,8 @@ void add_staged_tasks(int64_t l, Leaf& leaf, std::vector<Task>& tasks) {
   if (leaf.inner == 1) {
     const int64_t chunk = std::max<int64_t>(1, kChunk / leaf.units) * leaf.units;
     int64_t block = 0;
-    for (int64_t b = 0; b < leaf.size; b += chunk, ++block) tasks.push_back({l, b, std::min(leaf.size, b + chunk), block});
+    for (int64_t b = 0; b < leaf.size; b += chunk, ++block)
+      tasks.push_back({l, b, std::min(leaf.size, b + chunk), block});
     leaf.partial.resize(block * leaf.units);
     return;
   }
@@ -386,9 +389,9 @@ ffi::Error Step(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRet
     std::vector<Task> stage_tasks;
     for (const Task& t : tasks)
       if (leaves[t.leaf].stages >= k) stage_tasks.push_back(t);
-    parallel_for(pool, static_cast<int64_t>(stage_tasks.size()),
-                 [&](int64_t t) { run_stage(leaves[stage_tasks[t].leaf], stage_tasks[t], k, n_slots, n_inputs, table, nullptr);
-                 });
+    parallel_for(pool, static_cast<int64_t>(stage_tasks.size()), [&](int64_t t) {
+      run_stage(leaves[stage_tasks[t].leaf], stage_tasks[t], k, n_slots, n_inputs, table, nullptr);
+    });
   }
   return ffi::Error::Success();
 }
