@@ -452,6 +452,38 @@ def test_any_shapes_and_scales_match_the_unfused_chain(shapes, scale, lr, bound,
         assert np.all(np.abs(new[k]) <= bound)
 
 
+@settings(max_examples=8, deadline=None)
+@given(
+    shapes=st.lists(st.lists(st.integers(1, 70), min_size=0, max_size=2).map(tuple), min_size=1, max_size=4),
+    scale=st.floats(1e-3, 1e3),
+    delta=st.floats(1e-3, 10.0),
+    sparsity=st.floats(0.0, 1.0),
+    seed=st.integers(0, 2**16),
+)
+def test_any_counted_clip_and_pruning_mask_match_the_unfused_chain(shapes, scale, delta, sparsity, seed):
+    # The other mechanisms of the pass: a counter (the value clip's clipped share), a
+    # per-leaf scalar (the leaf-norm clip) and a per-leaf mask (pruned weights held at 0).
+    def members():
+        return (
+            jaxreg.clip_by_leaf_norm(1.0),
+            jaxreg.clip(delta / 100),
+            jaxreg.sgd(0.1, momentum=0.9),
+            jaxreg.pruning.keep_pruned(lambda p: jaxreg.pruning.magnitude_mask(p, sparsity)),
+        )
+
+    params, grads = _tree(seed, 1.0, shapes), _tree(seed + 1, scale, shapes)
+    tx, ref = jaxreg.chain(*members()), optax.chain(*members())
+    new, state = jax.jit(lambda p, s, g: jaxreg.apply_step(tx, g, s, p))(params, tx.init(params), grads)
+    updates, want_state = jax.jit(ref.update)(grads, ref.init(params), params)
+    want = optax.apply_updates(params, updates)
+    for k in params:
+        np.testing.assert_allclose(new[k], want[k], rtol=1e-6, atol=1e-6)
+        assert np.all(np.asarray(new[k])[~np.asarray(state[3].keep[k])] == 0.0)
+    np.testing.assert_allclose(state[1].clipped_fraction, want_state[1].clipped_fraction, rtol=1e-6)
+    for k in params:
+        np.testing.assert_allclose(state[0].norm[k], want_state[0].norm[k], rtol=1e-6)
+
+
 @settings(max_examples=10, deadline=None)
 @given(
     shapes=st.lists(st.lists(st.integers(1, 40), min_size=1, max_size=3).map(tuple), min_size=1, max_size=3),
