@@ -73,7 +73,7 @@ class Rule:
     @property
     def has_inputs(self) -> bool:
         """Whether the rule reads per-leaf arrays besides its state slots (``@k0``, ...)."""
-        return "@k" in self.code
+        return re.search(r"@k\d", self.code) is not None
 
     @property
     def n_counters(self) -> int:

@@ -280,9 +280,8 @@ void joint_factor(std::vector<Leaf>& leaves, const std::vector<int64_t>& group, 
 // stages the member whose one unit is all the leaves it selects, or -1.
 ffi::Error Step(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRets rets, std::string_view kernel,
                 ffi::Span<const int64_t> variants, int64_t n_slots, int64_t n_inputs, int64_t n_counters,
-                int64_t n_leaf_scalars,
-                ffi::Span<const int64_t> stages,
-                ffi::Span<const int64_t> units, ffi::Span<const int64_t> inner, ffi::Span<const int64_t> joint) {
+                int64_t n_leaf_scalars, ffi::Span<const int64_t> stages, ffi::Span<const int64_t> units,
+                ffi::Span<const int64_t> inner, ffi::Span<const int64_t> joint) {
   std::vector<void*> fns;
   {
     std::lock_guard<std::mutex> lock(registry_mu);
