@@ -180,9 +180,11 @@ def _state_reason(rules, state, paths, p_leaves) -> str | None:
         n_slots += len(rule.slots(member_state))
         n_inputs += len(rule.inputs(member_state))
     if n_slots > _native.MAX_SLOTS:
-        return f"the chain keeps {n_slots} arrays per parameter in its state; the single pass reads at most {_native.MAX_SLOTS}"
+        limit = _native.MAX_SLOTS
+        return f"the chain keeps {n_slots} arrays per parameter in its state; the single pass reads at most {limit}"
     if n_inputs > _native.MAX_INPUTS:
-        return f"the chain reads {n_inputs} masks per parameter; the single pass reads at most {_native.MAX_INPUTS}"
+        limit = _native.MAX_INPUTS
+        return f"the chain reads {n_inputs} masks per parameter; the single pass reads at most {limit}"
     return None
 
 

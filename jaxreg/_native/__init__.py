@@ -59,7 +59,9 @@ def _base() -> ctypes.CDLL | str:
     if os.environ.get("JAXREG_NATIVE", "1") == "0":
         return "disabled by JAXREG_NATIVE=0"
     try:
-        library = _load(STEP_SOURCE.read_text(), "step", (*_TARGETS, "jaxreg_register_kernels"), (jax.ffi.include_dir(),))
+        library = _load(
+            STEP_SOURCE.read_text(), "step", (*_TARGETS, "jaxreg_register_kernels"), (jax.ffi.include_dir(),)
+        )
         for name in _TARGETS:
             jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(library, name)), platform="cpu")
     except KernelBuildError as error:

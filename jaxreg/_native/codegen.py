@@ -111,7 +111,12 @@ def kernel_source(
                 names[-2],
                 _ROWS_ARGS,
                 "for (int64_t r = 0; r < rows; ++r) for (int64_t j = 0; j < cols; ++j)",
-                ["const int64_t i = r * stride + j;", "const float f = F[j];", "const float wi = w[i];", "float u = 0.0f;"],
+                [
+                    "const int64_t i = r * stride + j;",
+                    "const float f = F[j];",
+                    "const float wi = w[i];",
+                    "float u = 0.0f;",
+                ],
                 members,
             )
             lines += function(
@@ -122,7 +127,7 @@ def kernel_source(
                 members,
             )
     lines += [
-        f"static_assert(std::is_same_v<decltype(&{name}), jaxreg::{kind}>, \"{name} does not have the type abi.h gives\");"
+        f'static_assert(std::is_same_v<decltype(&{name}), jaxreg::{kind}>, "{name} does not have the type abi.h gives");'
         for name, kind in zip(names, types)
     ]
     return "\n".join(lines) + "\n", names
