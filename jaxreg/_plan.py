@@ -165,6 +165,7 @@ def _state_reason(rules, state, paths, p_leaves) -> str | None:
         )
     n_slots = n_inputs = 0
     for member, (rule, member_state) in enumerate(zip(rules, state)):
+        _rules.check_counts(member, rule, member_state)
         for kind, trees in (("state", rule.slots(member_state)), ("mask", rule.inputs(member_state))):
             for tree in trees:
                 leaves = jax.tree.leaves(_tree.unbox(tree))

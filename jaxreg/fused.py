@@ -57,7 +57,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxreg import _native, _plan, _tree
+from jaxreg import _native, _plan, _rules, _tree
 from jaxreg._native import codegen
 
 __all__ = ["FusedChain", "apply_step", "chain", "fast_path"]
@@ -208,6 +208,8 @@ def _single_pass(plan: _plan.Plan, grads: Any, state: Any, params: Any) -> tuple
     ]
     norm = _norms(plan, g_leaves)
     scalars = [[jnp.asarray(v, jnp.float32) for v in r.scalars(s, norm)] for r, s in zip(rules, state)]
+    for member, (rule, values) in enumerate(zip(rules, scalars)):
+        _rules.check_counts(member, rule, state[member], len(values))
     flat = [v for vs in scalars for v in vs]
     leafwise = tuple(v.ndim == 1 for v in flat)  # one value per leaf: a column of the leaf table
     counts = (tuple(len(v) for v in scalars), tuple(len(s) for s in slots), tuple(len(k) for k in inputs), leafwise)

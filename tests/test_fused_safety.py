@@ -20,7 +20,7 @@ import optax
 import pytest
 
 import jaxreg
-from jaxreg import _native, fused
+from jaxreg import _native, _rules, fused
 from jaxreg._native import cache, codegen
 
 pytestmark = pytest.mark.skipif(not _native.available(), reason=f"no native kernels: {_native.why_unavailable()}")
@@ -337,3 +337,43 @@ def test_the_test_suite_turns_the_fallback_warning_into_an_error():
     assert any(
         f[1] is not None and f[1].match("jaxreg.apply_step: this chain's kernel could not be built") for f in filters
     )
+
+
+# The rules' contract.
+
+
+def _rule(code, **fields):
+    return _rules.Rule(code=code, scalars=lambda state, norm: [], advance=lambda state, slots, norm: state, **fields)
+
+
+@pytest.mark.parametrize(
+    "code, fields, message",
+    [
+        ("{ const float t = u + @s0 * @m1[i]; @m1[i] = t; u = t; }", {}, "names @m1 but not @m0"),
+        ("u = u * @x0;", {}, "names @x0, which is not one of"),
+        ("u = u * @m0;", {}, "wrong form"),
+        ("u = @k0 ? u : 0.0f;", {}, "wrong form"),
+        ("@c0 += u > 1.0f;", {}, "needs record="),
+        ("u = u * @s0;", {"factor": "f = @m0[i];"}, "factor names @m0"),
+        ("u = u * @s0;", {"factor": "g = ss;"}, "factor must set f"),
+    ],
+)
+def test_a_rule_that_names_what_it_does_not_own_is_refused_when_made(code, fields, message):
+    with pytest.raises(ValueError, match=message):
+        _rule(code, **fields)
+
+
+def test_a_rule_whose_state_gives_other_slots_than_it_names_is_refused():
+    # sgd's rule with its slot renamed used to compile behind another momentum SGD and
+    # write into that member's state.
+    sgd = jaxreg.sgd(0.1, momentum=0.9)
+    two_slots = _rules.Rule(
+        code="{ const float t = u + @s1 * @m0[i]; @m0[i] = t; @m1[i] = t; u = t * @s0; }",
+        scalars=sgd.rule.scalars,
+        advance=sgd.rule.advance,
+        slots=sgd.rule.slots,
+    )
+    tx = jaxreg.chain(jaxreg.sgd(0.1, momentum=0.5), _rules.describe(sgd, two_slots))
+    params = {"w": jnp.ones(3)}
+    with pytest.raises(ValueError, match=r"member 1's rule names 2 state slots \(@m0, ...\) but gives 1"):
+        jaxreg.apply_step(tx, params, tx.init(params), params)

@@ -127,7 +127,7 @@ def kernel_source(
                 members,
             )
     lines += [
-        f'static_assert(std::is_same_v<decltype(&{name}), jaxreg::{kind}>, "{name} does not have the type abi.h gives");'
+        f'static_assert(std::is_same_v<decltype(&{name}), jaxreg::{kind}>, "{name}: not the type abi.h gives");'
         for name, kind in zip(names, types)
     ]
     return "\n".join(lines) + "\n", names
