@@ -103,6 +103,9 @@ def chain(*transforms: optax.GradientTransformation) -> FusedChain:
 def fast_path(tx: Any, grads: Any, params: Any, state: Any = None) -> str | None:
     """Why :func:`apply_step` cannot take the single pass for these arguments; None if it will.
 
+    None means the pass will really be taken: the chain's kernel is built (or found in
+    the cache) to answer.
+
     Args:
       tx: the transformation.
       grads: the gradients.
@@ -116,9 +119,16 @@ def fast_path(tx: Any, grads: Any, params: Any, state: Any = None) -> str | None
     try:
         if state is None and hasattr(tx, "members"):
             state = jax.eval_shape(tx.init, params)
-        return _plan.plan_for(tx, grads, state, params).reason
+        plan = _plan.plan_for(tx, grads, state, params)
     except ValueError as error:
         return str(error)
+    if plan.reason is None:
+        try:  # traced without running, only to build (or fail to build) the kernel
+            with jax.numpy_dtype_promotion("standard"):
+                jax.eval_shape(lambda g, s, p: _single_pass(plan, g, s, p), grads, state, params)
+        except _native.KernelBuildError as error:
+            return f"this chain's kernel could not be built: {error}"
+    return plan.reason
 
 
 def apply_step(tx: optax.GradientTransformation, grads: Any, state: Any, params: Any) -> tuple[Any, Any]:
