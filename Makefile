@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test notebooks bench docs docs-check clean
+.PHONY: demo test lint notebooks bench docs docs-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ demo: $(STAMP)
 # single-threaded compiles and subprocesses, so this halves its time on 2 cores.
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+
+# Style: the linter and the formatter, as CI runs them.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # The notebooks live as jupytext percent-format .py files; this renders .ipynb beside them.
 notebooks: $(STAMP)

@@ -1,5 +1,6 @@
 """jaxreg.chain + apply_step: the single pass gives the unfused chain's numbers and state."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -171,7 +172,7 @@ def test_each_transform_alone_gives_its_update(name):
     with jax.numpy_dtype_promotion("standard"):
         got = _run(_fused(tx), tx, params, grads)
         want = _run(_unfused(optax.chain(make())), optax.chain(make()), params, grads)
-    _assert_trees_close(got, want)
+    chex.assert_trees_all_close(got, want, rtol=1e-6, atol=1e-7)
 
 
 def _run(step, tx, params, grads):
@@ -195,12 +196,6 @@ def _fused(tx):
     return jax.jit(lambda p, s, g: jaxreg.apply_step(tx, g, s, p), donate_argnums=(0, 1))
 
 
-def _assert_trees_close(got, want):
-    assert jax.tree.structure(got) == jax.tree.structure(want)
-    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
-
-
 @pytest.mark.parametrize("name", sorted(CHAINS))
 def test_single_pass_equals_the_unfused_chain(name):
     members = CHAINS[name]
@@ -210,7 +205,7 @@ def test_single_pass_equals_the_unfused_chain(name):
     with jax.numpy_dtype_promotion("standard"):
         got = _run(_fused(tx), tx, params, grads)
         want = _run(_unfused(optax.chain(*members())), optax.chain(*members()), params, grads)
-    _assert_trees_close(got, want)  # new params, and the state entry by entry
+    chex.assert_trees_all_close(got, want, rtol=1e-6, atol=1e-7)  # new params, and the state entry by entry
 
 
 @pytest.mark.parametrize("name", sorted(UNIT_CHAINS))
@@ -222,7 +217,7 @@ def test_members_that_rescale_units_fuse_in_stages(name):
     with jax.numpy_dtype_promotion("standard"):
         got = _run(_fused(tx), tx, params, grads)
         want = _run(_unfused(optax.chain(*members())), optax.chain(*members()), params, grads)
-    _assert_trees_close(got, want)
+    chex.assert_trees_all_close(got, want, rtol=1e-6, atol=1e-7)
 
 
 def test_value_clips_count_over_every_chunk_and_thread():
@@ -236,7 +231,7 @@ def test_value_clips_count_over_every_chunk_and_thread():
     with jax.numpy_dtype_promotion("standard"):
         got = _run(_fused(tx), tx, params, grads)
         want = _run(_unfused(optax.chain(*members())), optax.chain(*members()), params, grads)
-    _assert_trees_close(got, want)
+    chex.assert_trees_all_close(got, want, rtol=1e-6, atol=1e-7)
     for member in (1, 3):
         assert 0.05 < float(got[1][member].clipped_fraction) < 0.95
 
@@ -254,7 +249,7 @@ def test_pruned_weights_stay_exactly_zero_in_the_single_pass():
     with jax.numpy_dtype_promotion("standard"):
         got = _run(_fused(tx), tx, params, grads)
         want = _run(_unfused(optax.chain(*members())), optax.chain(*members()), params, grads)
-    _assert_trees_close(got, want)
+    chex.assert_trees_all_close(got, want, rtol=1e-6, atol=1e-7)
     w = np.concatenate([np.ravel(x) for x in jax.tree.leaves(got[0])])
     keep = np.concatenate([np.ravel(k) for k in jax.tree.leaves(got[1][2].keep)])
     assert np.all(w[~keep] == 0.0) and 0.6 < np.mean(~keep) < 0.8
@@ -312,8 +307,8 @@ def test_nnx_state_keeps_its_variable_boxes():
         updates, want_state = tx.update(grads, tx.init(params), params)
     want = optax.apply_updates(params, updates)
     assert jax.tree.structure(new) == jax.tree.structure(params)
-    _assert_trees_close(new, want)
-    _assert_trees_close(state, want_state)
+    chex.assert_trees_all_close(new, want, rtol=1e-6, atol=1e-7)
+    chex.assert_trees_all_close(state, want_state, rtol=1e-6, atol=1e-7)
 
 
 def test_a_vmapped_sweep_over_strengths_runs_each_lane():
@@ -337,7 +332,7 @@ def test_a_vmapped_sweep_over_strengths_runs_each_lane():
     with jax.numpy_dtype_promotion("standard"):
         got = jax.jit(jax.vmap(lambda r: step(r, True)))(rates)
         want = jax.jit(jax.vmap(lambda r: step(r, False)))(rates)
-    _assert_trees_close(got, want)
+    chex.assert_trees_all_close(got, want, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize(
@@ -395,7 +390,7 @@ def _assert_apply_step_is_update_then_apply(tx, grads, params):
     with jax.numpy_dtype_promotion("standard"):
         new, _ = jaxreg.apply_step(tx, grads, tx.init(params), params)
         updates, _ = tx.update(grads, tx.init(params), params)
-    _assert_trees_close(new, optax.apply_updates(params, updates))
+    chex.assert_trees_all_close(new, optax.apply_updates(params, updates), rtol=1e-6, atol=1e-7)
 
 
 def test_bfloat16_params_run_the_unfused_chain():
@@ -540,8 +535,10 @@ def test_jaxreg_nn_optimizer_steps_a_model_like_nnx_optimizer():
     with jax.numpy_dtype_promotion("standard"):
         got, fused_optimizer = train(jaxreg.nn.Optimizer, jaxreg.chain(*members()))
         want, nnx_optimizer = train(nnx.Optimizer, optax.chain(*members()))
-    _assert_trees_close(got, want)
-    _assert_trees_close(nnx.state(fused_optimizer.opt_state), nnx.state(nnx_optimizer.opt_state))
+    chex.assert_trees_all_close(got, want, rtol=1e-6, atol=1e-7)
+    chex.assert_trees_all_close(
+        nnx.state(fused_optimizer.opt_state), nnx.state(nnx_optimizer.opt_state), rtol=1e-6, atol=1e-7
+    )
     assert int(fused_optimizer.step[...]) == 3
     pure = nnx.as_pure(got)
     assert fused.fast_path(fused_optimizer.tx, pure, pure) is None  # the single pass was the one compared
@@ -564,4 +561,4 @@ def test_a_chain_whose_kernel_cannot_be_built_runs_unfused_with_a_warning(monkey
     with pytest.warns(RuntimeWarning, match="kernel could not be built"), jax.numpy_dtype_promotion("standard"):
         new, _ = jax.jit(lambda p, s, g: jaxreg.apply_step(clipped, g, s, p))(params, clipped.init(params), params)
         updates, _ = clipped.update(params, clipped.init(params), params)
-    _assert_trees_close(new, optax.apply_updates(params, updates))
+    chex.assert_trees_all_close(new, optax.apply_updates(params, updates), rtol=1e-6, atol=1e-7)

@@ -13,6 +13,7 @@ import textwrap
 import warnings
 from pathlib import Path
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -51,12 +52,6 @@ def _unfused_step(tx, grads, state, params):
     return optax.apply_updates(params, updates), state
 
 
-def _assert_trees_close(got, want, rtol=1e-6, atol=1e-7):
-    assert jax.tree.structure(got) == jax.tree.structure(want)
-    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rtol, atol=atol)
-
-
 def test_arguments_that_do_not_fit_raise_instead_of_crashing():
     # Before the checks: a larger gradient segfaulted, a smaller state aborted with
     # free(): invalid size, a larger or transposed state was accepted.
@@ -93,7 +88,7 @@ def test_a_broadcastable_gradient_gets_the_unfused_numbers():
     assert "broadcasts" in fused.fast_path(tx, grads, params)
     got = jaxreg.apply_step(tx, grads, tx.init(params), params)
     want = _unfused_step(tx, grads, tx.init(params), params)
-    _assert_trees_close(got, want)
+    chex.assert_trees_all_close(got, want, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
@@ -105,7 +100,7 @@ def test_state_in_another_dtype_takes_the_unfused_step_with_a_reason(dtype):
     assert "the state of member 0 of the chain at params['w'] is" in reason and "float32" in reason
     got = jax.jit(jaxreg.apply_step, static_argnums=0)(tx, params, state, params)
     want = _unfused_step(tx, params, state, params)
-    _assert_trees_close(got, want)
+    chex.assert_trees_all_close(got, want, rtol=1e-6, atol=1e-7)
 
 
 def test_a_chain_beyond_the_kernels_limits_falls_back_with_a_reason():
@@ -113,7 +108,7 @@ def test_a_chain_beyond_the_kernels_limits_falls_back_with_a_reason():
     params = {"w": jnp.ones(5)}
     assert f"at most {_native.MAX_SLOTS}" in fused.fast_path(tx, params, params)
     got = jax.jit(jaxreg.apply_step, static_argnums=0)(tx, params, tx.init(params), params)
-    _assert_trees_close(got, _unfused_step(tx, params, tx.init(params), params))
+    chex.assert_trees_all_close(got, _unfused_step(tx, params, tx.init(params), params), rtol=1e-6, atol=1e-7)
 
 
 def test_many_leaves_are_split_between_calls_with_the_unfused_numbers():
@@ -126,7 +121,7 @@ def test_many_leaves_are_split_between_calls_with_the_unfused_numbers():
     assert len(fused._plan.plan_for(tx, grads, tx.init(params), params).calls) > 1
     got = jax.jit(jaxreg.apply_step, static_argnums=0)(tx, grads, tx.init(params), params)
     want = jax.jit(_unfused_step, static_argnums=0)(tx, grads, tx.init(params), params)
-    _assert_trees_close(got, want)
+    chex.assert_trees_all_close(got, want, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("first", ["global", "leaf"])
@@ -143,7 +138,7 @@ def test_vmap_over_lanes_of_params_matches_the_unfused_chain(first):
     def run(step):
         return jax.jit(jax.vmap(lambda g, p: step(tx, g, tx.init(p), p)))(grads, lanes)
 
-    _assert_trees_close(run(jaxreg.apply_step), run(_unfused_step))
+    chex.assert_trees_all_close(run(jaxreg.apply_step), run(_unfused_step), rtol=1e-6, atol=1e-7)
 
 
 def test_grad_and_jvp_through_apply_step_are_the_unfused_chains():
@@ -185,7 +180,7 @@ def test_long_rows_and_units_match_the_unfused_chain(shape, axis):
     assert fused.fast_path(tx, grads, params) is None
     got = jax.jit(jaxreg.apply_step, static_argnums=0)(tx, grads, tx.init(params), params)
     want = jax.jit(_unfused_step, static_argnums=0)(tx, grads, tx.init(params), params)
-    _assert_trees_close(got, want)
+    chex.assert_trees_all_close(got, want, rtol=1e-6, atol=1e-7)
 
 
 def test_a_one_element_leaf_with_a_huge_gradient_gets_the_unfused_norm():
@@ -193,7 +188,7 @@ def test_a_one_element_leaf_with_a_huge_gradient_gets_the_unfused_norm():
     params, grads = {"w": jnp.ones(1)}, {"w": jnp.full((1,), 1e20)}
     got = jax.jit(jaxreg.apply_step, static_argnums=0)(tx, grads, tx.init(params), params)
     want = jax.jit(_unfused_step, static_argnums=0)(tx, grads, tx.init(params), params)
-    _assert_trees_close(got, want)
+    chex.assert_trees_all_close(got, want, rtol=1e-6, atol=1e-7)
     assert float(got[1][0].norm) == float(np.float32(1e20))
 
 
@@ -266,7 +261,7 @@ def test_a_library_without_the_expected_symbols_falls_back_with_a_warning(monkey
     monkeypatch.setattr(_native, "_BROKEN", {})
     with pytest.warns(RuntimeWarning, match="lacks the symbols"):
         got = jaxreg.apply_step(tx, params, tx.init(params), params)
-    _assert_trees_close(got, _unfused_step(tx, params, tx.init(params), params))
+    chex.assert_trees_all_close(got, _unfused_step(tx, params, tx.init(params), params), rtol=1e-6, atol=1e-7)
 
 
 @pytest.fixture
