@@ -21,9 +21,10 @@ import optax
 import jaxreg
 from bench import harness
 
-# (parameters, leaves): the measurement is on 50 leaves; the tiny run (a test that keeps
-# the script from rotting) compiles 5, a fraction of the time.
-SIZES = {"tiny": (20_000, 5), "default": (1_000_000, 50)}
+# (parameters, leaves, leaves of a large model): the compile measurement is on 50 leaves,
+# the first call on 1000 (a transformer easily has 500); the tiny run (a test that keeps
+# the script from rotting) compiles 5 and calls 20, a fraction of the time.
+SIZES = {"tiny": (20_000, 5, 20), "default": (1_000_000, 50, 1000)}
 
 
 def six_transform_chain_members() -> tuple[optax.GradientTransformation, ...]:
@@ -64,9 +65,27 @@ def compile_seconds(tx: optax.GradientTransformation, shapes, repeats: int, fuse
     return float(np.median(times))
 
 
+def first_call_seconds(tx: optax.GradientTransformation, shapes, fused: bool) -> float:
+    """Seconds of the first call of the jitted, donating update step of ``tx`` (trace,
+    compile and one run): what a user waits for before training starts."""
+    params = {f"leaf{i:04d}": jnp.zeros(s, jnp.float32) for i, s in enumerate(shapes)}
+    grads = jax.tree.map(jnp.ones_like, params)
+    state = tx.init(params)
+
+    def step(params, state, grads):
+        if fused:
+            return jaxreg.apply_step(tx, grads, state, params)
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    start = time.perf_counter()
+    jax.block_until_ready(jax.jit(step, donate_argnums=(0, 1))(params, state, grads))
+    return time.perf_counter() - start
+
+
 def run(size: str, repeats: int) -> list[dict]:
-    """Measures both compile times; prints and returns the records."""
-    n_params, n_leaves = SIZES[size]
+    """Measures the compile times and the first calls; prints and returns the records."""
+    n_params, n_leaves, many = SIZES[size]
     shapes = harness.leaf_shapes(n_params, leaves=n_leaves)
     chain_s = compile_seconds(six_transform_chain(), shapes, repeats)
     adam_s = compile_seconds(optax.adam(1e-3), shapes, repeats)
@@ -77,6 +96,27 @@ def run(size: str, repeats: int) -> list[dict]:
         harness.emit(dict(base, impl="6 transforms, optax.chain", median_s=chain_s, ratio_to_adam=chain_s / adam_s)),
         harness.emit(
             dict(base, impl="6 transforms, jaxreg.chain + apply_step", median_s=fused_s, ratio_to_adam=fused_s / adam_s)
+        ),
+        *first_calls(n_params, many),
+    ]
+
+
+def first_calls(n_params: int, leaves: int) -> list[dict]:
+    """The first call on many leaves: ``optax.adam`` alone (the baseline) and the six
+    transforms fused (once each: a first call happens once)."""
+    shapes = harness.leaf_shapes(n_params, leaves=leaves)
+    adam_s = first_call_seconds(optax.adam(1e-3), shapes, False)
+    fused_s = first_call_seconds(jaxreg.chain(*six_transform_chain_members()), shapes, True)
+    base = dict(bench="compile", leaves=len(shapes), machine=harness.machine_name())
+    return [
+        harness.emit(dict(base, impl="first call: optax.adam alone", median_s=adam_s, ratio_to_adam=1.0)),
+        harness.emit(
+            dict(
+                base,
+                impl="first call: 6 transforms, jaxreg.chain + apply_step",
+                median_s=fused_s,
+                ratio_to_adam=fused_s / adam_s,
+            )
         ),
     ]
 
