@@ -138,12 +138,15 @@ def test_low_precision_leaves_keep_their_dtype_and_compute_in_float32(name, dtyp
     entry = CATALOG[name]
     dt, tol = LOW_PRECISION[dtype]
     params, updates = (jax.tree.map(lambda x: jnp.asarray(x, dt), t) for t in (PARAMS, UPDATES))
-    out = run(entry, entry.value, params, updates)
+    # The hyperparameter as a traced float32 scalar, as a sweep or a schedule hands it over.
+    out = jax.jit(lambda h, p, u: run(entry, h, p, u))(jnp.float32(entry.value), params, updates)
+    new = optax.apply_updates(params, out)
+    # float32 math on the same (rounded) inputs: the run differs only by its roundings.
     reference = run(
         entry, entry.value, *(jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), t) for t in (params, updates))
     )
     for k in SHAPES:
-        assert out[k].dtype == dt, name
+        assert out[k].dtype == dt and new[k].dtype == dt, name
         np.testing.assert_allclose(np.asarray(out[k], np.float32), reference[k], rtol=tol, atol=tol, err_msg=name)
 
 
