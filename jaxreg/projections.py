@@ -223,7 +223,8 @@ def project_l1_ball(
     """Projects the parameters onto the L1 ball of ``radius``: a soft-threshold by ``tau``.
 
     ``w <- sign(w) * max(|w| - tau, 0)`` with the smallest ``tau >= 0`` that brings
-    ``||w||_1`` down to ``radius`` (identity inside the ball). Same result as
+    ``||w||_1`` down to ``radius`` (identity inside the ball); complex values shrink by
+    their modulus, as in optax. Same result as
     ``optax.projections.projection_l1_ball``, but ``tau`` is found by bisection plus
     exact Newton steps over per-leaf sums instead of sorting the raveled tree, so it
     needs O(number of leaves) extra memory and works on sharded parameters.
@@ -248,12 +249,21 @@ def project_l1_ball(
         norm = _tree.global_norm(ws, 1.0)
         r = jnp.asarray(r).astype(norm.dtype)
         tau = jnp.where(norm > r, _l1_ball_threshold(ws, r), 0)
-        return [soft_threshold(w, tau) for w in ws]
+        return [_shrink_modulus(w, tau) for w in ws]
 
     # No fused form: the threshold is a search over the values, not a factor of a norm.
-    return _param_space.params_transform(
-        fn, _at_count(scope, project, radius), mask=mask, hypers=(("radius", radius),), real_only=True
-    )
+    return _param_space.params_transform(fn, _at_count(scope, project, radius), mask=mask, hypers=(("radius", radius),))
+
+
+def _shrink_modulus(w: jax.Array, tau: jax.Array) -> jax.Array:
+    """``sign(w) * max(|w| - tau, 0)``: the soft threshold, for a complex value by its modulus
+    (``w * max(0, 1 - tau / |w|)``, optax's ``sign(w) * projection(|w|)``)."""
+    if not jnp.issubdtype(w.dtype, jnp.complexfloating):
+        return soft_threshold(w, tau)
+    modulus = jnp.abs(_tree.wide(w))
+    t = _tree.real_for(tau, w)
+    over = modulus > t
+    return _tree.scaled(w, jnp.where(over, 1 - t / jnp.where(over, modulus, 1), 0))
 
 
 def max_norm(

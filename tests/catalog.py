@@ -84,8 +84,10 @@ CATALOG: dict[str, Entry] = {
     "project_l2_ball leaf": Entry(
         lambda h, m: jaxreg.project_l2_ball(h, scope="leaf", mask=m), 1.0, complex_values=True
     ),
-    "project_l1_ball": Entry(lambda h, m: jaxreg.project_l1_ball(h, mask=m), 1.5),
-    "project_l1_ball leaf": Entry(lambda h, m: jaxreg.project_l1_ball(h, scope="leaf", mask=m), 1.0),
+    "project_l1_ball": Entry(lambda h, m: jaxreg.project_l1_ball(h, mask=m), 1.5, complex_values=True),
+    "project_l1_ball leaf": Entry(
+        lambda h, m: jaxreg.project_l1_ball(h, scope="leaf", mask=m), 1.0, complex_values=True
+    ),
     "max_norm": Entry(lambda h, m: jaxreg.max_norm(h, mask=m), 0.6, complex_values=True, units=True),
 }
 

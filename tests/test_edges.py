@@ -132,6 +132,23 @@ def test_adam_then_decoupled_weight_decay_on_complex64_is_optax_adamw():
         np.testing.assert_allclose(np.asarray(p1[k]), np.asarray(p2[k]), rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("scope", ["global", "leaf"])
+def test_complex_l1_ball_matches_optax(scope):
+    rng = np.random.default_rng(6)
+    params = {
+        k: jnp.asarray(rng.standard_normal(s) + 1j * rng.standard_normal(s), jnp.complex64)
+        for k, s in [("a", (4, 3)), ("b", 5)]
+    }
+    out = _step(jaxreg.project_l1_ball(2.0, scope=scope), params)
+    if scope == "global":
+        expected = _optax_standard(optax.projections.projection_l1_ball, params, 2.0)
+    else:
+        expected = {k: _optax_standard(optax.projections.projection_l1_ball, v, 2.0) for k, v in params.items()}
+    for k in params:
+        assert out[k].dtype == np.complex64
+        np.testing.assert_allclose(np.asarray(out[k]), np.asarray(expected[k]), rtol=2e-5, atol=2e-6)
+
+
 def test_decay_keeps_the_imaginary_part_without_a_warning():
     params = {"z": jnp.asarray([1 + 2j], jnp.complex64)}
     with np.testing.assert_no_warnings():
@@ -258,9 +275,7 @@ def test_an_array_strength_of_the_wrong_shape_names_the_argument_and_the_leaf():
     np.testing.assert_array_equal(_step(ok, {"w": jnp.ones((2, 3))})["w"], [[1.0, 0.0, 0.0]] * 2)
 
 
-@pytest.mark.parametrize(
-    "make", [jaxreg.l1_prox, lambda h: jaxreg.project_box(-h, h), lambda h: jaxreg.clip(h), jaxreg.project_l1_ball]
-)
+@pytest.mark.parametrize("make", [jaxreg.l1_prox, lambda h: jaxreg.project_box(-h, h), lambda h: jaxreg.clip(h)])
 def test_complex_leaves_are_refused_by_transforms_of_real_values(make):
     params = {"w": jnp.zeros(2), "z": jnp.zeros(2, jnp.complex64)}
     with pytest.raises(TypeError, match=r"params\['z'\] is complex64, but .* takes real values only"):
