@@ -246,9 +246,15 @@ def test_tune_strength_through_a_group_lasso_that_zeroes_a_unit_has_no_nan():
     def loss(p):
         return 0.5 * jnp.mean((x @ p["w"] - y) ** 2)
 
-    result = tune_strength(
-        make_optimizer, loss, loss, {"w": jnp.zeros((4, 2), jnp.float32)}, 0.5, inner_steps=20, outer_steps=4
-    )
+    init = {"w": jnp.zeros((4, 2), jnp.float32)}
+    # At the starting strength, training ends with the second unit exactly zero.
+    tx, params = make_optimizer(0.5), init
+    state = tx.init(params)
+    for _ in range(20):
+        updates, state = tx.update(jax.grad(loss)(params), state, params)
+        params = optax.apply_updates(params, updates)
+    assert np.all(np.asarray(params["w"][:, 1]) == 0) and np.all(np.asarray(params["w"][:, 0]) != 0)
+    result = tune_strength(make_optimizer, loss, loss, init, 0.5, inner_steps=20, outer_steps=4)
     assert np.all(np.isfinite(result.strengths)) and np.all(np.isfinite(result.val_losses))
 
 
@@ -280,3 +286,25 @@ def test_complex_leaves_are_refused_by_transforms_of_real_values(make):
     params = {"w": jnp.zeros(2), "z": jnp.zeros(2, jnp.complex64)}
     with pytest.raises(TypeError, match=r"params\['z'\] is complex64, but .* takes real values only"):
         make(1.0).init(params)
+
+
+# ---- masks on the clipping transforms ------------------------------------------------------------
+
+
+def test_masked_clips_scale_the_selected_leaves_by_their_own_norms():
+    grads = {"a": jnp.asarray([3.0, 4.0]), "b": jnp.asarray([12.0]), "n": jnp.asarray(7, jnp.int32)}
+    mask = {"a": True, "b": False, "n": True}
+    tx = jaxreg.clip_by_global_norm(1.0, mask=mask)
+    updates, state = tx.update(grads, tx.init(grads))
+    assert float(state.norm) == pytest.approx(5.0)  # over "a" only: not 13, and the int is not counted
+    np.testing.assert_allclose(np.asarray(updates["a"]), [0.6, 0.8], rtol=1e-6)
+    assert float(updates["b"][0]) == 12.0 and int(updates["n"]) == 7
+    # Its fused form would sum all the leaves: the chain runs unfused, and says so.
+    chain = jaxreg.chain(tx, jaxreg.sgd(0.1))
+    assert jaxreg.fused.fast_path(chain, grads, grads) == "member 0 of the chain has no element-wise form"
+    # clip_by_leaf_norm records the norm of every floating leaf, and clips the selected ones.
+    leaf = jaxreg.clip_by_leaf_norm(1.0, mask=mask)
+    updates, state = leaf.update(grads, leaf.init(grads))
+    assert {k: float(v) for k, v in state.norm.items()} == pytest.approx({"a": 5.0, "b": 12.0, "n": 0.0})
+    np.testing.assert_allclose(np.asarray(updates["a"]), [0.6, 0.8], rtol=1e-6)
+    assert float(updates["b"][0]) == 12.0
