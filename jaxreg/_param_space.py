@@ -36,14 +36,18 @@ def land_within(p: jax.Array, d: jax.Array, lower: Any, upper: Any) -> jax.Array
 
     ``p + (z - p)`` is ``z`` only up to a rounding, and for a hard constraint that
     rounding must not leave the set: without this, about a fifth of the entries a box
-    clips would land one ulp outside it after ``optax.apply_updates``.
+    clips would land one ulp outside it after ``optax.apply_updates``. The nudge is a
+    constant to derivatives (``nextafter`` has none): ``d``'s derivative passes through.
     """
     dtype = p.dtype
     lo, hi = jnp.asarray(lower).astype(dtype), jnp.asarray(upper).astype(dtype)
-    landed = p + d
-    down = jnp.nextafter(d, jnp.full_like(d, -jnp.inf))
-    up = jnp.nextafter(d, jnp.full_like(d, jnp.inf))
-    return jnp.where(landed > hi, down, jnp.where(landed < lo, up, d))
+    fixed = jax.lax.stop_gradient(d)
+    landed = jax.lax.stop_gradient(p) + fixed
+    down = jnp.nextafter(fixed, jnp.full_like(fixed, -jnp.inf))
+    up = jnp.nextafter(fixed, jnp.full_like(fixed, jnp.inf))
+    # One ulp apart, so the difference and the sum below are exact.
+    nudge = jnp.where(landed > hi, down - fixed, jnp.where(landed < lo, up - fixed, jnp.zeros_like(fixed)))
+    return d + nudge
 
 
 def needs_params_error(fn: str) -> ValueError:
@@ -62,8 +66,15 @@ def updates_transform(
     mask: Any = None,
     check: LeafCheck | None = None,
     per_leaf: Sequence[tuple[str, Any]] = (),
+    hypers: Sequence[tuple[str, Any]] = (),
+    real_only: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """A transform that rewrites the updates of the selected leaves, reading params.
+
+    ``op`` sees only the leaves it changes: those ``mask`` selects whose params and
+    updates are floating or complex (integer leaves, e.g. a step counter, pass
+    unchanged), as JAX arrays (Python scalars are converted). With none selected the
+    transform is the identity and ``op`` is not called.
 
     Args:
       fn: public name of the transform, used in error messages.
@@ -73,27 +84,31 @@ def updates_transform(
       check: raises on selected leaves that ``op`` cannot handle (e.g. an axis out of
         range); called at ``init`` and when tracing ``update``.
       per_leaf: ``(name, value)`` pairs of hyperparameters given as one value or as a
-        tree with the params' structure; ``op`` gets the selected leaves of each as
-        extra list arguments.
+        tree with the params' structure (each entry a value or a schedule); ``op`` gets
+        the selected leaves of each, at this step, as extra list arguments.
+      hypers: ``(name, value)`` pairs of hyperparameters given as one value for all
+        leaves; an array among them must broadcast to every selected leaf.
+      real_only: refuse complex leaves (``op`` is defined on real values only).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` with a ``StepCountState``.
     """
 
-    def select(params: Any) -> tuple[list[bool], list[jax.Array]]:
-        paths, leaves, _ = _tree.leaves_with_paths(params)
-        selected = _tree.resolve_mask(fn, mask, params)
+    def select(params: Any, *others: Sequence[Any]) -> tuple[list[Any], list[int], list[list[Any]]]:
+        paths, leaves, picked = _tree.acted_on(fn, mask, params, *others, real_only=real_only)
         if check is not None:
-            check(
-                [p for p, s in zip(paths, selected) if s],
-                [x for x, s in zip(leaves, selected) if s],
-            )
-        return selected, leaves
+            check([paths[i] for i in picked], [leaves[i] for i in picked])
+        for name, value in hypers:
+            for i in picked:
+                _tree.check_broadcast(fn, name, paths[i], value, leaves[i])
+        columns = [_tree.match_tree(fn, name, value, params) for name, value in per_leaf]
+        for (name, _), column in zip(per_leaf, columns):
+            for i in picked:
+                _tree.check_broadcast(fn, name, paths[i], column[i], leaves[i])
+        return leaves, picked, columns
 
     def init_fn(params: optax.Params) -> StepCountState:
-        select(params)
-        for name, value in per_leaf:  # a bound tree of the wrong shape fails here, not at step 1
-            _tree.match_tree(fn, name, value, params)
+        select(params)  # a bad mask, axis or bound fails here, not at step 1
         return StepCountState(count=jnp.zeros([], jnp.int32))
 
     def update_fn(
@@ -105,19 +120,18 @@ def updates_transform(
         del extra_args
         if params is None:
             raise needs_params_error(fn)
-        selected, p_leaves = select(params)
         u_leaves = _tree.match_tree(fn, "updates", updates, params, broadcast=False)
-        picked = [i for i, s in enumerate(selected) if s]
-        extras = [_tree.match_tree(fn, name, value, params) for name, value in per_leaf]
-        new = op(
-            [u_leaves[i] for i in picked],
-            [p_leaves[i] for i in picked],
-            state.count,
-            *[[column[i] for i in picked] for column in extras],
-        )
+        p_leaves, picked, columns = select(params, u_leaves)
         out = list(u_leaves)
-        for i, u2 in zip(picked, new):
-            out[i] = u2.astype(u_leaves[i].dtype)
+        if picked:
+            new = op(
+                [_tree.as_array(u_leaves[i]) for i in picked],
+                [_tree.as_array(p_leaves[i]) for i in picked],
+                state.count,
+                *[[_tree.value_at(column[i], state.count) for i in picked] for column in columns],
+            )
+            for i, u2 in zip(picked, new):
+                out[i] = u2.astype(jnp.result_type(u_leaves[i]))
         return _tree.rebox_like(updates, out), StepCountState(optax.safe_increment(state.count))
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -130,6 +144,8 @@ def params_transform(
     mask: Any = None,
     check: LeafCheck | None = None,
     per_leaf: Sequence[tuple[str, Any]] = (),
+    hypers: Sequence[tuple[str, Any]] = (),
+    real_only: bool = False,
     bounded: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """A transform that maps the new params ``w = p + u`` through ``op`` (prox, projection).
@@ -147,7 +163,9 @@ def params_transform(
             ds = [land_within(p, d, lo, hi) for p, d, lo, hi in zip(ps, ds, extras[0], extras[1])]
         return ds
 
-    return updates_transform(fn, to_updates, mask=mask, check=check, per_leaf=per_leaf)
+    return updates_transform(
+        fn, to_updates, mask=mask, check=check, per_leaf=per_leaf, hypers=hypers, real_only=real_only
+    )
 
 
 def count_rule(

@@ -15,6 +15,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 KeyPath = tuple[Any, ...]
 
@@ -159,8 +160,10 @@ def check_same_sharding(fn: str, arg: str, path: KeyPath, value: Any, param: Any
 def resolve_mask(fn: str, mask: Any, params: Any, arg: str = "mask") -> list[bool]:
     """The mask (a tree of bools or a callable ``params -> tree``) as a list per leaf.
 
-    ``None`` selects every leaf. Mask leaves must be Python or NumPy booleans: they
-    decide which leaves a transform touches, which is static structure, not data.
+    ``None`` selects every leaf. Mask leaves must be booleans known now: Python or
+    NumPy bools, or 0-d bool arrays. They decide which leaves a transform touches,
+    which is static structure, not data; anything else (a string, a number, a traced
+    value) raises a ``TypeError`` naming the leaf.
     """
     params = unbox(params)
     n = jax.tree_util.tree_structure(params).num_leaves
@@ -175,15 +178,84 @@ def resolve_mask(fn: str, mask: Any, params: Any, arg: str = "mask") -> list[boo
             f"{fn}: {arg} {where}; give {arg}= with the same tree structure as the "
             f"params (True where it applies), or a callable params -> {arg}."
         )
-    out = []
-    for path, leaf in pairs:
-        if isinstance(leaf, jax.core.Tracer) or getattr(leaf, "shape", ()) != ():
-            raise TypeError(
-                f"{fn}: {arg} leaf at params{jax.tree_util.keystr(path)} must be a Python or NumPy "
-                f"bool (static), got {type(leaf).__name__} with shape {getattr(leaf, 'shape', '?')}."
-            )
-        out.append(bool(leaf))
-    return out
+    return [_mask_bool(fn, arg, path, leaf) for path, leaf in pairs]
+
+
+def _mask_bool(fn: str, arg: str, path: KeyPath, leaf: Any) -> bool:
+    if isinstance(leaf, bool | np.bool_):
+        return bool(leaf)
+    if not isinstance(leaf, jax.core.Tracer) and getattr(leaf, "shape", None) == () and leaf.dtype == np.bool_:
+        return bool(leaf)
+    if isinstance(leaf, jax.core.Tracer) or hasattr(leaf, "shape"):
+        kind = f"{type(leaf).__name__} of dtype {leaf.dtype} and shape {leaf.shape}"
+    else:
+        kind = f"{leaf!r} of type {type(leaf).__name__}"
+    raise TypeError(
+        f"{fn}: {arg} leaf at params{jax.tree_util.keystr(path)} must be a bool known now (Python, NumPy or "
+        f"a 0-d bool array; not traced), got {kind}."
+    )
+
+
+def as_array(x: Any) -> jax.Array:
+    """``x`` as a JAX array: Python scalars and NumPy arrays are converted, arrays kept."""
+    return x if isinstance(x, jax.Array) else jnp.asarray(x)
+
+
+def is_inexact(x: Any) -> bool:
+    """Whether ``x`` holds floating or complex values: the leaves a transform may change.
+
+    Integer, bool and ``float0`` leaves (a step counter kept in the params, the
+    gradient JAX gives for it) are never changed.
+    """
+    return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+
+
+def acted_on(
+    fn: str, mask: Any, tree: Any, *others: Sequence[Any], real_only: bool = False
+) -> tuple[list[KeyPath], list[Any], list[int]]:
+    """The paths and leaves of ``tree`` and the indices of the leaves a transform changes.
+
+    A leaf is changed when ``mask`` selects it and it is floating or complex, in
+    ``tree`` and in each of ``others`` (lists aligned with its leaves); integer leaves
+    are skipped. With ``real_only`` a complex leaf that would be changed raises a
+    ``TypeError`` naming it.
+    """
+    paths, leaves, _ = leaves_with_paths(tree)
+    selected = resolve_mask(fn, mask, tree)
+    picked = [
+        i
+        for i, s in enumerate(selected)
+        if s and is_inexact(leaves[i]) and all(is_inexact(column[i]) for column in others)
+    ]
+    if real_only:
+        for i in picked:
+            dtype = jnp.result_type(leaves[i])
+            if jnp.issubdtype(dtype, jnp.complexfloating):
+                raise TypeError(
+                    f"{fn}: params{jax.tree_util.keystr(paths[i])} is {dtype}, but {fn} takes real values only; "
+                    "leave complex leaves out with mask=."
+                )
+    return paths, leaves, picked
+
+
+def check_broadcast(fn: str, arg: str, path: KeyPath, value: Any, leaf: Any) -> None:
+    """Raises a ValueError naming the leaf when ``value`` does not broadcast to ``leaf``'s shape.
+
+    Schedules (callables) are not checked: their shape is known only at a step.
+    """
+    if callable(value):
+        return
+    have, want = jnp.shape(value), jnp.shape(leaf)
+    try:
+        fits = np.broadcast_shapes(have, want) == tuple(want)
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ValueError(
+            f"{fn}: {arg} has shape {have}, which does not broadcast to the shape {want} of "
+            f"params{jax.tree_util.keystr(path)}; give {arg} as a scalar, an array that broadcasts to "
+            "every leaf it applies to, or a tree with the params' structure."
+        )
 
 
 def check_axis(fn: str, axis: int, paths: Sequence[KeyPath], leaves: Sequence[Any], selector: str = "mask") -> None:
@@ -205,15 +277,21 @@ def other_axes(ndim: int, axis: int) -> tuple[int, ...]:
 
 
 def compute_dtype(dtype: Any) -> Any:
-    """float32, or the dtype itself when wider: bf16/f16 math runs in float32 (principle 7).
+    """The dtype a leaf's math runs in: float32 for bf16/f16 (principle 7), else the leaf's own.
 
-    Written out rather than ``jnp.promote_types``, which refuses bf16 + f32 under
-    ``jax_numpy_dtype_promotion="strict"``.
+    float32, float64, complex64 and complex128 compute in themselves; anything
+    narrower in float32. Written out rather than ``jnp.promote_types``, which refuses
+    bf16 + f32 under ``jax_numpy_dtype_promotion="strict"``.
     """
     dtype = jnp.dtype(dtype)
-    if jnp.issubdtype(dtype, jnp.floating) and dtype.itemsize >= 4:
+    if jnp.issubdtype(dtype, jnp.complexfloating) or (jnp.issubdtype(dtype, jnp.floating) and dtype.itemsize >= 4):
         return dtype
     return jnp.dtype(jnp.float32)
+
+
+def real_dtype(dtype: Any) -> Any:
+    """The real dtype of a leaf's norms and scale factors: float32 for complex64, float64 for complex128."""
+    return jnp.dtype(jnp.finfo(compute_dtype(dtype)).dtype)
 
 
 def wide(x: jax.Array) -> jax.Array:
@@ -221,47 +299,89 @@ def wide(x: jax.Array) -> jax.Array:
     return x.astype(compute_dtype(x.dtype))
 
 
+def real_for(value: Any, x: jax.Array) -> jax.Array:
+    """A real hyperparameter or factor cast to ``x``'s real compute dtype.
+
+    So that float32 hyperparameters meet float64 leaves (and float64 norms meet float32
+    leaves) under strict dtype promotion, and the math runs in the leaf's precision.
+    """
+    return jnp.asarray(value).astype(real_dtype(x.dtype))
+
+
+def scaled(x: jax.Array, factor: Any) -> jax.Array:
+    """``x * factor`` for a real ``factor``, computed in ``x``'s compute dtype (complex kept)."""
+    return wide(x) * real_for(factor, x).astype(compute_dtype(x.dtype))
+
+
+def widest_real(leaves: Sequence[Any]) -> Any:
+    """The widest :func:`real_dtype` of ``leaves`` (float32 for none): the dtype of a norm over them all."""
+    dtypes = [real_dtype(jnp.result_type(x)) for x in leaves]
+    return max(dtypes, key=lambda d: d.itemsize, default=jnp.dtype(jnp.float32))
+
+
+def _magnitude(x: jax.Array) -> jax.Array:
+    """``|x|`` in ``x``'s real compute dtype (the modulus of a complex value)."""
+    return jnp.abs(wide(x))
+
+
+def _abs_sq(x: jax.Array) -> jax.Array:
+    """``|x|^2`` in ``x``'s real compute dtype, from the real and imaginary parts of a complex value."""
+    w = wide(x)
+    if jnp.issubdtype(w.dtype, jnp.complexfloating):
+        return jnp.real(w) * jnp.real(w) + jnp.imag(w) * jnp.imag(w)
+    return w * w
+
+
+def safe_root(total: jax.Array, ord: float) -> jax.Array:
+    """``total ** (1 / ord)`` with a finite derivative (0) at ``total == 0``, as optax's norms (NaN kept)."""
+    nonzero = total != 0
+    inside = jnp.where(nonzero, total, jnp.ones_like(total))
+    root = jnp.sqrt(inside) if ord == 2 else inside ** (1.0 / ord)
+    return jnp.where(nonzero, root, jnp.zeros_like(total))
+
+
 def unit_norms(x: jax.Array, axis: int, ord: float = 2.0) -> jax.Array:
-    """``ord``-norm (float32) of each slice along ``axis``, shaped to broadcast against ``x``."""
+    """``ord``-norm of each slice along ``axis`` in ``x``'s real compute dtype, shaped to broadcast against ``x``."""
     other = other_axes(x.ndim, axis)
-    a = jnp.abs(x.astype(jnp.float32))
     if ord == 2:
-        return jnp.sqrt(jnp.sum(a * a, axis=other, keepdims=True))
+        return safe_root(jnp.sum(_abs_sq(x), axis=other, keepdims=True), 2.0)
+    a = _magnitude(x)
     if math.isinf(ord):
         return jnp.max(a, axis=other, keepdims=True, initial=0.0)
     if ord == 1:
         return jnp.sum(a, axis=other, keepdims=True)
-    return jnp.sum(a**ord, axis=other, keepdims=True) ** (1.0 / ord)
+    return safe_root(jnp.sum(a**ord, axis=other, keepdims=True), ord)
 
 
 def leaf_power_sum(x: jax.Array, ord: float) -> jax.Array:
-    """``sum |x|^ord`` of one leaf in float32 (``max |x|`` when ``ord`` is inf)."""
-    a = jnp.abs(x.astype(jnp.float32))
+    """``sum |x|^ord`` of one leaf in its real compute dtype (``max |x|`` when ``ord`` is inf)."""
+    if ord == 2:
+        return jnp.sum(_abs_sq(x))
+    a = _magnitude(x)
     if math.isinf(ord):
         return jnp.max(a, initial=0.0)
-    if ord == 2:
-        return jnp.sum(a * a)
     if ord == 1:
         return jnp.sum(a)
     return jnp.sum(a**ord)
 
 
 def combine_power_sums(sums: Sequence[jax.Array], ord: float) -> jax.Array:
-    """The ``ord``-norm from per-leaf partial reductions (one scalar all-reduce)."""
+    """The ``ord``-norm from per-leaf partial reductions (one scalar all-reduce), in the widest of their dtypes."""
+    dtype = widest_real(sums)
     if not sums:
-        return jnp.zeros([], jnp.float32)
+        return jnp.zeros([], dtype)
+    sums = [s.astype(dtype) for s in sums]
     if math.isinf(ord):
         return jnp.max(jnp.stack(sums))
     total = sum(sums[1:], sums[0])
     if ord == 1:
         return total
-    if ord == 2:
-        return jnp.sqrt(total)
-    return total ** (1.0 / ord)
+    return safe_root(total, ord)
 
 
 def global_norm(leaves: Sequence[jax.Array], ord: float = 2.0) -> jax.Array:
-    """The ``ord``-norm of all leaves together, accumulated in float32 without a gather."""
+    """The ``ord``-norm of all leaves together, without a gather: each leaf reduces in its real
+    compute dtype (float32 for bf16/f16, float64 for float64), the total in the widest."""
     return combine_power_sums([leaf_power_sum(x, ord) for x in leaves], ord)
 
 

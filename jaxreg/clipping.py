@@ -3,8 +3,9 @@
 Place these *before* the optimizer. Clipping guards against exploding gradients; it is
 not a regularizer of the parameters. Each keeps in its state what PyTorch returns and
 optax throws away (the pre-clip norm, the fraction clipped), so a training loop can log
-it. Norms accumulate in float32 from per-leaf partial sums (one scalar all-reduce on
-sharded gradients). Non-finite gradients propagate, as in optax and PyTorch: an ``inf``
+it. Norms accumulate from per-leaf partial sums (one scalar all-reduce on sharded
+gradients), in float32 for float32, bf16 and f16 gradients and in float64 for float64
+ones; integer leaves are never changed. Non-finite gradients propagate, as in optax and PyTorch: an ``inf``
 norm scales finite entries to 0 and ``inf`` entries to NaN; combine with
 ``optax.apply_if_finite`` to skip such steps.
 """
@@ -19,6 +20,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxreg import _checks, _rules, _tree
+from jaxreg.masks import Mask
 
 __all__ = ["ClipByNormState", "ClipState", "clip", "clip_by_global_norm", "clip_by_leaf_norm"]
 
@@ -37,25 +39,49 @@ class ClipByNormState(NamedTuple):
     norm: Any  # pre-clip norm of the last step: a scalar, or one per leaf
 
 
-def clip(max_delta: chex.Numeric | optax.Schedule) -> optax.GradientTransformation:
+def _selected(
+    fn: str, mask: Any, tree: Any, hypers: tuple[tuple[str, Any], ...] = (), real_only: bool = False
+) -> tuple[list[Any], list[int]]:
+    """The leaves of ``tree`` (updates, or params at ``init``) and the indices of those the
+    clip changes: selected by ``mask``, floating or complex (refused with ``real_only``);
+    an array in ``hypers`` must broadcast to each of them."""
+    paths, leaves, picked = _tree.acted_on(fn, mask, tree, real_only=real_only)
+    for name, value in hypers:
+        for i in picked:
+            _tree.check_broadcast(fn, name, paths[i], value, leaves[i])
+    return leaves, picked
+
+
+def _replaced(updates: Any, leaves: list[Any], picked: list[int], new: list[jax.Array]) -> Any:
+    """``updates`` with its leaves at ``picked`` replaced by ``new``, the others unchanged."""
+    out = list(leaves)
+    for i, x in zip(picked, new):
+        out[i] = x
+    return _tree.rebox_like(updates, out)
+
+
+def clip(max_delta: chex.Numeric | optax.Schedule, mask: Mask = None) -> optax.GradientTransformation:
     """Clips every gradient entry into ``[-max_delta, max_delta]``.
 
     Same numbers as ``optax.clip`` and ``torch.nn.utils.clip_grad_value_``; its state
-    also records ``clipped_fraction``, the share of entries that hit the bound on the
-    last step (a cheap signal that ``max_delta`` is too tight). NaN stays NaN, ``inf``
-    becomes ``max_delta``.
+    also records ``clipped_fraction``, the share of the selected entries that hit the
+    bound on the last step (a cheap signal that ``max_delta`` is too tight). NaN stays
+    NaN, ``inf`` becomes ``max_delta``. Real gradients only: a complex one raises a
+    ``TypeError`` (leave it out with ``mask``).
 
     Args:
       max_delta: the bound L >= 0 (float, array or schedule).
+      mask: pytree of bools or callable ``updates -> mask``; True where it clips.
 
     Returns:
       An ``optax.GradientTransformation`` with a :class:`ClipState`.
     """
     fn = "clip"
     _checks.check_nonnegative(fn, "max_delta", max_delta)
+    hypers = (("max_delta", max_delta),)
 
     def init_fn(params: optax.Params) -> ClipState:
-        del params
+        _selected(fn, mask, params, hypers, real_only=True)
         return ClipState(jnp.zeros([], jnp.int32), jnp.zeros([], jnp.float32))
 
     def update_fn(
@@ -63,21 +89,23 @@ def clip(max_delta: chex.Numeric | optax.Schedule) -> optax.GradientTransformati
     ) -> tuple[optax.Updates, ClipState]:
         del params
         bound = jnp.asarray(_tree.value_at(max_delta, state.count))
-        leaves = jax.tree.leaves(updates)
+        leaves, picked = _selected(fn, mask, updates, hypers, real_only=True)
+        gs = [_tree.as_array(leaves[i]) for i in picked]
 
         def in_dtype(g):  # the bound as the gradient's dtype: bf16 stays bf16
             return bound.astype(g.dtype)
 
-        hit = sum((jnp.sum(jnp.abs(g) > in_dtype(g), dtype=jnp.float32) for g in leaves), jnp.zeros([], jnp.float32))
-        total = max(sum(jnp.size(g) for g in leaves), 1)
-        clipped = jax.tree.map(lambda g: jnp.clip(g, -in_dtype(g), in_dtype(g)), updates)
-        return clipped, ClipState(optax.safe_increment(state.count), hit / total)
+        hit = sum((jnp.sum(jnp.abs(g) > in_dtype(g), dtype=jnp.float32) for g in gs), jnp.zeros([], jnp.float32))
+        total = max(sum(jnp.size(g) for g in gs), 1)
+        clipped = [jnp.clip(g, -in_dtype(g), in_dtype(g)) for g in gs]
+        return _replaced(updates, leaves, picked, clipped), ClipState(optax.safe_increment(state.count), hit / total)
 
     rule = _rules.Rule(
         code="@c0 += (u > @s0) | (u < -@s0); " + _rules.clip_code("u", "-@s0", "@s0"),
         scalars=lambda state, norm: [_tree.value_at(max_delta, state.count)],
         advance=lambda state, slots, norm: state._replace(count=optax.safe_increment(state.count)),
         record=lambda state, fractions: state._replace(clipped_fraction=fractions[0]),
+        mask=mask,
     )
     tx = optax.GradientTransformation(init_fn, update_fn)
     return _rules.describe(tx, rule if _rules.is_scalar(max_delta) else None)
@@ -86,12 +114,17 @@ def clip(max_delta: chex.Numeric | optax.Schedule) -> optax.GradientTransformati
 def _clip_coefficient(norm: jax.Array, max_norm: Any, eps: float) -> jax.Array:
     # PyTorch's rule, computed its way (``scalar / tensor`` is reciprocal-then-multiply
     # there): coef = max_norm * (1 / (norm + eps)), clamped to 1. With eps = 0 and a zero
-    # norm the coefficient is inf, clamped to 1: zero gradients stay zero, no NaN.
-    return jnp.minimum(max_norm * jnp.reciprocal(norm + eps), 1.0)
+    # norm the coefficient is 1: zero gradients stay zero, no NaN, also in derivatives. It
+    # is computed in the norm's dtype (float64 for float64 gradients).
+    bound = jnp.asarray(max_norm).astype(norm.dtype)
+    denominator = norm + eps
+    nonzero = denominator != 0  # NaN passes: a NaN norm makes every update NaN, as in PyTorch
+    coefficient = jnp.minimum(bound * jnp.reciprocal(jnp.where(nonzero, denominator, 1)), 1.0)
+    return jnp.where(nonzero, coefficient, jnp.ones_like(coefficient))
 
 
 def _scale_by_coefficient(g: jax.Array, norm: jax.Array, max_norm: Any, eps: float) -> jax.Array:
-    return (_tree.wide(g) * _clip_coefficient(norm, max_norm, eps)).astype(g.dtype)
+    return _tree.scaled(g, _clip_coefficient(norm, max_norm, eps)).astype(g.dtype)
 
 
 def _check_norm_args(fn: str, max_norm: Any, norm_type: Any, eps: Any) -> float:
@@ -101,7 +134,7 @@ def _check_norm_args(fn: str, max_norm: Any, norm_type: Any, eps: Any) -> float:
 
 
 def clip_by_global_norm(
-    max_norm: chex.Numeric | optax.Schedule, norm_type: float | str = 2.0, eps: float = 0.0
+    max_norm: chex.Numeric | optax.Schedule, norm_type: float | str = 2.0, eps: float = 0.0, mask: Mask = None
 ) -> optax.GradientTransformation:
     """Rescales all gradients together so that their global norm is at most ``max_norm``.
 
@@ -112,12 +145,15 @@ def clip_by_global_norm(
     and within a few ulps for p-norms (the sums run in a different order). With
     ``eps=0`` it matches ``optax.clip_by_global_norm`` to an ulp (optax supports only the
     2-norm and forgets ``n``). The state keeps ``n`` of the last step, before clipping, as the
-    value ``clip_grad_norm_`` returns. All-zero gradients give zero updates.
+    value ``clip_grad_norm_`` returns. All-zero gradients give zero updates. With
+    ``mask``, ``n`` is the norm of the selected gradients only, and only they are
+    rescaled. Complex gradients count by their modulus, ``|z|^2 = re^2 + im^2``.
 
     Args:
       max_norm: largest allowed global norm, > 0 (float, array or schedule).
       norm_type: the p of the p-norm: any p >= 1, or ``inf`` (max absolute entry).
       eps: added to the norm in the denominator, >= 0.
+      mask: pytree of bools or callable ``updates -> mask``; True where it clips.
 
     Returns:
       An ``optax.GradientTransformation`` with a :class:`ClipByNormState`.
@@ -137,40 +173,48 @@ def clip_by_global_norm(
     p = _check_norm_args(fn, max_norm, norm_type, eps)
 
     def init_fn(params: optax.Params) -> ClipByNormState:
-        del params
-        return ClipByNormState(jnp.zeros([], jnp.int32), jnp.zeros([], jnp.float32))
+        leaves, picked = _selected(fn, mask, params)
+        norm_dtype = _tree.widest_real([leaves[i] for i in picked])
+        return ClipByNormState(jnp.zeros([], jnp.int32), jnp.zeros([], norm_dtype))
 
     def update_fn(
         updates: optax.Updates, state: ClipByNormState, params: optax.Params | None = None
     ) -> tuple[optax.Updates, ClipByNormState]:
         del params
         bound = _tree.value_at(max_norm, state.count)
-        norm = _tree.global_norm(jax.tree.leaves(updates), p)
-        clipped = jax.tree.map(lambda g: _scale_by_coefficient(g, norm, bound, eps), updates)
-        return clipped, ClipByNormState(optax.safe_increment(state.count), norm)
+        leaves, picked = _selected(fn, mask, updates)
+        gs = [_tree.as_array(leaves[i]) for i in picked]
+        norm = _tree.global_norm(gs, p)
+        clipped = [_scale_by_coefficient(g, norm, bound, eps) for g in gs]
+        new_state = ClipByNormState(optax.safe_increment(state.count), norm.astype(state.norm.dtype))
+        return _replaced(updates, leaves, picked, clipped), new_state
 
+    # The fused pass sums the squares of all leaves: a masked global norm is not fused.
     rule = _rules.Rule(
         code="u = u * @s0;",
         scalars=lambda state, norm: [_clip_coefficient(norm, _tree.value_at(max_norm, state.count), eps)],
         advance=lambda state, slots, norm: ClipByNormState(optax.safe_increment(state.count), norm),
         global_norm=True,
     )
-    return _rules.describe(optax.GradientTransformation(init_fn, update_fn), rule if p == 2.0 else None)
+    tx = optax.GradientTransformation(init_fn, update_fn)
+    return _rules.describe(tx, rule if p == 2.0 and mask is None else None)
 
 
 def clip_by_leaf_norm(
-    max_norm: chex.Numeric | optax.Schedule, norm_type: float | str = 2.0, eps: float = 0.0
+    max_norm: chex.Numeric | optax.Schedule, norm_type: float | str = 2.0, eps: float = 0.0, mask: Mask = None
 ) -> optax.GradientTransformation:
     """Rescales each gradient tensor on its own so that its norm is at most ``max_norm``.
 
     Like :func:`clip_by_global_norm` applied to every leaf separately (PyTorch:
     ``clip_grad_norm_`` called once per parameter). The state keeps each leaf's
-    pre-clip norm, in a tree with the gradients' structure.
+    pre-clip norm, in a tree with the gradients' structure: that of every floating or
+    complex leaf, also those ``mask`` leaves unclipped (0 for integer leaves).
 
     Args:
       max_norm: largest allowed norm per leaf, > 0 (float, array or schedule).
       norm_type: the p of the p-norm: any p >= 1, or ``inf``.
       eps: added to the norm in the denominator, >= 0.
+      mask: pytree of bools or callable ``updates -> mask``; True where it clips.
 
     Returns:
       An ``optax.GradientTransformation`` with a :class:`ClipByNormState`.
@@ -179,7 +223,8 @@ def clip_by_leaf_norm(
     p = _check_norm_args(fn, max_norm, norm_type, eps)
 
     def init_fn(params: optax.Params) -> ClipByNormState:
-        norms = jax.tree.map(lambda _: jnp.zeros([], jnp.float32), _tree.unbox(params))
+        _selected(fn, mask, params)
+        norms = jax.tree.map(lambda x: jnp.zeros([], _tree.real_dtype(jnp.result_type(x))), _tree.unbox(params))
         return ClipByNormState(jnp.zeros([], jnp.int32), norms)
 
     def update_fn(
@@ -187,9 +232,15 @@ def clip_by_leaf_norm(
     ) -> tuple[optax.Updates, ClipByNormState]:
         del params
         bound = _tree.value_at(max_norm, state.count)
-        norms = jax.tree.map(lambda g: _tree.global_norm([g], p), updates)
-        clipped = jax.tree.map(lambda g, n: _scale_by_coefficient(g, n, bound, eps), updates, norms)
-        return clipped, ClipByNormState(optax.safe_increment(state.count), norms)
+        leaves, picked = _selected(fn, mask, updates)
+        _, recorded, _ = _tree.leaves_with_paths(state.norm)
+        norms = [
+            _tree.global_norm([_tree.as_array(g)], p).astype(n.dtype) if _tree.is_inexact(g) else n
+            for g, n in zip(leaves, recorded)
+        ]
+        clipped = [_scale_by_coefficient(_tree.as_array(leaves[i]), norms[i], bound, eps) for i in picked]
+        new_state = ClipByNormState(optax.safe_increment(state.count), _tree.rebox_like(state.norm, norms))
+        return _replaced(updates, leaves, picked, clipped), new_state
 
     def advance(state, slots, norms):
         leaf_norms = jax.tree.unflatten(jax.tree.structure(state.norm), list(norms))
@@ -200,5 +251,6 @@ def clip_by_leaf_norm(
         scalars=lambda state, norms: [_clip_coefficient(norms, _tree.value_at(max_norm, state.count), eps)],
         advance=advance,
         leaf_norms=True,
+        mask=mask,
     )
     return _rules.describe(optax.GradientTransformation(init_fn, update_fn), rule if p == 2.0 else None)

@@ -45,9 +45,9 @@ def coupled_weight_decay(
 
     def op(us: list[jax.Array], ps: list[jax.Array], count: jax.Array) -> list[jax.Array]:
         r = _tree.value_at(rate, count)
-        return [_tree.wide(u) + r * _tree.wide(p) for u, p in zip(us, ps)]
+        return [_tree.wide(u) + _tree.scaled(p, r) for u, p in zip(us, ps)]
 
-    tx = _param_space.updates_transform(fn, op, mask=mask)
+    tx = _param_space.updates_transform(fn, op, mask=mask, hypers=(("rate", rate),))
     return _rules.describe(
         tx, _param_space.count_rule("u = u + @s0 * wi;", lambda c: [_tree.value_at(rate, c)], mask, rate)
     )
@@ -87,9 +87,9 @@ def decoupled_weight_decay(
 
     def op(us: list[jax.Array], ps: list[jax.Array], count: jax.Array) -> list[jax.Array]:
         shrink = _tree.value_at(lr, count) * _tree.value_at(rate, count)
-        return [_tree.wide(u) - shrink * _tree.wide(p) for u, p in zip(us, ps)]
+        return [_tree.wide(u) - _tree.scaled(p, shrink) for u, p in zip(us, ps)]
 
-    tx = _param_space.updates_transform(fn, op, mask=mask)
+    tx = _param_space.updates_transform(fn, op, mask=mask, hypers=(("rate", rate), ("learning_rate", lr)))
     return _rules.describe(
         tx,
         _param_space.count_rule(

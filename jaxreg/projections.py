@@ -4,9 +4,9 @@ Place them *after* the optimizer (and after any prox): each maps the new paramet
 ``w = p + u`` to their Euclidean projection onto the set, so the parameters satisfy the
 constraint after every step (projected gradient descent). ``optax.projections`` has the
 bare projection functions; jaxreg calls them where they compute the same thing (box,
-non-negative) and otherwise accumulates norms in float32 from per-leaf partial sums,
-never concatenating the tree (optax's L1-ball projection ravels it into one vector and
-sorts it).
+non-negative) and otherwise accumulates norms from per-leaf partial sums (in the
+leaves' precision, float32 for bf16/f16), never concatenating the tree (optax's
+L1-ball projection ravels it into one vector and sorts it).
 """
 
 from __future__ import annotations
@@ -32,11 +32,27 @@ _L1_BISECTION_STEPS = 30
 _CAP_NORM = "const float n = __builtin_sqrtf(ss); f = n > @s0 ? @s0 / (n > 0.0f ? n : 1.0f) : 1.0f;"
 
 
-def _scoped(scope: str, project: Any) -> Any:
-    """Applies ``project(list_of_leaves)`` to all leaves at once or to each alone."""
-    if scope == "global":
-        return project
-    return lambda ws: [project([w])[0] for w in ws]
+def _at_count(scope: str, project: Any, radius: Any) -> Any:
+    """The ``op`` of a ball: ``project(list_of_leaves, radius_now)`` on all leaves at once
+    (``scope="global"``) or on each alone, with a schedule read at the step count."""
+
+    def op(ws: list[jax.Array], count: jax.Array) -> list[jax.Array]:
+        r = _tree.value_at(radius, count)
+        if scope == "global":
+            return project(ws, r)
+        return [project([w], r)[0] for w in ws]
+
+    return op
+
+
+def _cap(norm: jax.Array, bound: Any) -> jax.Array:
+    """The factor ``min(1, bound / norm)`` that brings a norm down to ``bound`` (1 for a zero norm).
+
+    Differentiable everywhere off ``norm == bound``, also at a zero norm.
+    """
+    bound = jnp.asarray(bound).astype(norm.dtype)
+    over = norm > bound
+    return jnp.where(over, bound / jnp.where(over, norm, 1), 1).astype(norm.dtype)
 
 
 def project_box(
@@ -51,8 +67,8 @@ def project_box(
     one ulp outside the box, the update is nudged one ulp inward.
 
     Args:
-      lower: lower bound: a scalar, or a pytree with the params' structure holding one
-        bound per leaf (scalar) or per element (array).
+      lower: lower bound: a scalar or a schedule, or a pytree with the params' structure
+        holding one bound per leaf (scalar or schedule) or per element (array).
       upper: upper bound, in the same form; ``lower <= upper`` everywhere.
       mask: pytree of bools or callable ``params -> mask``; True where it applies.
 
@@ -82,14 +98,20 @@ def project_box(
         hi = [jnp.asarray(b).astype(w.dtype) for b, w in zip(hi, ws)]
         return optax.projections.projection_box(ws, lo, hi)
 
-    tx = _param_space.params_transform(fn, op, mask=mask, per_leaf=(("lower", lower), ("upper", upper)), bounded=True)
+    tx = _param_space.params_transform(
+        fn, op, mask=mask, per_leaf=(("lower", lower), ("upper", upper)), real_only=True, bounded=True
+    )
     return _rules.describe(tx, _box_rule(mask, lower, upper))
 
 
 def _box_rule(mask: Mask, lower: Any, upper: Any) -> _rules.Rule | None:
-    """The fused form of a box with one lower and one upper bound for every leaf."""
+    """The fused form of a box with one lower and one upper bound (value or schedule) for every leaf."""
     clip = _rules.clip_code("x", "@s0", "@s1")
-    return _param_space.params_rule(clip, lambda count: [lower, upper], mask, lower, upper, bounds=("@s0", "@s1"))
+
+    def bounds(count):
+        return [_tree.value_at(lower, count), _tree.value_at(upper, count)]
+
+    return _param_space.params_rule(clip, bounds, mask, lower, upper, bounds=("@s0", "@s1"))
 
 
 def project_nonnegative(mask: Mask = None) -> optax.GradientTransformationExtraArgs:
@@ -109,23 +131,29 @@ def project_nonnegative(mask: Mask = None) -> optax.GradientTransformationExtraA
         return optax.projections.projection_non_negative(ws)
 
     tx = _param_space.params_transform(
-        "project_nonnegative", op, mask=mask, per_leaf=(("lower", 0.0), ("upper", jnp.inf)), bounded=True
+        "project_nonnegative",
+        op,
+        mask=mask,
+        per_leaf=(("lower", 0.0), ("upper", jnp.inf)),
+        real_only=True,
+        bounded=True,
     )
     return _rules.describe(tx, _box_rule(mask, 0.0, jnp.inf))
 
 
 def project_l2_ball(
-    radius: chex.Numeric, scope: str = "global", mask: Mask = None
+    radius: chex.Numeric | optax.Schedule, scope: str = "global", mask: Mask = None
 ) -> optax.GradientTransformationExtraArgs:
     """Rescales the parameters into the L2 ball of ``radius``: ``w <- w * min(1, r / ||w||)``.
 
     With ``scope="global"`` the norm is over all selected leaves together (as
-    ``optax.projections.projection_l2_ball`` on the tree, but accumulated in float32
-    from per-leaf sums); with ``scope="leaf"`` each leaf is projected on its own.
-    Parameters already inside the ball are returned unchanged, bit for bit.
+    ``optax.projections.projection_l2_ball`` on the tree, but accumulated from per-leaf
+    sums); with ``scope="leaf"`` each leaf is projected on its own. Parameters already
+    inside the ball are returned unchanged, bit for bit. Complex leaves count by
+    their modulus.
 
     Args:
-      radius: the ball's radius, > 0.
+      radius: the ball's radius, > 0 (float or schedule).
       scope: ``"global"`` or ``"leaf"``.
       mask: pytree of bools or callable ``params -> mask``; True where it applies.
 
@@ -136,64 +164,73 @@ def project_l2_ball(
     _checks.check_positive(fn, "radius", radius)
     _checks.check_scope(fn, scope)
 
-    def project(ws: list[jax.Array]) -> list[jax.Array]:
+    def project(ws: list[jax.Array], r: Any) -> list[jax.Array]:
         norm = _tree.global_norm(ws)
-        factor = jnp.where(norm > radius, radius / jnp.where(norm > 0, norm, 1), 1)
-        return [_tree.wide(w) * factor for w in ws]
+        return [_tree.scaled(w, _cap(norm, r)) for w in ws]
 
-    tx = _param_space.params_transform(fn, lambda ws, count: _scoped(scope, project)(ws), mask=mask)
-    rule = _param_space.unit_rule(_CAP_NORM, None, lambda count: [radius], mask, radius, joint=scope == "global")
+    tx = _param_space.params_transform(fn, _at_count(scope, project, radius), mask=mask, hypers=(("radius", radius),))
+    rule = _param_space.unit_rule(
+        _CAP_NORM, None, lambda count: [_tree.value_at(radius, count)], mask, radius, joint=scope == "global"
+    )
     return _rules.describe(tx, rule)
 
 
-def _l1_ball_threshold(ws: list[jax.Array], radius: chex.Numeric) -> jax.Array:
+def _l1_ball_threshold(ws: list[jax.Array], radius: jax.Array) -> jax.Array:
     """The ``tau >= 0`` with ``sum max(|w| - tau, 0) == radius`` (given ``||w||_1 > radius``).
 
     Bisection brackets ``tau`` with per-leaf partial sums (O(number of leaves) extra
     memory, no sort, no concatenation); then Newton steps from below on the piecewise
     linear excess function (Michelot's algorithm) make it exact: each step solves for
-    ``tau`` on the current support and stops once the support no longer shrinks.
+    ``tau`` on the current support and stops once the support no longer shrinks. The
+    search runs on constants; ``tau`` is then formed once more from its support ``S``,
+    ``(sum_S |w| - radius) / |S|``, which carries the derivative (that of optax's
+    sort-based projection), so the projection is reverse-differentiable.
     """
+    dtype = radius.dtype
+    live = [jnp.abs(_tree.wide(w)).astype(dtype) for w in ws]
+    fixed = [jax.lax.stop_gradient(a) for a in live]
+    r = jax.lax.stop_gradient(radius)
 
     def excess(tau):
-        return sum(jnp.sum(jnp.maximum(jnp.abs(_tree.wide(w)) - tau, 0)) for w in ws)
+        return sum(jnp.sum(jnp.maximum(a - tau, 0)) for a in fixed)
 
     def bisect(_, bounds):
         lo, hi = bounds
         mid = (lo + hi) / 2
-        above = excess(mid) > radius
+        above = excess(mid) > r
         return jnp.where(above, mid, lo), jnp.where(above, hi, mid)
 
-    top = jnp.max(jnp.stack([jnp.max(jnp.abs(_tree.wide(w)), initial=0.0) for w in ws]))
+    top = jnp.max(jnp.stack([jnp.max(a, initial=0.0) for a in fixed]))
     lo, _ = jax.lax.fori_loop(0, _L1_BISECTION_STEPS, bisect, (jnp.zeros_like(top), top))
 
-    def newton(tau):
-        on = [jnp.abs(_tree.wide(w)) > tau for w in ws]
-        size = sum(jnp.sum(m, dtype=jnp.float32) for m in on)
-        mass = sum(jnp.sum(jnp.where(m, jnp.abs(_tree.wide(w)), 0)) for m, w in zip(on, ws))
-        return jnp.maximum((mass - radius) / jnp.maximum(size, 1), tau)
+    def solve(values, rad, tau):
+        on = [a > tau for a in values]
+        size = sum(jnp.sum(m, dtype=dtype) for m in on)
+        mass = sum(jnp.sum(jnp.where(m, a, 0)) for m, a in zip(on, values))
+        return (mass - rad) / jnp.maximum(size, 1)
 
     def step(carry):
         _, tau = carry
-        return tau, newton(tau)
+        return tau, jnp.maximum(solve(fixed, r, tau), tau)
 
-    _, tau = jax.lax.while_loop(lambda c: c[1] > c[0], step, (lo, newton(lo)))
-    return tau
+    _, tau = jax.lax.while_loop(lambda c: c[1] > c[0], step, (lo, jnp.maximum(solve(fixed, r, lo), lo)))
+    return solve(live, radius, tau)
 
 
 def project_l1_ball(
-    radius: chex.Numeric, scope: str = "global", mask: Mask = None
+    radius: chex.Numeric | optax.Schedule, scope: str = "global", mask: Mask = None
 ) -> optax.GradientTransformationExtraArgs:
     """Projects the parameters onto the L1 ball of ``radius``: a soft-threshold by ``tau``.
 
     ``w <- sign(w) * max(|w| - tau, 0)`` with the smallest ``tau >= 0`` that brings
-    ``||w||_1`` down to ``radius`` (identity inside the ball). Same result as
+    ``||w||_1`` down to ``radius`` (identity inside the ball); complex values shrink by
+    their modulus, as in optax. Same result as
     ``optax.projections.projection_l1_ball``, but ``tau`` is found by bisection plus
     exact Newton steps over per-leaf sums instead of sorting the raveled tree, so it
     needs O(number of leaves) extra memory and works on sharded parameters.
 
     Args:
-      radius: the ball's radius, > 0.
+      radius: the ball's radius, > 0 (float or schedule).
       scope: ``"global"`` (one ball for all selected leaves) or ``"leaf"``.
       mask: pytree of bools or callable ``params -> mask``; True where it applies.
 
@@ -208,16 +245,30 @@ def project_l1_ball(
     _checks.check_positive(fn, "radius", radius)
     _checks.check_scope(fn, scope)
 
-    def project(ws: list[jax.Array]) -> list[jax.Array]:
+    def project(ws: list[jax.Array], r: Any) -> list[jax.Array]:
         norm = _tree.global_norm(ws, 1.0)
-        tau = jax.lax.cond(norm > radius, lambda: _l1_ball_threshold(ws, radius), lambda: jnp.zeros([], jnp.float32))
-        return [soft_threshold(w, tau) for w in ws]
+        r = jnp.asarray(r).astype(norm.dtype)
+        tau = jnp.where(norm > r, _l1_ball_threshold(ws, r), 0)
+        return [_shrink_modulus(w, tau) for w in ws]
 
     # No fused form: the threshold is a search over the values, not a factor of a norm.
-    return _param_space.params_transform(fn, lambda ws, count: _scoped(scope, project)(ws), mask=mask)
+    return _param_space.params_transform(fn, _at_count(scope, project, radius), mask=mask, hypers=(("radius", radius),))
 
 
-def max_norm(max_value: chex.Numeric, axis: int = -1, mask: Mask = None) -> optax.GradientTransformationExtraArgs:
+def _shrink_modulus(w: jax.Array, tau: jax.Array) -> jax.Array:
+    """``sign(w) * max(|w| - tau, 0)``: the soft threshold, for a complex value by its modulus
+    (``w * max(0, 1 - tau / |w|)``, optax's ``sign(w) * projection(|w|)``)."""
+    if not jnp.issubdtype(w.dtype, jnp.complexfloating):
+        return soft_threshold(w, tau)
+    modulus = jnp.abs(_tree.wide(w))
+    t = _tree.real_for(tau, w)
+    over = modulus > t
+    return _tree.scaled(w, jnp.where(over, 1 - t / jnp.where(over, modulus, 1), 0))
+
+
+def max_norm(
+    max_value: chex.Numeric | optax.Schedule, axis: int = -1, mask: Mask = None
+) -> optax.GradientTransformationExtraArgs:
     """Caps the L2 norm of every unit's weights at ``max_value`` (max-norm constraint).
 
     The units are the slices along ``axis``; each one's norm runs over all other axes.
@@ -229,7 +280,7 @@ def max_norm(max_value: chex.Numeric, axis: int = -1, mask: Mask = None) -> opta
     names the axis of the units.
 
     Args:
-      max_value: the largest allowed norm per unit, > 0.
+      max_value: the largest allowed norm per unit, > 0 (float or schedule).
       axis: the axis that indexes the units.
       mask: pytree of bools or callable ``params -> mask``; True where it applies. Every
         selected leaf needs ``axis`` in range: leave out biases and scalars.
@@ -245,13 +296,13 @@ def max_norm(max_value: chex.Numeric, axis: int = -1, mask: Mask = None) -> opta
     _checks.check_positive(fn, "max_value", max_value)
     axis = _checks.check_axis_arg(fn, axis)
 
-    def project(w: jax.Array) -> jax.Array:
-        norms = _tree.unit_norms(w, axis)
-        factor = jnp.where(norms > max_value, max_value / jnp.where(norms > 0, norms, 1), 1)
-        return _tree.wide(w) * factor
+    def op(ws: list[jax.Array], count: jax.Array) -> list[jax.Array]:
+        bound = _tree.value_at(max_value, count)
+        return [_tree.scaled(w, _cap(_tree.unit_norms(w, axis), bound)) for w in ws]
 
     def check(paths, leaves):
         _tree.check_axis(fn, axis, paths, leaves)
 
-    tx = _param_space.params_transform(fn, lambda ws, count: [project(w) for w in ws], mask=mask, check=check)
-    return _rules.describe(tx, _param_space.unit_rule(_CAP_NORM, axis, lambda count: [max_value], mask, max_value))
+    tx = _param_space.params_transform(fn, op, mask=mask, check=check, hypers=(("max_value", max_value),))
+    rule = _param_space.unit_rule(_CAP_NORM, axis, lambda count: [_tree.value_at(max_value, count)], mask, max_value)
+    return _rules.describe(tx, rule)

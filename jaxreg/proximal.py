@@ -25,8 +25,8 @@ def soft_threshold(x: jax.Array, threshold: chex.Numeric) -> jax.Array:
     """``sign(x) * max(|x| - threshold, 0)``, with exact (+0.0) zeros inside the band.
 
     Args:
-      x: array.
-      threshold: non-negative scalar.
+      x: real array.
+      threshold: non-negative scalar (or an array that broadcasts against ``x``).
 
     Returns:
       The shrunk array, in the dtype of ``x`` computed in at least float32.
@@ -37,7 +37,8 @@ def soft_threshold(x: jax.Array, threshold: chex.Numeric) -> jax.Array:
       Array([-1.,  0.,  0.,  1.], dtype=float32)
     """
     wx = _tree.wide(x)
-    return wx - jnp.clip(wx, -threshold, threshold)
+    t = _tree.real_for(threshold, wx)
+    return wx - jnp.clip(wx, -t, t)
 
 
 # The soft threshold of x at @s0 as C++ for the fused pass (soft_threshold's formula).
@@ -49,27 +50,28 @@ _GROUP_SHRINK = (
 )
 
 
-def _shrink_transform(fn, shrink, learning_rate, mask, check=None, fused=None, unit=None):
+def _shrink_transform(fn, shrink, learning_rate, mask, fused, check=None, unit=None, real_only=True):
     """A prox step ``w -> shrink(w, lr, count)``; ``fused = (code, scalars, hypers)`` gives
     it an element-wise rule with ``scalars(lr, count)`` the values of ``@s0, ...``, or
-    with ``unit = (factor, axis)`` a per-unit rule (``code`` is then None)."""
+    with ``unit = (factor, axis)`` a per-unit rule (``code`` is then None). ``hypers``
+    are ``(name, value)`` pairs, checked to broadcast to every selected leaf."""
     lr = _checks.check_learning_rate(fn, learning_rate)
 
     def op(ws: list[jax.Array], count: jax.Array) -> list[jax.Array]:
         return [shrink(w, _tree.value_at(lr, count), count) for w in ws]
 
-    tx = _param_space.params_transform(fn, op, mask=mask, check=check)
-    if fused is None:
-        return tx
-    code, scalars, hypers = fused
+    code, scalars, named = fused
+    named = (*named, ("learning_rate", lr))
+    tx = _param_space.params_transform(fn, op, mask=mask, check=check, hypers=named, real_only=real_only)
+    hypers = [value for _, value in named]
 
     def values(count):
         return scalars(_tree.value_at(lr, count), count)
 
     if unit is None:
-        rule = _param_space.params_rule(code, values, mask, lr, *hypers)
+        rule = _param_space.params_rule(code, values, mask, *hypers)
     else:
-        rule = _param_space.unit_rule(*unit, values, mask, lr, *hypers)
+        rule = _param_space.unit_rule(*unit, values, mask, *hypers)
     return _rules.describe(tx, rule)
 
 
@@ -113,8 +115,8 @@ def l1_prox(
     def shrink(w, lr, count):
         return soft_threshold(w, lr * _tree.value_at(strength, count))
 
-    fused = (_SOFT_THRESHOLD, lambda lr, c: [lr * _tree.value_at(strength, c)], (strength,))
-    return _shrink_transform(fn, shrink, learning_rate, mask, fused=fused)
+    fused = (_SOFT_THRESHOLD, lambda lr, c: [lr * _tree.value_at(strength, c)], (("strength", strength),))
+    return _shrink_transform(fn, shrink, learning_rate, mask, fused)
 
 
 def elastic_net_prox(
@@ -147,14 +149,15 @@ def elastic_net_prox(
     _checks.check_nonnegative(fn, "l2", l2)
 
     def shrink(w, lr, count):
-        return soft_threshold(w, lr * _tree.value_at(l1, count)) / (1 + lr * _tree.value_at(l2, count))
+        shrunk = soft_threshold(w, lr * _tree.value_at(l1, count))
+        return shrunk / _tree.real_for(1 + lr * _tree.value_at(l2, count), shrunk)
 
     fused = (
         _SOFT_THRESHOLD + " x = x / @s1;",
         lambda lr, c: [lr * _tree.value_at(l1, c), 1 + lr * _tree.value_at(l2, c)],
-        (l1, l2),
+        (("l1", l1), ("l2", l2)),
     )
-    return _shrink_transform(fn, shrink, learning_rate, mask, fused=fused)
+    return _shrink_transform(fn, shrink, learning_rate, mask, fused)
 
 
 def group_lasso_prox(
@@ -193,15 +196,16 @@ def group_lasso_prox(
 
     def shrink(w, lr, count):
         norms = _tree.unit_norms(w, axis)
-        threshold = lr * _tree.value_at(strength, count)
+        threshold = _tree.real_for(lr * _tree.value_at(strength, count), w)
         # A zero unit stays zero; a NaN norm makes the whole unit NaN (it propagates). A
         # norm of 0 can also be an underflow (entries near the smallest normal float):
         # such a unit is below any positive threshold, and left alone by a zero one.
+        # The norm's derivative at 0 is 0 (_tree.safe_root), so gradients stay finite.
         keep = jnp.maximum(1 - threshold / jnp.where(norms == 0, 1, norms), 0)
-        return _tree.wide(w) * jnp.where(norms == 0, jnp.where(threshold > 0, 0.0, 1.0), keep)
+        return _tree.scaled(w, jnp.where(norms == 0, jnp.where(threshold > 0, 0, 1).astype(keep.dtype), keep))
 
     def check(paths, leaves):
         _tree.check_axis(fn, axis, paths, leaves)
 
-    fused = (None, lambda lr, c: [lr * _tree.value_at(strength, c)], (strength,))
-    return _shrink_transform(fn, shrink, learning_rate, mask, check, fused, unit=(_GROUP_SHRINK, axis))
+    fused = (None, lambda lr, c: [lr * _tree.value_at(strength, c)], (("strength", strength),))
+    return _shrink_transform(fn, shrink, learning_rate, mask, fused, check, unit=(_GROUP_SHRINK, axis), real_only=False)

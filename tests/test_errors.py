@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from catalog import CATALOG, public_name
 from conftest import random_tree
 
 import jaxreg
@@ -356,21 +357,11 @@ def _without(tree, *path):
 MASK_MISSING_OUT_BIAS = _without(_full_mask(), "out", "bias")
 MASK_MISSING_DENSE1 = _without(_full_mask(), "dense1")
 MASK_EXTRA = {**_full_mask(), "extra": True}
+MASK_BOOL = "must be a bool known now (Python, NumPy or a 0-d bool array; not traced)"
 
 # Every transform that takes mask=, as a factory of the mask.
-MASKED = {
-    "coupled_weight_decay": lambda m: jaxreg.coupled_weight_decay(0.1, mask=m),
-    "decoupled_weight_decay": lambda m: jaxreg.decoupled_weight_decay(0.1, mask=m),
-    "l1_prox": lambda m: jaxreg.l1_prox(0.1, mask=m),
-    "elastic_net_prox": lambda m: jaxreg.elastic_net_prox(0.1, 0.1, mask=m),
-    "group_lasso_prox": lambda m: jaxreg.group_lasso_prox(0.1, mask=m),
-    "project_box": lambda m: jaxreg.project_box(-1.0, 1.0, mask=m),
-    "project_nonnegative": lambda m: jaxreg.project_nonnegative(mask=m),
-    "project_l2_ball": lambda m: jaxreg.project_l2_ball(1.0, mask=m),
-    "project_l1_ball": lambda m: jaxreg.project_l1_ball(1.0, mask=m),
-    "max_norm": lambda m: jaxreg.max_norm(1.0, mask=m),
-    "masked": lambda m: jaxreg.masked(optax.sgd(0.1), m),
-}
+MASKED = {name: (lambda m, e=entry: e.make(e.value, m)) for name, entry in CATALOG.items() if name == public_name(name)}
+MASKED["masked"] = lambda m: jaxreg.masked(optax.sgd(0.1), m)
 
 MASK_ERRORS = {
     "missing leaf": (MASK_MISSING_OUT_BIAS, ValueError, "mask has no entry for params['out']['bias']; give mask="),
@@ -384,14 +375,27 @@ MASK_ERRORS = {
     "array leaf": (
         {**_full_mask(False), "dense1": {"bias": False, "kernel": np.ones((5, 7), bool)}},
         TypeError,
-        "mask leaf at params['dense1']['kernel'] must be a Python or NumPy bool (static), "
-        "got ndarray with shape (5, 7).",
+        f"mask leaf at params['dense1']['kernel'] {MASK_BOOL}, got ndarray of dtype bool and shape (5, 7).",
     ),
     "jax array leaf (an optax-style per-element mask)": (
         lambda params: jax.tree.map(lambda x: jnp.ones(x.shape, bool), params),
         TypeError,
-        "mask leaf at params['conv']['kernel'] must be a Python or NumPy bool (static), "
-        "got ArrayImpl with shape (3, 3, 2, 4).",
+        f"mask leaf at params['conv']['kernel'] {MASK_BOOL}, got ArrayImpl of dtype bool and shape (3, 3, 2, 4).",
+    ),
+    "string leaf": (
+        {**_full_mask(), "scale": "no"},
+        TypeError,
+        f"mask leaf at params['scale'] {MASK_BOOL}, got 'no' of type str.",
+    ),
+    "int leaf": (
+        {**_full_mask(), "scale": 0},
+        TypeError,
+        f"mask leaf at params['scale'] {MASK_BOOL}, got 0 of type int.",
+    ),
+    "0-d float array leaf": (
+        lambda params: {**_full_mask(), "scale": np.float32(1.0)},
+        TypeError,
+        f"mask leaf at params['scale'] {MASK_BOOL}, got float32 of dtype float32 and shape ().",
     ),
 }
 
@@ -405,11 +409,19 @@ def test_bad_mask_raises_at_init_naming_the_leaf(fn, case):
         MASKED[fn](mask).init(_params())
 
 
+def test_bool_scalars_of_every_kind_are_accepted_as_mask_leaves():
+    params = {"a": jnp.ones(2), "b": jnp.ones(2), "c": jnp.ones(2), "d": jnp.ones(2)}
+    mask = {"a": True, "b": np.bool_(False), "c": np.asarray(True), "d": jnp.asarray(False)}
+    tx = jaxreg.l1_prox(0.5, mask=mask)
+    updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+    assert [float(updates[k][0]) for k in "abcd"] == [-0.5, 0.0, -0.5, 0.0]
+
+
 def test_data_dependent_mask_is_refused_under_jit():
     # A mask computed from traced values is not static structure.
     tx = jaxreg.l1_prox(0.1, mask=lambda p: jax.tree.map(lambda x: jnp.all(x > 0), p))
     params = _params()
-    message = "l1_prox: mask leaf at params['conv']['kernel'] must be a Python or NumPy bool"
+    message = f"l1_prox: mask leaf at params['conv']['kernel'] {MASK_BOOL}"
     with pytest.raises(TypeError, match=msg(message)):
         jax.jit(tx.update)(params, tx.init(params), params)
 
@@ -417,16 +429,9 @@ def test_data_dependent_mask_is_refused_under_jit():
 # ---- update time: params=None, updates/bounds that do not fit the params --------------
 
 PARAM_SPACE = {
-    "coupled_weight_decay": jaxreg.coupled_weight_decay(0.1),
-    "decoupled_weight_decay": jaxreg.decoupled_weight_decay(0.1),
-    "l1_prox": jaxreg.l1_prox(0.1),
-    "elastic_net_prox": jaxreg.elastic_net_prox(0.1, 0.1),
-    "group_lasso_prox": jaxreg.group_lasso_prox(0.1, mask=masks.weights_only),
-    "project_box": jaxreg.project_box(-1.0, 1.0),
-    "project_nonnegative": jaxreg.project_nonnegative(),
-    "project_l2_ball": jaxreg.project_l2_ball(1.0),
-    "project_l1_ball": jaxreg.project_l1_ball(1.0),
-    "max_norm": jaxreg.max_norm(1.0, mask=masks.weights_only),
+    name: entry.make(entry.value, masks.weights_only if entry.units else None)
+    for name, entry in CATALOG.items()
+    if entry.parameter_space and name == public_name(name)
 }
 
 
@@ -461,20 +466,7 @@ def test_box_bounds_tree_that_does_not_fit_the_params_names_the_leaf():
 # ---- traced hyperparameters are accepted -------------------------------------------------
 
 # Every hyperparameter-taking constructor, from one traced value h > 0.
-TRACED = {
-    "clip": lambda h: jaxreg.clip(h),
-    "clip_by_global_norm": lambda h: jaxreg.clip_by_global_norm(h, eps=h / 100),
-    "clip_by_leaf_norm": lambda h: jaxreg.clip_by_leaf_norm(h, 3, eps=h / 100),
-    "coupled_weight_decay": lambda h: jaxreg.coupled_weight_decay(h),
-    "decoupled_weight_decay": lambda h: jaxreg.decoupled_weight_decay(h, learning_rate=h),
-    "l1_prox": lambda h: jaxreg.l1_prox(h, learning_rate=h),
-    "elastic_net_prox": lambda h: jaxreg.elastic_net_prox(h, h, learning_rate=h),
-    "group_lasso_prox": lambda h: jaxreg.group_lasso_prox(h, learning_rate=h),
-    "project_box": lambda h: jaxreg.project_box(-h, h),
-    "project_l2_ball": lambda h: jaxreg.project_l2_ball(h),
-    "project_l1_ball": lambda h: jaxreg.project_l1_ball(h, scope="leaf"),
-    "max_norm": lambda h: jaxreg.max_norm(h),
-}
+TRACED = {name: (lambda h, e=entry: e.make(h, None)) for name, entry in CATALOG.items() if entry.hyper}
 
 
 @pytest.mark.parametrize("fn", list(TRACED))

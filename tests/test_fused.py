@@ -365,7 +365,9 @@ def test_a_vmapped_sweep_over_strengths_runs_each_lane():
             "member 0 of the chain has no element-wise form",
         ),
         (
-            lambda: jaxreg.chain(jaxreg.max_norm(1.0, axis=0), jaxreg.group_lasso_prox(0.1, mask={"p0": 1, "p1": 0})),
+            lambda: jaxreg.chain(
+                jaxreg.max_norm(1.0, axis=0), jaxreg.group_lasso_prox(0.1, mask={"p0": True, "p1": False})
+            ),
             "members of the chain rescale different units of params['p0']",
         ),
     ],

@@ -6,27 +6,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from catalog import CATALOG
 
 import jaxreg
 
-GRADIENT_SPACE = {
-    "clip": jaxreg.clip(0.5),
-    "clip_by_global_norm": jaxreg.clip_by_global_norm(1.0),
-    "clip_by_leaf_norm": jaxreg.clip_by_leaf_norm(1.0),
-    "coupled_weight_decay": jaxreg.coupled_weight_decay(0.1),
-}
-PARAMETER_SPACE = {
-    "decoupled_weight_decay": jaxreg.decoupled_weight_decay(0.1, learning_rate=0.1),
-    "l1_prox": jaxreg.l1_prox(0.1),
-    "elastic_net_prox": jaxreg.elastic_net_prox(0.1, 0.1),
-    "group_lasso_prox": jaxreg.group_lasso_prox(0.1),
-    "project_box": jaxreg.project_box(-1.0, 1.0),
-    "project_nonnegative": jaxreg.project_nonnegative(),
-    "project_l2_ball": jaxreg.project_l2_ball(1.0),
-    "project_l1_ball": jaxreg.project_l1_ball(1.0),
-    "max_norm": jaxreg.max_norm(1.0),
-}
-ALL = {**GRADIENT_SPACE, **PARAMETER_SPACE}
+ALL = {name: entry.make(entry.value, None) for name, entry in CATALOG.items()}
 
 
 def _params():

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from catalog import CATALOG, public_name
 
 import jaxreg
 
@@ -77,6 +78,11 @@ def _train(make, h):
 def _is_parameter_space(state):
     leaves = jax.tree.leaves(state, is_leaf=lambda s: isinstance(s, jaxreg.StepCountState))
     return any(isinstance(s, jaxreg.StepCountState) for s in leaves)
+
+
+def test_every_transform_with_a_hyperparameter_is_swept():
+    swept = {name.split(".")[0] for name in SWEEPS}
+    assert swept == {public_name(name) for name, entry in CATALOG.items() if entry.hyper}
 
 
 @pytest.mark.parametrize("name", sorted(SWEEPS))
