@@ -189,15 +189,16 @@ def clip_by_global_norm(
         new_state = ClipByNormState(optax.safe_increment(state.count), norm.astype(state.norm.dtype))
         return _replaced(updates, leaves, picked, clipped), new_state
 
-    # The fused pass sums the squares of all leaves: a masked global norm is not fused.
+    # The fused pass sums the squares of the leaves the mask selects.
     rule = _rules.Rule(
         code="u = u * @s0;",
         scalars=lambda state, norm: [_clip_coefficient(norm, _tree.value_at(max_norm, state.count), eps)],
         advance=lambda state, slots, norm: ClipByNormState(optax.safe_increment(state.count), norm),
+        mask=mask,
         global_norm=True,
     )
     tx = optax.GradientTransformation(init_fn, update_fn)
-    return _rules.describe(tx, rule if p == 2.0 and mask is None else None)
+    return _rules.describe(tx, rule if p == 2.0 else None)
 
 
 def clip_by_leaf_norm(

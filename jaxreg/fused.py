@@ -14,8 +14,9 @@ writing the new parameters and optimizer state in place.
 it drops into ``nnx.Optimizer`` or any optax code unchanged. The single pass is taken
 by :func:`apply_step` (which replaces ``tx.update`` + ``optax.apply_updates``) when
 
-* every member has an element-wise rule: :func:`adam`, :func:`sgd`,
-  ``clip_by_global_norm`` and ``clip_by_leaf_norm`` (2-norm, first in the chain),
+* every member has an element-wise rule: :func:`jaxreg.adam`, :func:`jaxreg.sgd`,
+  ``clip_by_global_norm`` (over the leaves its mask selects) and ``clip_by_leaf_norm`` (2-norm,
+  first in the chain),
   ``clip`` (the pass counts its clipped fraction), ``coupled_weight_decay``,
   ``decoupled_weight_decay``, ``l1_prox``, ``elastic_net_prox``, ``project_box`` and
   ``project_nonnegative`` with one value per hyperparameter (floats, scalars or

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -300,9 +301,15 @@ def test_masked_clips_scale_the_selected_leaves_by_their_own_norms():
     assert float(state.norm) == pytest.approx(5.0)  # over "a" only: not 13, and the int is not counted
     np.testing.assert_allclose(np.asarray(updates["a"]), [0.6, 0.8], rtol=1e-6)
     assert float(updates["b"][0]) == 12.0 and int(updates["n"]) == 7
-    # Its fused form would sum all the leaves: the chain runs unfused, and says so.
-    chain = jaxreg.chain(tx, jaxreg.sgd(0.1))
-    assert jaxreg.fused.fast_path(chain, grads, grads) == "member 0 of the chain has no element-wise form"
+    # Fused, the norm sums the selected leaves only, as unfused.
+    floats = {"a": grads["a"], "b": grads["b"]}
+    chain = jaxreg.chain(jaxreg.clip_by_global_norm(1.0, mask={"a": True, "b": False}), jaxreg.sgd(0.1))
+    if jaxreg.fused._native.available():
+        assert jaxreg.fused.fast_path(chain, floats, floats) is None
+    with jax.numpy_dtype_promotion("standard"):
+        fused_params, fused_state = jaxreg.apply_step(chain, floats, chain.init(floats), floats)
+        updates, unfused_state = chain.update(floats, chain.init(floats), floats)
+    chex.assert_trees_all_close((fused_params, fused_state), (optax.apply_updates(floats, updates), unfused_state))
     # clip_by_leaf_norm records the norm of every floating leaf, and clips the selected ones.
     leaf = jaxreg.clip_by_leaf_norm(1.0, mask=mask)
     updates, state = leaf.update(grads, leaf.init(grads))
