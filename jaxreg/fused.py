@@ -202,8 +202,6 @@ def _norms(plan: _plan.Plan, g_leaves: list[jax.Array]) -> jax.Array | None:
     if first.leaf_norms:
         return norms
     picked = [leaf for leaf in range(n) if plan.selected[0][leaf]]
-    if sum(int(np.size(g_leaves[leaf])) for leaf in picked) == 1:  # as XLA: sqrt(x * x) is |x|
-        return norms[picked[[np.size(g_leaves[leaf]) for leaf in picked].index(1)]]
     return jnp.sqrt(jnp.sum(sums[np.asarray(picked, np.int64)])) if picked else jnp.zeros([], jnp.float32)
 
 

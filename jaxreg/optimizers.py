@@ -1,7 +1,7 @@
 """``jaxreg.adam`` and ``jaxreg.sgd``: optax's optimizers with their element-wise rules.
 
 Each *is* its optax optimizer (same ``update``, same state, so checkpoints and code that
-reads ``state[0].mu`` carry over) and carries the :class:`~jaxreg._rules.Rule` that lets
+reads ``state[0].mu`` carry over) and carries the element-wise rule that lets
 :func:`jaxreg.chain` run it inside the one-pass step. Unlike optax, they check their
 arguments when they are made, as ``torch.optim`` does.
 """

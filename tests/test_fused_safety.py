@@ -189,7 +189,7 @@ def test_a_one_element_leaf_with_a_huge_gradient_gets_the_unfused_norm():
     got = jax.jit(jaxreg.apply_step, static_argnums=0)(tx, grads, tx.init(params), params)
     want = jax.jit(_unfused_step, static_argnums=0)(tx, grads, tx.init(params), params)
     chex.assert_trees_all_close(got, want, rtol=1e-6, atol=1e-7)
-    assert float(got[1][0].norm) == float(np.float32(1e20))
+    assert float(got[1][0].norm) == float(want[1][0].norm)  # inf: the squares overflow float32, as in torch
 
 
 # The kernel cache.

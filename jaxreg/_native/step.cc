@@ -131,9 +131,8 @@ void parallel_for(ffi::ThreadPool& pool, int64_t n_tasks, const Work& work) {
   shared->cv.wait(lock, [&] { return shared->done.load() == n_tasks; });
 }
 
-// Returns each leaf's sum of squares, then each leaf's 2-norm: sqrt of the sum rounded
-// to float, as XLA computes it, except for a one-element leaf, whose norm is |x| (XLA
-// simplifies sqrt(x * x) to |x|, which does not overflow).
+// Returns each leaf's sum of squares, then each leaf's 2-norm: the sqrt of the sum rounded
+// to float, as the unfused chain computes it (a sum past float's range is inf there too).
 ffi::Error SumSquares(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Result<ffi::Buffer<ffi::F32>> sums) {
   const size_t n_leaves = args.size();
   if (sums->element_count() != 2 * n_leaves)
@@ -159,7 +158,7 @@ ffi::Error SumSquares(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Result
   float* out = sums->typed_data();
   for (size_t l = 0; l < n_leaves; ++l) {
     out[l] = static_cast<float>(per_leaf[l]);
-    out[n_leaves + l] = sizes[l] == 1 ? std::fabs(data[l][0]) : std::sqrt(out[l]);
+    out[n_leaves + l] = std::sqrt(out[l]);
   }
   return ffi::Error::Success();
 }
