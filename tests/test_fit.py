@@ -185,6 +185,64 @@ def test_early_stopping_stops_and_restores_the_best_epoch(tmp_path):
     assert_same(jax.tree.leaves(nnx.state(again, nnx.Param)), jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
+class BatchNormNet(nnx.Module):
+    """Linear -> BatchNorm -> relu -> Linear: state beside the parameters (batch statistics)."""
+
+    def __init__(self, rngs):
+        self.hidden = nnx.Linear(6, 16, rngs=rngs)
+        self.norm = nnx.BatchNorm(16, rngs=rngs)
+        self.out = nnx.Linear(16, 2, rngs=rngs)
+
+    def __call__(self, x):
+        return self.out(nnx.relu(self.norm(self.hidden(x))))
+
+
+def test_restore_best_restores_batch_statistics_too():
+    # As Keras' restore_best_weights: the returned model is the best epoch's, BatchNorm's
+    # running statistics included, so it scores the best epoch's validation loss.
+    model = BatchNormNet(nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)
+    stopper = EarlyStopping(patience=3, min_delta=1e9)  # epoch 1 is best, epoch 4 stops
+    h = fit(
+        model,
+        optimizer,
+        loss_fn,
+        TRAIN,
+        VAL,
+        key=jax.random.key(0),
+        epochs=10,
+        batch_size=16,
+        early_stopping=stopper,
+        progress=False,
+    )
+    assert h.epochs == 4 and h.best_epoch == 1
+    model.eval()
+    assert float(loss_fn(model, *VAL)) == pytest.approx(h.val_loss[0], rel=1e-6)
+    assert not np.isclose(h.val_loss[0], h.val_loss[-1], rtol=1e-3)
+    one_epoch = BatchNormNet(nnx.Rngs(0))
+    fit(
+        one_epoch,
+        nnx.Optimizer(one_epoch, optax.sgd(0.1), wrt=nnx.Param),
+        loss_fn,
+        TRAIN,
+        key=jax.random.key(0),
+        epochs=1,
+        batch_size=16,
+        progress=False,
+    )
+    assert_same(jax.tree.leaves(nnx.state(model)), jax.tree.leaves(nnx.state(one_epoch)))
+
+
+def test_fit_trains_a_cnn():
+    images = RNG.standard_normal((32, 8, 8, 1)).astype(np.float32)
+    labels = (images[:, :4].mean(axis=(1, 2, 3)) > images[:, 4:].mean(axis=(1, 2, 3))).astype(np.int32)
+    model = jaxreg.nn.CNN(1, 2, features=(4,), dropout_rate=0.1, rngs=nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)
+    before = np.asarray(model.convs[0].kernel[...])
+    h = fit(model, optimizer, loss_fn, (images, labels), key=jax.random.key(0), epochs=2, batch_size=8, progress=False)
+    assert np.all(np.isfinite(h.train_loss)) and not np.array_equal(before, model.convs[0].kernel[...])
+
+
 def test_callback_returning_true_stops():
     model, optimizer = make()
     h = run(model, optimizer, on_epoch_end=lambda epoch, record: epoch == 2)

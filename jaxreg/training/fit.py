@@ -47,6 +47,10 @@ __all__ = ["History", "fit"]
 
 _MONITORS = ("val_loss", "val_metric", "train_loss")
 _FIELDS = ("train_loss", "val_loss", "val_metric", "epoch_time")
+# What restore_best brings back: all of the model's state (parameters, BatchNorm
+# statistics, ...) but its RNG streams, as Keras' restore_best_weights restores every
+# weight but not the seed generators: rewinding them would replay the same dropout masks.
+_RESTORED = nnx.Not(nnx.RngState)
 
 
 class History(NamedTuple):
@@ -231,8 +235,10 @@ def fit(
         or None. Set its ``mode`` to match the score (``"max"`` for an accuracy).
       monitor: the score early stopping watches: ``"val_loss"``, ``"val_metric"`` or
         ``"train_loss"``.
-      restore_best: with early stopping, load the best epoch's parameters into the
-        model at the end (the optimizer keeps its last state).
+      restore_best: with early stopping, load the best epoch's model state into the
+        model at the end: its parameters and every other variable (BatchNorm's
+        statistics), as Keras' ``restore_best_weights``; the RNG streams and the
+        optimizer keep their last state.
       augment: ``(key, x_batch) -> x_batch`` applied to every training batch inside the
         compiled step (e.g. :class:`~jaxreg.training.ImageAugmentation`), or None.
       eval_batch_size: evaluate the validation set in chunks of this size (None: all at
@@ -291,10 +297,10 @@ def fit(
         model_def, model_state = nnx.split(model)
         return _evaluate(model_state, x, y, graphdef=model_def, loss_fn=loss_fn, metric_fn=metric_fn)
 
-    def params_of(model: nnx.Module) -> Any:
-        return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    def restorable(model: nnx.Module) -> Any:
+        return nnx.to_pure_dict(nnx.state(model, _RESTORED))
 
-    stop_state = None if early_stopping is None else early_stopping.init(params_of(model))
+    stop_state = None if early_stopping is None else early_stopping.init(restorable(model))
     records: dict[str, list[float]] = {name: [] for name in _FIELDS}
     start, stopped = 0, False
 
@@ -361,7 +367,7 @@ def fit(
                 val_loss, val_metric = _mean_over_chunks(evaluate, val, eval_batch_size)
             record = {"train_loss": float(train_loss), "val_loss": val_loss, "val_metric": val_metric}
             if stop_state is not None:
-                stop_state = early_stopping.update(stop_state, jnp.float32(record[monitor]), params_of(model))
+                stop_state = early_stopping.update(stop_state, jnp.float32(record[monitor]), restorable(model))
                 stopped = bool(stop_state.should_stop)
             record["epoch_time"] = time.perf_counter() - t0
             for name in _FIELDS:
@@ -390,9 +396,9 @@ def fit(
     if stop_state is not None and int(stop_state.best_step) >= 0:
         best_epoch = int(stop_state.best_step) + 1
         if restore_best:
-            params = nnx.state(model, nnx.Param)
-            nnx.replace_by_pure_dict(params, stop_state.best_params)  # in place
-            nnx.update(model, params)
+            best = nnx.state(model, _RESTORED)
+            nnx.replace_by_pure_dict(best, stop_state.best_params)  # in place
+            nnx.update(model, best)
     return History(
         *(np.asarray(records[name], np.float64) for name in _FIELDS),
         stopped_early=stopped,
