@@ -243,6 +243,23 @@ def test_fit_trains_a_cnn():
     assert np.all(np.isfinite(h.train_loss)) and not np.array_equal(before, model.convs[0].kernel[...])
 
 
+def test_the_loss_reaches_transforms_that_read_it_as_value():
+    # reduce_on_plateau reads the loss (value=): with an atol no step can beat, every step
+    # after the first is a plateau and halves the scale. One full batch a step.
+    model = jaxreg.nn.MLP(6, [16], 2, rngs=nnx.Rngs(0))
+    plateau = optax.contrib.reduce_on_plateau(patience=1, factor=0.5, atol=1e3)
+    optimizer = nnx.Optimizer(model, optax.chain(optax.sgd(0.1), plateau), wrt=nnx.Param)
+    with jax.numpy_dtype_promotion("standard"):  # reduce_on_plateau is not strict-promotion clean
+        h = fit(model, optimizer, loss_fn, TRAIN, key=jax.random.key(0), epochs=4, batch_size=64, progress=False)
+        want = plateau.init(None)
+        for loss in h.train_loss:  # the loss of each step, as fit passed it
+            _, want = plateau.update(jnp.zeros(()), want, value=jnp.float32(loss))
+    got = optimizer.opt_state[1]
+    assert float(got.scale[...]) == float(want.scale) == 0.125
+    assert float(got.best_value[...]) == float(want.best_value) == np.float32(h.train_loss[0])
+    assert int(got.count[...]) == int(want.count)
+
+
 def test_callback_returning_true_stops():
     model, optimizer = make()
     h = run(model, optimizer, on_epoch_end=lambda epoch, record: epoch == 2)

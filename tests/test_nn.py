@@ -204,6 +204,25 @@ def test_a_seed_gives_the_same_parameters_whichever_layers_draw():
     jax.tree.map(np.testing.assert_array_equal, plain, nnx.to_pure_dict(nnx.state(noisy, nnx.Param)))
 
 
+def test_update_model_passes_extra_args_to_the_transforms_that_read_them():
+    def step(tx, **extra_args):
+        model = MLP(5, [16], 3, rngs=nnx.Rngs(0))
+        optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+        grads = nnx.grad(lambda m: jnp.mean(m(X) ** 2))(model)
+        with jax.numpy_dtype_promotion("standard"):  # reduce_on_plateau is not strict-promotion clean
+            jaxreg.nn.update_model(optimizer, model, grads, **extra_args)
+        return nnx.to_pure_dict(nnx.state(model, nnx.Param)), optimizer
+
+    # A chain the single pass runs: its element-wise members read no loss, the numbers are the same.
+    plain, _ = step(jaxreg.chain(jaxreg.sgd(0.1)))
+    with_value, _ = step(jaxreg.chain(jaxreg.sgd(0.1)), value=jnp.float32(2.0))
+    jax.tree.map(np.testing.assert_array_equal, plain, with_value)
+    # A member that reads the loss gets it, in a jaxreg.chain (run unfused) as in an optax.chain.
+    for chain in (jaxreg.chain, optax.chain):
+        _, optimizer = step(chain(jaxreg.sgd(0.1), optax.contrib.reduce_on_plateau()), value=jnp.float32(2.0))
+        assert float(optimizer.opt_state[1].best_value[...]) == 2.0
+
+
 @pytest.mark.parametrize(
     "make, message",
     [

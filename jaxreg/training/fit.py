@@ -134,8 +134,11 @@ def _train_epoch(
         if augment is not None:
             xb = augment(step_key, xb)
         loss, grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, wrt))(model, xb, yb)
-        update_model(optimizer, model, grads)  # one pass when optimizer.tx is a jaxreg.chain
-        return nnx.split((model, optimizer))[1], jnp.asarray(loss, jnp.float32)
+        loss = jnp.asarray(loss, jnp.float32)
+        # value= reaches the transforms that read the loss (optax.contrib.reduce_on_plateau);
+        # one pass when optimizer.tx is a jaxreg.chain.
+        update_model(optimizer, model, grads, value=loss)
+        return nnx.split((model, optimizer))[1], loss
 
     state, losses = jax.lax.scan(step, state, (order, jax.random.split(augment_key, steps)))
     return state, jnp.mean(losses)
@@ -217,7 +220,9 @@ def fit(
       model: an NNX module; ``loss_fn(model, x, y)`` must work on a batch.
       optimizer: ``nnx.Optimizer(model, tx, wrt=...)`` with any optax/jaxreg chain
         (transforms that read ``params`` included); gradients are taken with respect to
-        its ``wrt`` filter.
+        its ``wrt`` filter. ``tx.update`` gets the batch's loss as ``value=``, as
+        ``optax.contrib.reduce_on_plateau`` and other ``GradientTransformationExtraArgs``
+        expect.
       loss_fn: ``(model, x, y) -> scalar`` mean loss of a batch (a jaxreg penalty may
         be part of it). It, ``metric_fn`` and ``augment`` are static arguments of the
         compiled epoch (hashable; a later fit with the same ones, the same model
