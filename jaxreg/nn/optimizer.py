@@ -37,7 +37,15 @@ def update_model(optimizer: nnx.Optimizer, model: nnx.Module, grads: Any, **extr
     opt_state = nnx.as_pure(optimizer.opt_state)
     if extra_args and fast_path(optimizer.tx, grad_arrays, params) is not None:
         tx = optax.with_extra_args_support(optimizer.tx)
-        updates, new_state = tx.update(grad_arrays, opt_state, params, **extra_args)
+        try:
+            updates, new_state = tx.update(grad_arrays, opt_state, params, **extra_args)
+        except TypeError as err:
+            # A member that declares optax's extra-args interface but whose update takes
+            # no extra keyword arguments refuses them inside the chain: step without them
+            # (a member that needs them then raises its own error).
+            if "unexpected keyword argument" not in str(err):
+                raise
+            updates, new_state = tx.update(grad_arrays, opt_state, params)
         new_params = optax.apply_updates(params, updates)
     else:
         new_params, new_state = apply_step(optimizer.tx, grad_arrays, opt_state, params)
