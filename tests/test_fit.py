@@ -296,6 +296,109 @@ def test_checkpoint_from_other_arguments_is_refused(tmp_path):
         run(model, optimizer, epochs=1, checkpoint_dir=tmp_path)
 
 
+def test_a_stop_the_callback_asks_for_is_checkpointed(tmp_path):
+    model, optimizer = make()
+    stop_at_2 = lambda epoch, record: epoch == 2  # noqa: E731
+    h = run(model, optimizer, checkpoint_dir=tmp_path, checkpoint_every=3, on_epoch_end=stop_at_2)
+    assert h.epochs == 2 and h.stopped_early
+    # The same call again: the checkpoint says the run stopped, so nothing more is trained.
+    again, opt2 = make(seed=5)
+    h2 = run(again, opt2, checkpoint_dir=tmp_path, checkpoint_every=3, on_epoch_end=stop_at_2)
+    assert h2.resumed_from == 2 and h2.epochs == 2 and h2.stopped_early
+    assert_same(leaves(again, opt2), leaves(model, optimizer))
+
+
+def test_each_checkpoint_holds_the_history_up_to_its_epoch(tmp_path, monkeypatch, straight):
+    import orbax.checkpoint as ocp
+
+    saved = []  # the meta handed to orbax, which writes it asynchronously
+
+    def json_save(item):
+        saved.append(item)
+        return real_json_save(item)
+
+    real_json_save = ocp.args.JsonSave
+    monkeypatch.setattr(ocp.args, "JsonSave", json_save)
+    model, optimizer = make()
+    es = EarlyStopping(patience=10)
+    with pytest.raises(Interrupt):
+        run(
+            model,
+            optimizer,
+            early_stopping=es,
+            restore_best=False,
+            checkpoint_dir=tmp_path,
+            on_epoch_end=interrupt_after(3),
+        )
+    # Once fit has run on, each saved meta still holds its own epochs only: a copy, not the live lists.
+    assert [len(meta["history"]["train_loss"]) for meta in saved] == [meta["epoch"] for meta in saved] == [1, 2, 3]
+    model, optimizer = make()
+    history = run(model, optimizer, early_stopping=es, restore_best=False, checkpoint_dir=tmp_path)
+    _, want = straight
+    assert history.resumed_from == 3 and history.epochs == want.epochs == 4
+    for name in ("train_loss", "val_loss", "val_metric"):
+        np.testing.assert_array_equal(getattr(history, name), getattr(want, name))
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+def test_a_damaged_newest_checkpoint_is_named_and_the_newest_intact_one_resumed(tmp_path, capfd, straight):
+    want, want_history = straight
+    model, optimizer = make()
+    es = EarlyStopping(patience=10)
+    with pytest.raises(Interrupt):
+        run(
+            model,
+            optimizer,
+            early_stopping=es,
+            restore_best=False,
+            checkpoint_dir=tmp_path,
+            on_epoch_end=interrupt_after(2),
+        )
+    for path in (tmp_path / "2" / "arrays").rglob("*"):
+        if path.is_file() and path.parent.name == "d":  # the array data, not the metadata
+            path.write_bytes(b"\1" * 50)
+    capfd.readouterr()
+    model, optimizer = make()
+    with pytest.warns(RuntimeWarning, match=r"fit: the checkpoint .*/2 is damaged .* resumed from .*/1\."):
+        history = run(model, optimizer, early_stopping=es, restore_best=False, checkpoint_dir=tmp_path)
+    assert history.resumed_from == 1
+    assert_same(leaves(model, optimizer), want)  # epochs 2-4 recomputed exactly
+    np.testing.assert_array_equal(history.train_loss, want_history.train_loss)
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Event loop is closed" not in err
+
+
+def test_no_readable_checkpoint_is_an_error_naming_the_newest(tmp_path):
+    model, optimizer = make()
+    run(model, optimizer, epochs=1, checkpoint_dir=tmp_path)
+    (tmp_path / "1" / "meta" / "metadata").write_text("{garbage")
+    with pytest.raises(ValueError, match=r"fit: no checkpoint in .* can be read \(the newest, .*/1: JSONDecodeError"):
+        run(model, optimizer, epochs=2, checkpoint_dir=tmp_path)
+
+
+def test_a_checkpoint_of_other_data_or_another_optimizer_is_refused(tmp_path):
+    model, optimizer = make()
+    run(model, optimizer, epochs=1, checkpoint_dir=tmp_path)
+    shuffled = (TRAIN[0][::-1], TRAIN[1][::-1])  # the same size, other order
+    with pytest.raises(ValueError, match=r"fit: the checkpoint in .* was written with other training data"):
+        with jax.numpy_dtype_promotion("standard"):
+            fit(
+                model,
+                optimizer,
+                loss_fn,
+                shuffled,
+                key=jax.random.key(1),
+                epochs=2,
+                batch_size=16,
+                checkpoint_dir=tmp_path,
+            )
+    momentum = nnx.Optimizer(model, optax.sgd(0.1, momentum=0.9), wrt=nnx.Param)
+    with pytest.raises(ValueError, match=r"written with another model, optimizer or early_stopping"):
+        run(model, momentum, epochs=2, checkpoint_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"written with another model, optimizer or early_stopping"):
+        run(model, optimizer, epochs=2, checkpoint_dir=tmp_path, early_stopping=EarlyStopping())
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
