@@ -66,7 +66,7 @@ def epoch_decay(init_value: chex.Numeric, decay: chex.Numeric, steps_per_epoch: 
     value = _checks.concrete(decay)
     if value is not None and not (0 <= value < 1):
         raise ValueError(f"{fn}: decay must lie in [0, 1), got {decay!r}.")
-    _checks.check_positive_int(fn, "steps_per_epoch", steps_per_epoch)
+    steps_per_epoch = _checks.check_positive_int(fn, "steps_per_epoch", steps_per_epoch)
 
     def schedule(count: chex.Numeric) -> chex.Numeric:
         count = jnp.maximum(jnp.asarray(count, jnp.int32), 0)  # steps before 0 are step 0, as in optax

@@ -276,12 +276,12 @@ def fit(
         raise TypeError(f"{fn}: model must be an nnx.Module, got {type(model).__name__}.")
     if not isinstance(optimizer, nnx.Optimizer):
         raise TypeError(f"{fn}: optimizer must be an nnx.Optimizer, got {type(optimizer).__name__}.")
-    _checks.check_positive_int(fn, "epochs", epochs)
-    _checks.check_positive_int(fn, "batch_size", batch_size)
-    _checks.check_positive_int(fn, "checkpoint_every", checkpoint_every)
-    _checks.check_positive_int(fn, "max_checkpoints", max_checkpoints)
+    epochs = _checks.check_positive_int(fn, "epochs", epochs)
+    batch_size = _checks.check_positive_int(fn, "batch_size", batch_size)
+    checkpoint_every = _checks.check_positive_int(fn, "checkpoint_every", checkpoint_every)
+    max_checkpoints = _checks.check_positive_int(fn, "max_checkpoints", max_checkpoints)
     if eval_batch_size is not None:
-        _checks.check_positive_int(fn, "eval_batch_size", eval_batch_size)
+        eval_batch_size = _checks.check_positive_int(fn, "eval_batch_size", eval_batch_size)
     train = _check_data(fn, "train_data", train_data)
     val = None if val_data is None else _check_data(fn, "val_data", val_data)
     if batch_size > train[2]:

@@ -112,8 +112,8 @@ def tune_strength(
     if not np.all(np.isfinite(np.asarray(init_strength))):
         raise ValueError(f"{fn}: init_strength must be a finite positive number, got {init_strength!r}.")
     _checks.check_positive(fn, "outer_learning_rate", outer_learning_rate)
-    _checks.check_positive_int(fn, "inner_steps", inner_steps)
-    _checks.check_positive_int(fn, "outer_steps", outer_steps)
+    inner_steps = _checks.check_positive_int(fn, "inner_steps", inner_steps)
+    outer_steps = _checks.check_positive_int(fn, "outer_steps", outer_steps)
     objective = jax.value_and_grad(unrolled_val_loss(make_optimizer, train_loss, val_loss, init_params, inner_steps))
     outer = optax.adam(outer_learning_rate)
 

@@ -73,7 +73,7 @@ def kfold_weights(n_samples: int, n_splits: int) -> tuple[jax.Array, jax.Array]:
 
 
 def _kfold(fn: str, n_samples: int, n_splits: int) -> tuple[jax.Array, jax.Array]:
-    _checks.check_positive_int(fn, "n_samples", n_samples)
+    n_samples = _checks.check_positive_int(fn, "n_samples", n_samples)
     if isinstance(n_splits, bool) or not isinstance(n_splits, (int, np.integer)) or not 2 <= n_splits <= n_samples:
         raise ValueError(f"{fn}: n_splits must be an int in [2, n_samples={n_samples}], got {n_splits!r}.")
     n_splits = int(n_splits)
@@ -253,7 +253,7 @@ def random_search(
       A :class:`SearchResult`, values sorted ascending.
     """
     fn = "random_search"
-    _checks.check_positive_int(fn, "num", num)
+    num = _checks.check_positive_int(fn, "num", num)
     if not high > low:
         raise ValueError(f"{fn}: high must be greater than low, got low={low!r}, high={high!r}.")
     if log:
