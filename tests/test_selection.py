@@ -79,7 +79,7 @@ def test_random_search_is_log_uniform_and_sorted():
 
 
 def test_random_search_cross_validates_every_draw():
-    # The design's kfold_cv(n_splits): n_splits= on grid_search or random_search.
+    # kfold_cv(n_splits) is n_splits= on grid_search or random_search.
     result = random_search(_ridge_score, jax.random.key(1), 1e-3, 10.0, 5, n_splits=4, n_samples=len(X))
     assert result.scores.shape == (5, 4)
     for i, lam in enumerate(result.values):

@@ -11,8 +11,8 @@ Folds are given as per-sample weights rather than index sets, so that every fold
 the same static shapes: ``score_fn(value, train_weight, val_weight)`` weights its
 training loss by ``train_weight`` and its validation score by ``val_weight``.
 
-k-fold cross-validation over candidate values (``kfold_cv(n_splits)`` in the design
-issue; scikit-learn's ``GridSearchCV``) is ``grid_search(score_fn, values,
+k-fold cross-validation over candidate values (a ``kfold_cv(n_splits)``;
+scikit-learn's ``GridSearchCV``) is ``grid_search(score_fn, values,
 n_splits=k, n_samples=n)``: every (value, fold) pair is a lane of the same vmapped
 program, and the :class:`SearchResult` holds each value's mean and std over the folds.
 ``random_search`` takes the same ``n_splits``. To cross-validate a single setting,
@@ -104,7 +104,7 @@ def grid_search(
     Without cross-validation ``score_fn(value) -> scalar``; with ``n_splits`` it is
     ``score_fn(value, train_weight, val_weight) -> scalar`` and is run on each of the
     :func:`kfold_weights` folds of ``n_samples`` samples: this is k-fold
-    cross-validation (the design's ``kfold_cv(n_splits)``, scikit-learn's
+    cross-validation (a ``kfold_cv(n_splits)``, scikit-learn's
     ``GridSearchCV``), every (value, fold) pair one lane of the same program.
     ``score_fn`` typically trains a model with the regularization strength ``value`` (a
     traced scalar: build the jaxreg transforms inside it) and returns a validation loss.
@@ -136,7 +136,7 @@ _PROGRAMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class _NotAScalar(ValueError):
-    """Raised while tracing a lane whose score is not a scalar; the search names itself in the message."""
+    """Raised while tracing a lane whose score is not a scalar; the search adds its own name to the message."""
 
 
 def _program(score_fn: Callable[..., jax.Array], chunk_size: int | None) -> Callable[[tuple], jax.Array]:
