@@ -256,7 +256,8 @@ def fit(
       eval_batch_size: evaluate the validation set in chunks of this size (None: all at
         once).
       checkpoint_dir: directory for orbax checkpoints (created if missing), or None.
-        Needs ``pip install 'jaxreg[train]'``.
+        Needs ``pip install 'jaxreg[train]'``. The call then reads the training data
+        once more, for the SHA-256 digest that identifies it in the checkpoint.
       checkpoint_every: save every this many epochs (and after the last one), >= 1.
       max_checkpoints: how many of the newest checkpoints to keep, >= 1.
       on_epoch_end: ``(epoch, record) -> bool | None`` called after each epoch with the
