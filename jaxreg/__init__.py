@@ -11,8 +11,9 @@ from jaxreg import fused, masks, nn, penalties, pruning, schedules, training
 from jaxreg._param_space import StepCountState
 from jaxreg.clipping import ClipByNormState, ClipState, clip, clip_by_global_norm, clip_by_leaf_norm
 from jaxreg.decay import coupled_weight_decay, decoupled_weight_decay
-from jaxreg.fused import FusedChain, adam, apply_step, chain, sgd
+from jaxreg.fused import FusedChain, apply_step, chain
 from jaxreg.masks import masked
+from jaxreg.optimizers import adam, sgd
 from jaxreg.projections import max_norm, project_box, project_l1_ball, project_l2_ball, project_nonnegative
 from jaxreg.proximal import elastic_net_prox, group_lasso_prox, l1_prox, soft_threshold
 from jaxreg.pruning import keep_pruned, prune_during_training

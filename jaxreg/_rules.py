@@ -30,7 +30,11 @@ class Rule:
     Attributes:
       code: C++ statements on ``float u`` (the update flowing down the chain) and
         ``const float wi`` (the parameter before the step), with ``@s0``, ``@s1``, ...
-        for this rule's scalars and ``@m0[i]``, ... for its per-leaf state slots.
+        for this rule's scalars, ``@m0[i]``, ... for its per-leaf state slots,
+        ``@k0[i]``, ... for its inputs and ``@c0 += ...;`` for its counters, each kind
+        numbered from 0 without gaps in the order the rule gives them. They are the
+        rule's own: the code generator renumbers them, and a rule whose placeholders
+        do not match what it gives is refused (here, or when the chain is planned).
       scalars: ``(state, norm) -> [scalar, ...]``, this step's values of ``@s0``, ...
         (``norm`` is the gradients' global 2-norm for a ``global_norm`` rule, each leaf's
         gradient 2-norm, shape ``(n_leaves,)``, for a ``leaf_norms`` rule, else None). A
@@ -70,15 +74,73 @@ class Rule:
     joint: bool = False
     record: Callable[[Any, Sequence[Any]], Any] | None = None
 
+    def __post_init__(self):
+        _check_placeholders(self)
+
+    def count(self, kind: str) -> int:
+        """How many placeholders of ``kind`` the rule names: ``"s"`` scalars, ``"m"`` state
+        slots, ``"k"`` inputs, ``"c"`` counters (they are numbered from 0 without gaps)."""
+        return len(set(re.findall(rf"@{kind}(\d+)", self.code + (self.factor or ""))))
+
     @property
     def has_inputs(self) -> bool:
         """Whether the rule reads per-leaf arrays besides its state slots (``@k0``, ...)."""
-        return re.search(r"@k\d", self.code) is not None
+        return self.count("k") > 0
 
     @property
     def n_counters(self) -> int:
         """How many counters (``@c0``, ``@c1``, ...) the code increments."""
-        return len(set(re.findall(r"@c(\d+)", self.code)))
+        return self.count("c")
+
+
+# How each kind of placeholder must be written: a scalar is a value, a slot or an input is
+# read at the element ``i``, a counter is incremented. The code generator renumbers them
+# into the kernel's own variables, so a rule can reach only what it names here.
+_FORMS = {"s": r"@s\d+(?![\d\[])", "m": r"@m\d+\[i\]", "k": r"@k\d+\[i\]", "c": r"@c\d+ \+= "}
+_KINDS = {"s": "scalars", "m": "state slots", "k": "inputs", "c": "counters"}
+
+
+def _check_placeholders(rule: Rule) -> None:
+    """Raises a ValueError at construction for a placeholder a rule cannot own: an unknown
+    kind, one written in the wrong form, a gap in the numbering, or a factor that reads
+    anything but scalars; and for counters without ``record`` (or the reverse)."""
+    for where, text, kinds in (("code", rule.code, "smkc"), ("factor", rule.factor or "", "s")):
+        for token in re.findall(r"@\w*", text):
+            if not re.fullmatch(r"@[smkc]\d+", token) or token[1] not in kinds:
+                allowed = ", ".join(f"@{k}0 ({_KINDS[k]})" for k in kinds)
+                raise ValueError(f"Rule: {where} names {token}, which is not one of {allowed}, ...: {text!r}")
+        for kind in kinds:
+            used = len(re.findall(rf"@{kind}\d+", text))
+            if len(re.findall(_FORMS[kind], text)) != used:
+                raise ValueError(
+                    f"Rule: {where} writes a placeholder of its {_KINDS[kind]} in the wrong form: {text!r}"
+                )
+    for kind, name in _KINDS.items():
+        numbers = {int(n) for n in re.findall(rf"@{kind}(\d+)", rule.code + (rule.factor or ""))}
+        if numbers != set(range(len(numbers))):
+            missing = min(set(range(max(numbers) + 1)) - numbers)
+            raise ValueError(
+                f"Rule: names @{kind}{max(numbers)} but not @{kind}{missing}; a rule's {name} are numbered "
+                f"@{kind}0, @{kind}1, ... in the order it gives them: {rule.code!r}"
+            )
+    if (rule.count("c") > 0) != (rule.record is not None):
+        raise ValueError(
+            f"Rule: a rule that counts (@c0 += ...) needs record=, and only such a rule takes it: {rule.code!r}"
+        )
+    if rule.factor is not None and not re.search(r"\bf = ", rule.factor):
+        raise ValueError(f"Rule: factor must set f from the unit's sum of squares ss: {rule.factor!r}")
+
+
+def check_counts(member: int, rule: Rule, state: Any, n_scalars: int | None = None) -> None:
+    """Raises unless the rule's state gives exactly the slots and inputs (and, when
+    ``n_scalars`` is given, the scalars) that its code names."""
+    given = {"m": len(rule.slots(state)), "k": len(rule.inputs(state)), "s": n_scalars}
+    for kind, n in given.items():
+        if n is not None and n != rule.count(kind):
+            raise ValueError(
+                f"jaxreg.chain: member {member}'s rule names {rule.count(kind)} {_KINDS[kind]} "
+                f"(@{kind}0, ...) but gives {n}"
+            )
 
 
 class Fusable(optax.GradientTransformationExtraArgs):

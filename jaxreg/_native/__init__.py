@@ -1,12 +1,12 @@
-"""Builds, caches and registers the CPU kernels of jaxreg's fused update step.
+"""Builds, caches and registers the CPU kernels of jaxreg's one-pass update step.
 
 ``step.cc`` (the XLA FFI custom calls) is compiled once per machine with the system's
 C++ compiler against the XLA FFI headers that ship with jaxlib; each fused chain's
-element-wise loop (written by :mod:`jaxreg.fused`) is a small C++ file compiled once in
-about 0.2 s. Both are built for this CPU (``-march=native``) and cached under
-``$JAXREG_CACHE_DIR`` (default ``~/.cache/jaxreg``), keyed by their source, the jaxlib
-version, the compiler flags and the CPU. Where no compiler is found, a build fails or
-``JAXREG_NATIVE=0`` is set, :func:`available` is False, the reason is in
+element-wise loop (written by :mod:`jaxreg._native.codegen`) is a small C++ file
+compiled once in about 0.2 s. Both include ``abi.h``, the interface between them, are
+built for this CPU (``-march=native``) and are cached under the rules of
+:mod:`jaxreg._native.cache` (a private, verified cache). Where no compiler is found, a
+build fails or ``JAXREG_NATIVE=0`` is set, :func:`available` is False, the reason is in
 :func:`why_unavailable` and in one warning, and the fused chains run their unfused optax
 chain instead (the same numbers).
 """
@@ -15,83 +15,42 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import os
-import platform
-import shutil
-import subprocess
-import tempfile
+import re
 import warnings
 from pathlib import Path
 
 import jax
-import jaxlib
+
+from jaxreg._native import cache
 
 STEP_SOURCE = Path(__file__).with_name("step.cc")
-# No -ffast-math: results must match XLA's IEEE arithmetic. -fno-trapping-math lets the
-# compiler turn the clips' comparisons into vector selects. -ffp-contract=fast fuses
-# a * b + c into one FMA where the CPU has it, as XLA:CPU does (jax 0.10.2: a jitted
-# g + 0.9 * t equals the FMA on every element, the two-rounding result on 72%). With it
-# the fused chains come closer to the unfused ones (SGD's momentum trace, an ulp off on
-# 30% of entries before, matched to the bit in the tests); where LLVM and GCC contract a
-# longer expression differently, results stay an ulp apart.
-FLAGS = (
-    "-O3",
-    "-march=native",
-    "-fno-math-errno",
-    "-fno-trapping-math",
-    "-ffp-contract=fast",
-    "-std=c++17",
-    "-shared",
-    "-fPIC",
-)
+# The kernel's limits, from the one header both sides read.
+MAX_SLOTS = int(re.search(r"kMaxSlots = (\d+);", cache.ABI.read_text()).group(1))
+MAX_INPUTS = int(re.search(r"kMaxInputs = (\d+);", cache.ABI.read_text()).group(1))
+_TARGETS = ("jaxreg_sumsq", "jaxreg_step")
 _LIBRARIES: dict[str, ctypes.CDLL] = {}  # kernel id -> its loaded library, kept alive
+_BROKEN: dict[str, str] = {}  # kernel id -> why it could not be loaded, in this process
 
 
 class KernelBuildError(RuntimeError):
     """A chain's kernel could not be compiled or loaded (the step then runs unfused)."""
 
 
-@functools.cache
-def _cpu_signature() -> str:
-    """The CPU's model and feature flags: a library built with -march=native is for it only."""
+def _load(source: str, stem: str, symbols: tuple[str, ...], includes: tuple[str, ...] = ()) -> ctypes.CDLL:
+    """The library of ``source`` from the cache (built first if needed), with ``symbols``.
+
+    Raises:
+      KernelBuildError: it cannot be built or loaded, or lacks a symbol.
+    """
     try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return platform.machine() + platform.processor()
-    return platform.machine() + "\n".join([ln for ln in lines if ln.startswith(("model name", "flags"))][:2])
-
-
-def _cache_dir() -> Path:
-    return Path(os.environ.get("JAXREG_CACHE_DIR") or Path.home() / ".cache" / "jaxreg") / "native"
-
-
-def _digest(source: str) -> str:
-    key = hashlib.sha256()
-    for part in (source, jaxlib.__version__, " ".join(FLAGS), _cpu_signature()):
-        key.update(part.encode())
-    return key.hexdigest()[:16]
-
-
-def _build(source: str, stem: str, includes: tuple[str, ...] = ()) -> Path:
-    """Compiles ``source`` into ``<cache>/<stem>-<digest>.so`` unless it is there already."""
-    target = _cache_dir() / f"{stem}-{_digest(source)}.so"
-    if target.exists():
-        return target
-    compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
-    if compiler is None:
-        raise RuntimeError("no C++ compiler found (set CXX, or install g++ or clang++)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        src = Path(tmp) / f"{stem}.cc"
-        src.write_text(source)
-        out = Path(tmp) / "out.so"
-        cmd = [compiler, *FLAGS, *(f"-I{i}" for i in includes), str(src), "-o", str(out)]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
-        os.replace(out, target)  # atomic: processes building at once never load half a file
-    return target
+        library = ctypes.CDLL(str(cache.build(source, stem, includes)))
+    except (OSError, cache.BuildError) as error:
+        raise KernelBuildError(str(error)) from error
+    missing = [name for name in symbols if not hasattr(library, name)]
+    if missing:
+        raise KernelBuildError(f"the library built from {stem} lacks the symbols {', '.join(missing)}")
+    return library
 
 
 @functools.cache
@@ -100,10 +59,12 @@ def _base() -> ctypes.CDLL | str:
     if os.environ.get("JAXREG_NATIVE", "1") == "0":
         return "disabled by JAXREG_NATIVE=0"
     try:
-        library = ctypes.CDLL(str(_build(STEP_SOURCE.read_text(), "step", (jax.ffi.include_dir(),))))
-        for name in ("jaxreg_sumsq", "jaxreg_step"):
+        library = _load(
+            STEP_SOURCE.read_text(), "step", (*_TARGETS, "jaxreg_register_kernels"), (jax.ffi.include_dir(),)
+        )
+        for name in _TARGETS:
             jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(library, name)), platform="cpu")
-    except (OSError, RuntimeError, AttributeError) as error:
+    except KernelBuildError as error:
         warnings.warn(
             f"jaxreg: the native CPU update step is not available ({error}); fused chains run "
             "their unfused optax chain instead (same numbers, more memory traffic).",
@@ -132,15 +93,21 @@ def register_kernels(source: str, names: list[str]) -> str:
     ``names`` are the ``extern "C"`` functions of ``source``, one per leaf variant; the
     id is what ``jaxreg_step``'s ``kernel`` attribute names. Registering again is cheap
     and needed in every process (a persistently cached executable finds its kernels here).
+
+    Raises:
+      KernelBuildError: the kernel cannot be built or loaded (remembered for the process).
     """
     base = _base()
     assert not isinstance(base, str), base
-    kernel_id = _digest(source)
+    kernel_id = cache.digest(source)
+    if kernel_id in _BROKEN:
+        raise KernelBuildError(_BROKEN[kernel_id])
     if kernel_id not in _LIBRARIES:
         try:
-            library = ctypes.CDLL(str(_build(source, "kernel")))
-        except (OSError, RuntimeError) as error:
-            raise KernelBuildError(str(error)) from error
+            library = _load(source, "kernel", tuple(names))
+        except KernelBuildError as error:
+            _BROKEN[kernel_id] = str(error)
+            raise
         _LIBRARIES[kernel_id] = library
         pointers = (ctypes.c_void_p * len(names))(*[ctypes.cast(getattr(library, n), ctypes.c_void_p) for n in names])
         base.jaxreg_register_kernels(kernel_id.encode(), pointers, len(names))

@@ -18,14 +18,19 @@
 // after the k-th such member (parameter-space ones: they read only the new value),
 // one more read and write of w per stage.
 //
-// The work is cut into chunks of all leaves together, so every core of XLA's intra-op
-// pool stays busy whatever the leaf sizes. A leaf viewed as (outer, units, inner) is
-// chunked along whole rows (inner == 1: rows of `units` elements, one block of partial
-// sums per chunk) or along pieces of at most kChunk elements of one unit (inner > 1:
-// one partial sum per piece).
+// The work is cut into tasks over all leaves together, so every core of XLA's intra-op
+// pool stays busy whatever the leaf sizes. A leaf without stages is cut into chunks of
+// kChunk elements. A leaf with stages is viewed as rows of `units * inner` columns
+// (unit of column c: c / inner) and cut into a bounded number of groups: ranges of
+// whole rows, or, when a row is longer than a chunk, ranges of columns over all rows.
+// Each group keeps its own sum of squares per unit it touches, in double (squares of a
+// run of one unit are added in float over at most 512 elements first, as the global
+// norm does), so the scratch memory is O(units), the sums are as precise as the global
+// norm's and the same on every run (groups are added up in a fixed order).
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <condition_variable>
 #include <cstdint>
 #include <map>
@@ -34,29 +39,19 @@
 #include <string>
 #include <vector>
 
+#include "abi.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
-
-// A chain's functions for one leaf variant, in registration order: stage 0, then for
-// each stage k >= 1 its factor, rows and one functions.
-// stage0(g, w_out, slots, inputs, scalars, leaf_scalars, n, counts): one chunk of one
-// leaf; w_out holds w on entry; adds what the chain's counters counted in the chunk to
-// counts.
-using Stage0 = void (*)(const float*, float*, float* const*, const bool* const*, const float*, const float*, int64_t,
-                        int64_t*);
-// factor(sums, scalars, n_units): each unit's sum of squares -> its factor, in place.
-using Factor = void (*)(float*, const float*, int64_t);
-// rows(w, scalars, n_rows, units, factors): rescale rows of `units` elements, w[r, j] by
-// factors[j], then the stage's members.
-using Rows = void (*)(float*, const float*, int64_t, int64_t, const float*);
-// one(w, scalars, n, factor): the same with one factor for all n elements.
-using One = void (*)(float*, const float*, int64_t, float);
+using jaxreg::Factor;
+using jaxreg::One;
+using jaxreg::Rows;
+using jaxreg::Stage0;
 
 namespace {
 
 constexpr int64_t kChunk = 1 << 16;  // elements per task handed to a thread
-constexpr int64_t kMaxSlots = 8;
+constexpr int64_t kMinColumns = 1024;  // a column group reads runs of at least this many floats
 
 std::mutex registry_mu;
 std::map<std::string, std::vector<void*>>& registry() {
@@ -65,8 +60,8 @@ std::map<std::string, std::vector<void*>>& registry() {
 }
 
 struct Task {
-  int64_t leaf, begin, end;
-  int64_t index = 0;  // a leaf with stages: its first block (inner == 1) or piece of partial sums
+  int64_t leaf, begin, end;  // a chunk: elements [begin, end); a group: rows or columns [begin, end)
+  int64_t group = -1;         // a leaf with stages: the group's index
 };
 
 // The chunks of a leaf of `size` elements, in kChunk pieces.
@@ -117,6 +112,7 @@ void parallel_for(ffi::ThreadPool& pool, int64_t n_tasks, const Work& work) {
     std::condition_variable cv;
     const Work* work;
   };
+  if (n_tasks <= 0) return;
   auto shared = std::make_shared<Shared>();
   shared->work = &work;
   auto drain = [n_tasks](Shared& s) {
@@ -135,8 +131,13 @@ void parallel_for(ffi::ThreadPool& pool, int64_t n_tasks, const Work& work) {
   shared->cv.wait(lock, [&] { return shared->done.load() == n_tasks; });
 }
 
+// Returns each leaf's sum of squares, then each leaf's 2-norm: sqrt of the sum rounded
+// to float, as XLA computes it, except for a one-element leaf, whose norm is |x| (XLA
+// simplifies sqrt(x * x) to |x|, which does not overflow).
 ffi::Error SumSquares(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Result<ffi::Buffer<ffi::F32>> sums) {
   const size_t n_leaves = args.size();
+  if (sums->element_count() != 2 * n_leaves)
+    return ffi::Error::InvalidArgument("jaxreg_sumsq: the result must hold two values per leaf");
   std::vector<const float*> data(n_leaves);
   std::vector<int64_t> sizes(n_leaves);
   for (size_t l = 0; l < n_leaves; ++l) {
@@ -155,102 +156,149 @@ ffi::Error SumSquares(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Result
   });
   std::vector<double> per_leaf(n_leaves, 0.0);
   for (size_t t = 0; t < tasks.size(); ++t) per_leaf[tasks[t].leaf] += partial[t];
-  for (size_t l = 0; l < n_leaves; ++l) sums->typed_data()[l] = static_cast<float>(per_leaf[l]);
+  float* out = sums->typed_data();
+  for (size_t l = 0; l < n_leaves; ++l) {
+    out[l] = static_cast<float>(per_leaf[l]);
+    out[n_leaves + l] = sizes[l] == 1 ? std::fabs(data[l][0]) : std::sqrt(out[l]);
+  }
   return ffi::Error::Success();
 }
 
+// A group of a leaf with stages: the units it touches, [first_unit, first_unit + sums.size()),
+// with its sum of squares of each.
+struct Group {
+  int64_t first_unit = 0;
+  std::vector<double> sums;
+  std::vector<float> block;  // inner == 1: float sums over a few rows, added to `sums`
+};
+
 // One leaf of the step: its buffers, its variant's functions and, when the variant has
-// stages, its unit layout and per-unit scratch.
+// stages, its layout (rows of `cols = units * inner` columns) and groups.
 struct Leaf {
   const float* g = nullptr;
   const float* scalars = nullptr;  // its row of the leaf table
   float* w = nullptr;
-  float* slots[kMaxSlots] = {};
-  const bool* inputs[kMaxSlots] = {};  // read-only masks, one byte per element
-  int64_t size = 0, stages = 0, units = 1, inner = 1;
+  float* slots[jaxreg::kMaxSlots] = {};
+  const bool* inputs[jaxreg::kMaxInputs] = {};  // read-only masks, one byte per element
+  int64_t size = 0, stages = 0, units = 1, inner = 1, rows = 1, cols = 1;
+  bool by_columns = false;  // groups are column ranges over all rows (rows longer than a chunk)
   const int64_t* joint = nullptr;  // per stage k >= 1: the member whose unit spans leaves, or -1
-  void* const* fns = nullptr;  // stage 0, then (factor, rows, one) for each stage k >= 1
-  int64_t pieces_per_row = 1;  // inner > 1: pieces of one unit row
-  std::vector<float> partial;  // partial sums of squares: blocks of `units` or one per piece
+  void* const* fns = nullptr;      // stage 0, then (factor, rows, one) for each stage k >= 1
+  std::vector<Group> groups;
   std::vector<float> factors;  // one per unit, for the next stage
 };
 
-// The chunks of a leaf with stages (see the top of this file); sizes its partial sums.
-void add_staged_tasks(int64_t l, Leaf& leaf, std::vector<Task>& tasks) {
-  if (leaf.inner == 1) {
-    const int64_t chunk = std::max<int64_t>(1, kChunk / leaf.units) * leaf.units;
-    int64_t block = 0;
-    for (int64_t b = 0; b < leaf.size; b += chunk, ++block)
-      tasks.push_back({l, b, std::min(leaf.size, b + chunk), block});
-    leaf.partial.resize(block * leaf.units);
-    return;
+// Cuts a leaf with stages into groups (see the top of this file), one task each.
+void add_groups(int64_t l, Leaf& leaf, int64_t max_groups, std::vector<Task>& tasks) {
+  if (leaf.units == 1) leaf.inner = leaf.size;  // one unit: the whole leaf is one row
+  leaf.cols = leaf.units * leaf.inner;
+  leaf.rows = leaf.size / leaf.cols;
+  const int64_t wanted = std::max<int64_t>(1, std::min(max_groups, (leaf.size + kChunk - 1) / kChunk));
+  leaf.by_columns = leaf.cols > kChunk;
+  const int64_t extent = leaf.by_columns ? leaf.cols : leaf.rows;
+  int64_t step = (extent + wanted - 1) / wanted;
+  if (leaf.by_columns) step = std::min(extent, std::max(step, kMinColumns));
+  for (int64_t b = 0; b < extent; b += step) {
+    const int64_t e = std::min(extent, b + step);
+    Group group;
+    group.first_unit = leaf.by_columns ? b / leaf.inner : 0;
+    const int64_t last_unit = leaf.by_columns ? (e - 1) / leaf.inner + 1 : leaf.units;
+    group.sums.assign(last_unit - group.first_unit, 0.0);
+    if (leaf.inner == 1) group.block.assign(group.sums.size(), 0.0f);
+    tasks.push_back({l, b, e, static_cast<int64_t>(leaf.groups.size())});
+    leaf.groups.push_back(std::move(group));
   }
-  const int64_t unit_rows = leaf.size / leaf.inner;
-  leaf.pieces_per_row = (leaf.inner + kChunk - 1) / kChunk;
-  if (leaf.pieces_per_row == 1) {
-    const int64_t per_task = std::max<int64_t>(1, kChunk / leaf.inner);
-    for (int64_t r = 0; r < unit_rows; r += per_task)
-      tasks.push_back({l, r * leaf.inner, std::min(unit_rows, r + per_task) * leaf.inner, r});
-  } else {
-    for (int64_t r = 0; r < unit_rows; ++r)
-      for (int64_t q = 0; q < leaf.pieces_per_row; ++q) {
-        const int64_t b = r * leaf.inner + q * kChunk;
-        tasks.push_back({l, b, std::min(b + kChunk, (r + 1) * leaf.inner), r * leaf.pieces_per_row + q});
-      }
-  }
-  leaf.partial.resize(unit_rows * leaf.pieces_per_row);
 }
 
-// Stage k of one chunk: stage 0's members (k == 0) or the k-th rescaling and the members
-// after it; then, when another stage follows, the partial sums of squares of the units.
-void run_stage(Leaf& leaf, const Task& task, int64_t k, int64_t n_slots, int64_t n_inputs, const float* table,
-               int64_t* counts) {
+// Adds the squares of x[0..n), a run of one row from column c, to the group's sums.
+void add_squares(const Leaf& leaf, Group& group, const float* x, int64_t n, int64_t c) {
+  if (leaf.inner == 1) {
+    double* sums = group.sums.data() + (c - group.first_unit);
+    for (int64_t j = 0; j < n; ++j) sums[j] += static_cast<double>(x[j] * x[j]);
+    return;
+  }
+  while (n > 0) {
+    const int64_t run = std::min(n, leaf.inner - c % leaf.inner);
+    group.sums[c / leaf.inner - group.first_unit] += sum_squares(x, run);
+    x += run, c += run, n -= run;
+  }
+}
+
+// Stage k (0: the members before the first rescaling; k >= 1: the k-th rescaling and the
+// members after it) on elements [begin, begin + n) of one row, from column c.
+void run_piece(Leaf& leaf, int64_t k, int64_t begin, int64_t n, int64_t c, int64_t n_slots, int64_t n_inputs,
+               const float* table, int64_t* counts) {
   if (k == 0) {
-    float* chunk_slots[kMaxSlots];
-    const bool* chunk_inputs[kMaxSlots];
-    for (int64_t s = 0; s < n_slots; ++s) chunk_slots[s] = leaf.slots[s] + task.begin;
-    for (int64_t s = 0; s < n_inputs; ++s) chunk_inputs[s] = leaf.inputs[s] + task.begin;
-    reinterpret_cast<Stage0>(leaf.fns[0])(leaf.g + task.begin, leaf.w + task.begin, chunk_slots, chunk_inputs, table,
-                                          leaf.scalars, task.end - task.begin, counts);
-  }
-  if (leaf.stages == 0) return;
-  const bool reduce = k < leaf.stages;
-  if (leaf.inner == 1) {
-    // Whole rows of `units` elements, a few KB at a time so the sums read them from L1.
-    const int64_t rows = std::max<int64_t>(1, 2048 / leaf.units);
-    float* acc = leaf.partial.data() + task.index * leaf.units;
-    if (reduce) std::fill(acc, acc + leaf.units, 0.0f);
-    for (int64_t b = task.begin; b < task.end; b += rows * leaf.units) {
-      const int64_t n_rows = std::min(rows, (task.end - b) / leaf.units);
-      float* w = leaf.w + b;
-      if (k > 0) reinterpret_cast<Rows>(leaf.fns[3 * k - 1])(w, table, n_rows, leaf.units, leaf.factors.data());
-      if (reduce)
-        for (int64_t r = 0; r < n_rows; ++r)
-          for (int64_t j = 0; j < leaf.units; ++j) acc[j] += w[r * leaf.units + j] * w[r * leaf.units + j];
-    }
+    float* slots[jaxreg::kMaxSlots];
+    const bool* inputs[jaxreg::kMaxInputs];
+    for (int64_t s = 0; s < n_slots; ++s) slots[s] = leaf.slots[s] + begin;
+    for (int64_t s = 0; s < n_inputs; ++s) inputs[s] = leaf.inputs[s] + begin;
+    reinterpret_cast<Stage0>(leaf.fns[0])(leaf.g + begin, leaf.w + begin, slots, inputs, table, leaf.scalars, n,
+                                          counts);
     return;
   }
-  int64_t piece = task.index;
-  for (int64_t b = task.begin; b < task.end; ++piece) {
-    const int64_t e = std::min({task.end, (b / leaf.inner + 1) * leaf.inner, b + kChunk});
-    if (k > 0)
-      reinterpret_cast<One>(leaf.fns[3 * k])(leaf.w + b, table, e - b,
-                                             leaf.factors[(piece / leaf.pieces_per_row) % leaf.units]);
-    if (reduce) leaf.partial[piece] = static_cast<float>(sum_squares(leaf.w + b, e - b));
-    b = e;
+  if (leaf.inner == 1) {
+    reinterpret_cast<Rows>(leaf.fns[3 * k - 1])(leaf.w + begin, table, 1, n, n, leaf.factors.data() + c);
+    return;
+  }
+  for (int64_t done = 0; done < n;) {
+    const int64_t run = std::min(n - done, leaf.inner - (c + done) % leaf.inner);
+    reinterpret_cast<One>(leaf.fns[3 * k])(leaf.w + begin + done, table, run, leaf.factors[(c + done) / leaf.inner]);
+    done += run;
   }
 }
 
-// After stage k - 1: each unit's sum of squares, in double.
+// Stage k of one task: a chunk of a leaf without stages, or a group of a leaf with them;
+// for a group, then its sums of squares when another stage follows.
+void run_task(Leaf& leaf, const Task& task, int64_t k, int64_t n_slots, int64_t n_inputs, const float* table,
+              int64_t* counts) {
+  if (task.group < 0) {
+    run_piece(leaf, k, task.begin, task.end - task.begin, 0, n_slots, n_inputs, table, counts);
+    return;
+  }
+  Group& group = leaf.groups[task.group];
+  const bool reduce = k < leaf.stages;
+  std::fill(group.sums.begin(), group.sums.end(), 0.0);
+  if (leaf.by_columns) {  // columns [begin, end) of every row, at most a chunk at a time (still in cache)
+    for (int64_t r = 0; r < leaf.rows; ++r)
+      for (int64_t c = task.begin; c < task.end; c += kChunk) {
+        const int64_t n = std::min(kChunk, task.end - c), at = r * leaf.cols + c;
+        run_piece(leaf, k, at, n, c, n_slots, n_inputs, table, counts);
+        if (reduce) add_squares(leaf, group, leaf.w + at, n, c);
+      }
+    return;
+  }
+  // Rows [begin, end), a few of them (about 512 elements) at a time.
+  const int64_t per_block = std::max<int64_t>(1, 512 / leaf.cols);
+  for (int64_t r = task.begin; r < task.end; r += per_block) {
+    const int64_t n_rows = std::min(per_block, task.end - r);
+    const int64_t at = r * leaf.cols;
+    if (k == 0) {
+      run_piece(leaf, 0, at, n_rows * leaf.cols, 0, n_slots, n_inputs, table, counts);
+    } else if (leaf.inner > 1) {
+      for (int64_t q = 0; q < n_rows; ++q) run_piece(leaf, k, at + q * leaf.cols, leaf.cols, 0, 0, 0, table, nullptr);
+    } else {
+      reinterpret_cast<Rows>(leaf.fns[3 * k - 1])(leaf.w + at, table, n_rows, leaf.cols, leaf.cols,
+                                                  leaf.factors.data());
+    }
+    if (!reduce) continue;
+    if (leaf.inner > 1) {
+      for (int64_t q = 0; q < n_rows; ++q) add_squares(leaf, group, leaf.w + at + q * leaf.cols, leaf.cols, 0);
+      continue;
+    }
+    float* block = group.block.data();
+    std::fill(block, block + leaf.cols, 0.0f);
+    for (int64_t q = 0; q < n_rows; ++q)
+      for (int64_t j = 0; j < leaf.cols; ++j) block[j] += leaf.w[at + q * leaf.cols + j] * leaf.w[at + q * leaf.cols + j];
+    for (int64_t j = 0; j < leaf.cols; ++j) group.sums[j] += block[j];
+  }
+}
+
+// After a stage: each unit's sum of squares, the groups added in order.
 std::vector<double> unit_sums(const Leaf& leaf) {
   std::vector<double> sums(leaf.units, 0.0);
-  const int64_t n = static_cast<int64_t>(leaf.partial.size());
-  if (leaf.inner == 1) {
-    for (int64_t b = 0; b < n; b += leaf.units)
-      for (int64_t j = 0; j < leaf.units; ++j) sums[j] += leaf.partial[b + j];
-  } else {
-    for (int64_t p = 0; p < n; ++p) sums[(p / leaf.pieces_per_row) % leaf.units] += leaf.partial[p];
-  }
+  for (const Group& group : leaf.groups)
+    for (size_t j = 0; j < group.sums.size(); ++j) sums[group.first_unit + j] += group.sums[j];
   return sums;
 }
 
@@ -271,13 +319,20 @@ void joint_factor(std::vector<Leaf>& leaves, const std::vector<int64_t>& group, 
   for (int64_t l : group) leaves[l].factors.assign(1, f);
 }
 
+// A float32 buffer of exactly `size` elements, or why not.
+template <typename Buffer>
+bool fits(const Buffer& buffer, int64_t size) {
+  return buffer.element_type() == ffi::DataType::F32 && static_cast<int64_t>(buffer.element_count()) == size;
+}
+
 // Operands: scalars, the leaf table (`n_leaf_scalars` per leaf, row by row), then per leaf
 // g, w, slot 0 .. n_slots-1, input 0 .. n_inputs-1 (bool). Results: per leaf w, slots
 // (each aliased to its operand, so it holds the old value on entry), then the totals of
 // the chain's `n_counters` counters (at least one entry). `stages[v]` is the
 // number of per-unit members of variant v; `units[l]` and `inner[l]` lay out leaf l
 // as (outer, units, inner) for them. `joint` lists, variant by variant, for each of its
-// stages the member whose one unit is all the leaves it selects, or -1.
+// stages the member whose one unit is all the leaves it selects, or -1. Every buffer's
+// type and size is checked against its leaf's parameters before anything is written.
 ffi::Error Step(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRets rets, std::string_view kernel,
                 ffi::Span<const int64_t> variants, int64_t n_slots, int64_t n_inputs, int64_t n_counters,
                 int64_t n_leaf_scalars, ffi::Span<const int64_t> stages, ffi::Span<const int64_t> units,
@@ -293,9 +348,9 @@ ffi::Error Step(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRet
   }
   const int64_t n_leaves = static_cast<int64_t>(variants.size());
   const int64_t per_leaf = 2 + n_slots + n_inputs;  // operands of one leaf
-  if (n_slots < 0 || n_slots > kMaxSlots || n_inputs < 0 || n_inputs > kMaxSlots ||
-      static_cast<int64_t>(args.size()) != 2 + n_leaves * per_leaf ||
-      n_counters < 0 || static_cast<int64_t>(rets.size()) != n_leaves * (1 + n_slots) + 1 ||
+  if (n_slots < 0 || n_slots > jaxreg::kMaxSlots || n_inputs < 0 || n_inputs > jaxreg::kMaxInputs ||
+      static_cast<int64_t>(args.size()) != 2 + n_leaves * per_leaf || n_counters < 0 ||
+      static_cast<int64_t>(rets.size()) != n_leaves * (1 + n_slots) + 1 ||
       static_cast<int64_t>(units.size()) != n_leaves || static_cast<int64_t>(inner.size()) != n_leaves)
     return ffi::Error::InvalidArgument("jaxreg_step: operands do not match the leaves and slots");
   std::vector<int64_t> offsets, joint_offsets;  // each variant's first function, first joint entry
@@ -313,11 +368,15 @@ ffi::Error Step(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRet
     return ffi::Error::InvalidArgument("jaxreg_step: the kernel's functions do not match the variants' stages");
   auto scalars = args.get<ffi::AnyBuffer>(0);
   if (scalars.has_error()) return scalars.error();
+  if (scalars->element_type() != ffi::DataType::F32)
+    return ffi::Error::InvalidArgument("jaxreg_step: the scalars must be float32");
   const float* table = static_cast<const float*>(scalars->untyped_data());
   auto leaf_table = args.get<ffi::AnyBuffer>(1);
   if (leaf_table.has_error()) return leaf_table.error();
-  if (n_leaf_scalars < 0 || static_cast<int64_t>(leaf_table->element_count()) < n_leaves * n_leaf_scalars)
+  if (n_leaf_scalars < 0 || leaf_table->element_type() != ffi::DataType::F32 ||
+      static_cast<int64_t>(leaf_table->element_count()) < n_leaves * n_leaf_scalars)
     return ffi::Error::InvalidArgument("jaxreg_step: the leaf table is too small");
+  const int64_t max_groups = 4 * (pool.num_threads() + 1);
   std::vector<Leaf> leaves(n_leaves);
   std::vector<Task> tasks;
   int64_t max_stages = 0;
@@ -325,15 +384,22 @@ ffi::Error Step(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRet
     Leaf& leaf = leaves[l];
     if (variants[l] < 0 || variants[l] >= static_cast<int64_t>(stages.size()))
       return ffi::Error::InvalidArgument("jaxreg_step: variant out of range");
-    auto gl = args.get<ffi::AnyBuffer>(2 + l * per_leaf);
-    if (gl.has_error()) return gl.error();
-    leaf.g = static_cast<const float*>(gl->untyped_data());
-    leaf.size = static_cast<int64_t>(gl->element_count());
+    const int64_t base = 2 + l * per_leaf;
+    auto wl = args.get<ffi::AnyBuffer>(base + 1);
+    if (wl.has_error()) return wl.error();
+    leaf.size = static_cast<int64_t>(wl->element_count());
+    for (int64_t s = 0; s <= n_slots; ++s) {  // g, then each slot: float32, the parameter's size
+      auto in = args.get<ffi::AnyBuffer>(s == 0 ? base : base + 1 + s);
+      if (in.has_error()) return in.error();
+      if (!fits(*in, leaf.size))
+        return ffi::Error::InvalidArgument("jaxreg_step: a gradient or state slot does not match its parameter");
+      if (s == 0) leaf.g = static_cast<const float*>(in->untyped_data());
+    }
     leaf.fns = fns.data() + offsets[variants[l]];
     leaf.joint = joint.begin() + joint_offsets[variants[l]];
     leaf.scalars = static_cast<const float*>(leaf_table->untyped_data()) + l * n_leaf_scalars;
     for (int64_t s = 0; s < n_inputs; ++s) {
-      auto in = args.get<ffi::AnyBuffer>(2 + l * per_leaf + 2 + n_slots + s);
+      auto in = args.get<ffi::AnyBuffer>(base + 2 + n_slots + s);
       if (in.has_error()) return in.error();
       if (in->element_type() != ffi::DataType::PRED || static_cast<int64_t>(in->element_count()) != leaf.size)
         return ffi::Error::InvalidArgument("jaxreg_step: an input is not a bool array of its leaf's size");
@@ -343,6 +409,8 @@ ffi::Error Step(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRet
     for (int64_t s = 0; s <= n_slots; ++s) {
       auto out = rets.get<ffi::AnyBuffer>(l * (1 + n_slots) + s);
       if (out.has_error()) return out.error();
+      if (!fits(**out, leaf.size))
+        return ffi::Error::InvalidArgument("jaxreg_step: a result does not match its parameter");
       float* data = static_cast<float*>((*out)->untyped_data());
       if (s == 0) leaf.w = data;
       else leaf.slots[s - 1] = data;
@@ -356,17 +424,17 @@ ffi::Error Step(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRet
     leaf.inner = inner[l];
     if (leaf.units < 1 || leaf.inner < 1 || leaf.size % (leaf.units * leaf.inner) != 0)
       return ffi::Error::InvalidArgument("jaxreg_step: a leaf's units do not divide it");
-    add_staged_tasks(l, leaf, tasks);
+    add_groups(l, leaf, max_groups, tasks);
     max_stages = std::max(max_stages, leaf.stages);
   }
-  std::vector<int64_t> counts(tasks.size() * n_counters, 0);  // per task: no sharing between threads
-  parallel_for(pool, static_cast<int64_t>(tasks.size()), [&](int64_t t) {
-    run_stage(leaves[tasks[t].leaf], tasks[t], 0, n_slots, n_inputs, table, counts.data() + t * n_counters);
-  });
   auto totals = rets.get<ffi::AnyBuffer>(n_leaves * (1 + n_slots));
   if (totals.has_error()) return totals.error();
   if ((*totals)->element_type() != ffi::DataType::F32 || static_cast<int64_t>((*totals)->element_count()) < n_counters)
     return ffi::Error::InvalidArgument("jaxreg_step: the counters' result is too small");
+  std::vector<int64_t> counts(tasks.size() * n_counters, 0);  // per task: no sharing between threads
+  parallel_for(pool, static_cast<int64_t>(tasks.size()), [&](int64_t t) {
+    run_task(leaves[tasks[t].leaf], tasks[t], 0, n_slots, n_inputs, table, counts.data() + t * n_counters);
+  });
   float* total = static_cast<float*>((*totals)->untyped_data());
   std::fill(total, total + (*totals)->element_count(), 0.0f);
   for (int64_t c = 0; c < n_counters; ++c) {
@@ -389,7 +457,7 @@ ffi::Error Step(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRet
     for (const Task& t : tasks)
       if (leaves[t.leaf].stages >= k) stage_tasks.push_back(t);
     parallel_for(pool, static_cast<int64_t>(stage_tasks.size()), [&](int64_t t) {
-      run_stage(leaves[stage_tasks[t].leaf], stage_tasks[t], k, n_slots, n_inputs, table, nullptr);
+      run_task(leaves[stage_tasks[t].leaf], stage_tasks[t], k, n_slots, n_inputs, table, nullptr);
     });
   }
   return ffi::Error::Success();
