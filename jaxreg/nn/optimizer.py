@@ -35,7 +35,7 @@ def update_model(optimizer: nnx.Optimizer, model: nnx.Module, grads: Any, **extr
     params = nnx.as_pure(nnx.state(model, optimizer.wrt, graph=optimizer.graph))
     grad_arrays = nnx.as_pure(nnx.state(grads, optimizer.wrt, graph=optimizer.graph))
     opt_state = nnx.as_pure(optimizer.opt_state)
-    if extra_args and fast_path(optimizer.tx, grad_arrays, params) is not None:
+    if extra_args and fast_path(optimizer.tx, grad_arrays, params, opt_state) is not None:
         tx = optax.with_extra_args_support(optimizer.tx)
         try:
             updates, new_state = tx.update(grad_arrays, opt_state, params, **extra_args)
