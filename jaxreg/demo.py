@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,6 +40,7 @@ FAST_LEARNING_RATE = 1e-2
 BATCH_SIZE = 64
 DEFAULT_EPOCHS = 60
 FAST_EPOCHS = 6
+MAX_SEED = 2**32 - 1  # the largest seed NumPy's RandomState (scikit-learn's random_state) takes
 
 
 class Digits(NamedTuple):
@@ -271,15 +273,16 @@ def write_plots(outcomes: Sequence[Outcome], out: Path) -> list[Path]:
     """
     _require("matplotlib", "the plots")
     import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    # Figures drawn without pyplot: no backend is chosen or switched, so a notebook that
+    # imports this function keeps its own.
     out.mkdir(parents=True, exist_ok=True)
-    colors = plt.get_cmap("tab10").colors
+    colors = matplotlib.colormaps["tab10"].colors
     paths = []
 
-    fig, (ax_train, ax_val) = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    fig = Figure(figsize=(11, 4.2))
+    ax_train, ax_val = fig.subplots(1, 2, sharey=True)
     for color, o in zip(colors, outcomes):
         epochs = np.arange(1, o.epochs + 1)
         ax_train.plot(epochs, o.history.train_loss, color=color, label=o.name)
@@ -292,11 +295,11 @@ def write_plots(outcomes: Sequence[Outcome], out: Path) -> list[Path]:
     fig.tight_layout()
     paths.append(out / "loss_curves.png")
     fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
 
     cols = 4
     rows = -(-len(outcomes) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), sharex=True)
+    fig = Figure(figsize=(3.2 * cols, 2.6 * rows))
+    axes = fig.subplots(rows, cols, sharex=True, squeeze=False)
     limit = max(float(np.max(np.abs(o.kernels))) for o in outcomes)
     for ax, color, o in zip(axes.ravel(), colors, outcomes):
         ax.hist(o.kernels, bins=np.linspace(-limit, limit, 81), color=color, log=True)
@@ -307,9 +310,9 @@ def write_plots(outcomes: Sequence[Outcome], out: Path) -> list[Path]:
     fig.tight_layout()
     paths.append(out / "weight_histograms.png")
     fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(8.5, 4.2))
+    fig = Figure(figsize=(8.5, 4.2))
+    ax = fig.subplots()
     # Several runs share a point (sparsity 0, equal accuracy): distinct hollow markers keep each visible.
     for color, marker, o in zip(colors, "osD^vP<>", outcomes):
         ax.scatter(o.sparsity, o.test_accuracy, s=90, marker=marker, facecolors="none", edgecolors=color, label=o.name)
@@ -320,7 +323,6 @@ def write_plots(outcomes: Sequence[Outcome], out: Path) -> list[Path]:
     fig.tight_layout()
     paths.append(out / "accuracy_vs_sparsity.png")
     fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
     return paths
 
 
@@ -361,6 +363,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.epochs is not None and args.epochs < 1:
         parser.error(f"--epochs must be a positive int, got {args.epochs}")
+    if not 0 <= args.seed <= MAX_SEED:
+        parser.error(f"--seed must lie in [0, {MAX_SEED}] (NumPy's and scikit-learn's seeds), got {args.seed}")
     return args
 
 
@@ -397,6 +401,13 @@ def main(argv: Sequence[str] | None = None) -> list[Outcome]:
     hidden, lr = ((64,), FAST_LEARNING_RATE) if args.fast else ((256, 256), LEARNING_RATE)
     _require("sklearn", "the digits data")
     _require("matplotlib", "the plots")
+    # Before minutes of training, not after: the plots are written last.
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=args.out):
+            pass
+    except OSError as err:
+        sys.exit(f"jaxreg.demo: cannot write the plots to --out {args.out}: {err.strerror or err}")
     print(
         f"jaxreg demo: scikit-learn digits, MLP 64-{'-'.join(map(str, hidden))}-10, Adam lr={lr}, "
         f"batch {BATCH_SIZE}, {epochs} epochs, seed {args.seed}"

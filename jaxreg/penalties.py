@@ -5,6 +5,11 @@ the loss regularizes through the gradient (the "soft" way); the matching transfo
 :mod:`jaxreg.proximal` and :mod:`jaxreg.decay` do the same through the update and, for
 L1, give exact zeros. The conventions match those transforms: the L2 terms carry a 1/2,
 so that ``grad(l2(w, lam)) == lam * w``, the update ``coupled_weight_decay(lam)`` adds.
+
+Derivatives at the kinks are PyTorch's: ``|w|`` has gradient 0 at ``w = 0`` (as
+``torch.abs``), and a norm has gradient 0 where all its entries are 0 (as
+``torch.linalg.vector_norm``), so a zero-initialized bias stays finite and unmoved by the
+penalty, where the plain ``jnp.abs`` and ``jnp.sqrt`` give ``+strength`` and NaN there.
 """
 
 from __future__ import annotations
@@ -31,6 +36,36 @@ def _total(terms: list[jax.Array]) -> jax.Array:
     return sum(terms, jnp.zeros([], jnp.float32))
 
 
+@jax.custom_jvp
+def _abs(x: jax.Array) -> jax.Array:
+    """``|x|`` with derivative ``sign(x)``: 0 at 0, as ``torch.abs`` (``jnp.abs`` gives 1)."""
+    return jnp.abs(x)
+
+
+@_abs.defjvp
+def _abs_jvp(primals: tuple[jax.Array], tangents: tuple[jax.Array]) -> tuple[jax.Array, jax.Array]:
+    (x,), (t,) = primals, tangents
+    return jnp.abs(x), jnp.sign(x) * t
+
+
+def _l1_norm(x: jax.Array) -> jax.Array:
+    return jnp.sum(_abs(x.astype(jnp.float32)))
+
+
+def _unit_norms(x: jax.Array, axis: int) -> jax.Array:
+    """2-norm (float32) of each slice along ``axis``, with gradient 0 at an all-zero slice.
+
+    The square root is taken of 1 where the sum of squares is 0 and the result replaced by
+    0, so that no infinite derivative of ``sqrt`` at 0 reaches the gradient (where it
+    would make NaN); elsewhere it is ``x / ||x||``, as ``torch.linalg.vector_norm``. A NaN
+    entry still gives a NaN norm.
+    """
+    wide = x.astype(jnp.float32)
+    squares = jnp.sum(wide * wide, axis=_tree.other_axes(x.ndim, axis))
+    zero = squares == 0
+    return jnp.where(zero, 0.0, jnp.sqrt(jnp.where(zero, 1.0, squares)))
+
+
 def l1(params: optax.Params, strength: chex.Numeric = 1.0, mask: Mask = None) -> jax.Array:
     """``strength * sum |w|`` over the selected leaves.
 
@@ -43,7 +78,7 @@ def l1(params: optax.Params, strength: chex.Numeric = 1.0, mask: Mask = None) ->
       A float32 scalar.
     """
     _checks.check_nonnegative("l1", "strength", strength)
-    return strength * _tree.global_norm(_selected("l1", params, mask), 1.0)
+    return strength * _total([_l1_norm(x) for x in _selected("l1", params, mask)])
 
 
 def l2(params: optax.Params, strength: chex.Numeric = 1.0, mask: Mask = None) -> jax.Array:
@@ -115,7 +150,7 @@ def group_lasso(params: optax.Params, strength: chex.Numeric = 1.0, axis: int = 
     keep = _tree.resolve_mask(fn, mask, params)
     chosen = [(p, x) for p, x, k in zip(paths, leaves, keep) if k]
     _tree.check_axis(fn, axis, [p for p, _ in chosen], [x for _, x in chosen])
-    return strength * _total([jnp.sum(_tree.unit_norms(x, axis)) for _, x in chosen])
+    return strength * _total([jnp.sum(_unit_norms(x, axis)) for _, x in chosen])
 
 
 def activity_l1(activations: Any, strength: chex.Numeric = 1.0) -> jax.Array:
@@ -137,8 +172,5 @@ def activity_l1(activations: Any, strength: chex.Numeric = 1.0) -> jax.Array:
     """
     _checks.check_nonnegative("activity_l1", "strength", strength)
     leaves = jax.tree.leaves(_tree.unbox(activations))
-    terms = [
-        jnp.sum(jnp.abs(a.astype(jnp.float32))) / max(a.shape[0], 1) if a.ndim else jnp.abs(a.astype(jnp.float32))
-        for a in leaves
-    ]
+    terms = [_l1_norm(a) / max(a.shape[0], 1) if a.ndim else _l1_norm(a) for a in leaves]
     return strength * _total(terms)

@@ -1,4 +1,8 @@
-"""Learning-rate decays from the source articles, as plain optax schedules."""
+"""Learning-rate decays from the source articles, as plain optax schedules.
+
+A negative step count is clamped to 0, as optax's schedules treat steps before their
+start: the rate there is ``init_value``.
+"""
 
 from __future__ import annotations
 
@@ -35,7 +39,8 @@ def inverse_sqrt_decay(init_value: chex.Numeric, gamma: chex.Numeric) -> optax.S
     _checks.check_nonnegative("inverse_sqrt_decay", "gamma", gamma)
 
     def schedule(count: chex.Numeric) -> chex.Numeric:
-        return init_value / jnp.sqrt(1 + gamma**2 * jnp.asarray(count, jnp.float32))
+        count = jnp.maximum(jnp.asarray(count, jnp.float32), 0)  # steps before 0 are step 0, as in optax
+        return init_value / jnp.sqrt(1 + gamma**2 * count)
 
     return schedule
 
@@ -61,10 +66,11 @@ def epoch_decay(init_value: chex.Numeric, decay: chex.Numeric, steps_per_epoch: 
     value = _checks.concrete(decay)
     if value is not None and not (0 <= value < 1):
         raise ValueError(f"{fn}: decay must lie in [0, 1), got {decay!r}.")
-    _checks.check_positive_int(fn, "steps_per_epoch", steps_per_epoch)
+    steps_per_epoch = _checks.check_positive_int(fn, "steps_per_epoch", steps_per_epoch)
 
     def schedule(count: chex.Numeric) -> chex.Numeric:
-        epoch = (jnp.asarray(count, jnp.int32) // steps_per_epoch).astype(jnp.float32)
+        count = jnp.maximum(jnp.asarray(count, jnp.int32), 0)  # steps before 0 are step 0, as in optax
+        epoch = (count // steps_per_epoch).astype(jnp.float32)
         return init_value * (1 - jnp.asarray(decay, jnp.float32)) ** epoch
 
     return schedule

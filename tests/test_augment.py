@@ -137,6 +137,11 @@ def test_missing_dm_pix_names_the_extra(monkeypatch):
     gaussian_noise(KEY, IMAGES, 0.1)
 
 
+def test_numpy_integer_shifts():
+    np.testing.assert_array_equal(random_shift(KEY, IMAGES, np.int64(2)), random_shift(KEY, IMAGES, 2))
+    assert ImageAugmentation(max_shift=np.int32(1)) == ImageAugmentation(max_shift=1)
+
+
 @pytest.mark.parametrize(
     "call, message",
     [
@@ -148,6 +153,13 @@ def test_missing_dm_pix_names_the_extra(monkeypatch):
         (lambda: gaussian_noise(KEY, IMAGES, -0.1), r"gaussian_noise: stddev must be a non-negative number"),
         (lambda: ImageAugmentation(flip=2.0), r"ImageAugmentation: flip must lie in \[0, 1\], got 2.0"),
         (lambda: ImageAugmentation(noise_std=-1.0), r"ImageAugmentation: noise_std must be a non-negative"),
+        (
+            lambda: random_rotation(KEY, IMAGES, float("inf")),
+            r"random_rotation: max_degrees must be a finite non-negative number, got inf",
+        ),
+        (lambda: gaussian_noise(KEY, IMAGES, np.inf), r"gaussian_noise: stddev must be a finite non-negative number"),
+        (lambda: ImageAugmentation(max_degrees=np.inf), r"ImageAugmentation: max_degrees must be a finite"),
+        (lambda: ImageAugmentation(noise_std=float("inf")), r"ImageAugmentation: noise_std must be a finite"),
     ],
 )
 def test_bad_input(call, message):

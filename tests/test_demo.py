@@ -58,3 +58,31 @@ def test_bad_epochs_is_refused(capsys):
     with pytest.raises(SystemExit):
         demo.parse_args(["--epochs", "0"])
     assert "--epochs must be a positive int, got 0" in capsys.readouterr().err
+
+
+def test_an_out_folder_that_cannot_be_written_is_refused_before_training(tmp_path, monkeypatch):
+    monkeypatch.setattr(demo, "run", lambda *args: pytest.fail("trained before checking --out"))
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(SystemExit, match=r"jaxreg.demo: cannot write the plots to --out .*file/plots"):
+        demo.main(["--fast", "--out", str(blocker / "plots")])
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**32)])
+def test_a_seed_outside_numpys_range_is_an_argparse_error(seed, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        demo.parse_args(["--seed", seed])
+    assert exit_info.value.code == 2
+    assert f"--seed must lie in [0, {2**32 - 1}]" in capsys.readouterr().err
+    assert demo.parse_args(["--seed", str(2**32 - 1)]).seed == 2**32 - 1
+
+
+def test_plotting_leaves_the_matplotlib_backend_alone(tmp_path, monkeypatch):
+    import matplotlib
+
+    monkeypatch.setattr(matplotlib, "use", lambda *args, **kwargs: pytest.fail("the demo switched the backend"))
+    history = demo.History(np.array([1.0, 0.5]), np.array([1.1, 0.6]), np.full(2, np.nan), np.ones(2), False, None, 0)
+    outcome = demo.Outcome("plain", 0.9, 0.3, 0.0, 2, 1.0, history, np.linspace(-1, 1, 50))
+    paths = demo.write_plots([outcome, outcome._replace(name="other", sparsity=0.5)], tmp_path)
+    assert [p.name for p in paths] == ["loss_curves.png", "weight_histograms.png", "accuracy_vs_sparsity.png"]
+    assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)

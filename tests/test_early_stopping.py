@@ -46,6 +46,27 @@ def test_nan_is_never_an_improvement():
     assert stopped_at == 2 and int(state.best_step) == 0
 
 
+@pytest.mark.parametrize("min_delta", [1e9, float("inf")])
+def test_the_first_finite_score_always_improves_whatever_min_delta(min_delta):
+    # As Keras: the first evaluation is the best, no later one beats it by min_delta.
+    state, stopped_at = _python_loop(EarlyStopping(patience=2, min_delta=min_delta), LOSSES)
+    assert int(state.best_step) == 0 and float(state.best_score) == 5.0 and stopped_at == 2
+    jitted = jax.jit(EarlyStopping(patience=2, min_delta=min_delta).update)
+    assert int(jitted(EarlyStopping().init(_params_at(-1)), 5.0, _params_at(0)).best_step) == 0
+
+
+def test_a_score_that_is_not_a_scalar_is_refused():
+    stopper = EarlyStopping()
+    with pytest.raises(ValueError, match=r"EarlyStopping.update: score must be a scalar, got an array of shape \(3,\)"):
+        stopper.update(stopper.init(_params_at(-1)), jnp.ones(3), _params_at(0))
+
+
+def test_numpy_integer_patience():
+    stopper = EarlyStopping(patience=np.int64(2))
+    assert stopper.patience == 2 and type(stopper.patience) is int
+    assert _python_loop(stopper, LOSSES)[1] == 6
+
+
 def test_scan_matches_python_loop_and_freezes_after_stopping():
     stopper = EarlyStopping(patience=3)
 

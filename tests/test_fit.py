@@ -185,6 +185,81 @@ def test_early_stopping_stops_and_restores_the_best_epoch(tmp_path):
     assert_same(jax.tree.leaves(nnx.state(again, nnx.Param)), jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
+class BatchNormNet(nnx.Module):
+    """Linear -> BatchNorm -> relu -> Linear: state beside the parameters (batch statistics)."""
+
+    def __init__(self, rngs):
+        self.hidden = nnx.Linear(6, 16, rngs=rngs)
+        self.norm = nnx.BatchNorm(16, rngs=rngs)
+        self.out = nnx.Linear(16, 2, rngs=rngs)
+
+    def __call__(self, x):
+        return self.out(nnx.relu(self.norm(self.hidden(x))))
+
+
+def test_restore_best_restores_batch_statistics_too():
+    # As Keras' restore_best_weights: the returned model is the best epoch's, BatchNorm's
+    # running statistics included, so it scores the best epoch's validation loss.
+    model = BatchNormNet(nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)
+    stopper = EarlyStopping(patience=3, min_delta=1e9)  # epoch 1 is best, epoch 4 stops
+    h = fit(
+        model,
+        optimizer,
+        loss_fn,
+        TRAIN,
+        VAL,
+        key=jax.random.key(0),
+        epochs=10,
+        batch_size=16,
+        early_stopping=stopper,
+        progress=False,
+    )
+    assert h.epochs == 4 and h.best_epoch == 1
+    model.eval()
+    assert float(loss_fn(model, *VAL)) == pytest.approx(h.val_loss[0], rel=1e-6)
+    assert not np.isclose(h.val_loss[0], h.val_loss[-1], rtol=1e-3)
+    one_epoch = BatchNormNet(nnx.Rngs(0))
+    fit(
+        one_epoch,
+        nnx.Optimizer(one_epoch, optax.sgd(0.1), wrt=nnx.Param),
+        loss_fn,
+        TRAIN,
+        key=jax.random.key(0),
+        epochs=1,
+        batch_size=16,
+        progress=False,
+    )
+    assert_same(jax.tree.leaves(nnx.state(model)), jax.tree.leaves(nnx.state(one_epoch)))
+
+
+def test_fit_trains_a_cnn():
+    images = RNG.standard_normal((32, 8, 8, 1)).astype(np.float32)
+    labels = (images[:, :4].mean(axis=(1, 2, 3)) > images[:, 4:].mean(axis=(1, 2, 3))).astype(np.int32)
+    model = jaxreg.nn.CNN(1, 2, features=(4,), dropout_rate=0.1, rngs=nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)
+    before = np.asarray(model.convs[0].kernel[...])
+    h = fit(model, optimizer, loss_fn, (images, labels), key=jax.random.key(0), epochs=2, batch_size=8, progress=False)
+    assert np.all(np.isfinite(h.train_loss)) and not np.array_equal(before, model.convs[0].kernel[...])
+
+
+def test_the_loss_reaches_transforms_that_read_it_as_value():
+    # reduce_on_plateau reads the loss (value=): with an atol no step can beat, every step
+    # after the first is a plateau and halves the scale. One full batch a step.
+    model = jaxreg.nn.MLP(6, [16], 2, rngs=nnx.Rngs(0))
+    plateau = optax.contrib.reduce_on_plateau(patience=1, factor=0.5, atol=1e3)
+    optimizer = nnx.Optimizer(model, optax.chain(optax.sgd(0.1), plateau), wrt=nnx.Param)
+    with jax.numpy_dtype_promotion("standard"):  # reduce_on_plateau is not strict-promotion clean
+        h = fit(model, optimizer, loss_fn, TRAIN, key=jax.random.key(0), epochs=4, batch_size=64, progress=False)
+        want = plateau.init(None)
+        for loss in h.train_loss:  # the loss of each step, as fit passed it
+            _, want = plateau.update(jnp.zeros(()), want, value=jnp.float32(loss))
+    got = optimizer.opt_state[1]
+    assert float(got.scale[...]) == float(want.scale) == 0.125
+    assert float(got.best_value[...]) == float(want.best_value) == np.float32(h.train_loss[0])
+    assert int(got.count[...]) == int(want.count)
+
+
 def test_callback_returning_true_stops():
     model, optimizer = make()
     h = run(model, optimizer, on_epoch_end=lambda epoch, record: epoch == 2)
@@ -219,6 +294,109 @@ def test_checkpoint_from_other_arguments_is_refused(tmp_path):
     run(model, optimizer, epochs=2, checkpoint_dir=tmp_path)  # the same arguments: resumes, trains epoch 2
     with pytest.raises(ValueError, match=r"fit: the checkpoint in .* is at epoch 2, beyond epochs=1"):
         run(model, optimizer, epochs=1, checkpoint_dir=tmp_path)
+
+
+def test_a_stop_the_callback_asks_for_is_checkpointed(tmp_path):
+    model, optimizer = make()
+    stop_at_2 = lambda epoch, record: epoch == 2  # noqa: E731
+    h = run(model, optimizer, checkpoint_dir=tmp_path, checkpoint_every=3, on_epoch_end=stop_at_2)
+    assert h.epochs == 2 and h.stopped_early
+    # The same call again: the checkpoint says the run stopped, so nothing more is trained.
+    again, opt2 = make(seed=5)
+    h2 = run(again, opt2, checkpoint_dir=tmp_path, checkpoint_every=3, on_epoch_end=stop_at_2)
+    assert h2.resumed_from == 2 and h2.epochs == 2 and h2.stopped_early
+    assert_same(leaves(again, opt2), leaves(model, optimizer))
+
+
+def test_each_checkpoint_holds_the_history_up_to_its_epoch(tmp_path, monkeypatch, straight):
+    import orbax.checkpoint as ocp
+
+    saved = []  # the meta handed to orbax, which writes it asynchronously
+
+    def json_save(item):
+        saved.append(item)
+        return real_json_save(item)
+
+    real_json_save = ocp.args.JsonSave
+    monkeypatch.setattr(ocp.args, "JsonSave", json_save)
+    model, optimizer = make()
+    es = EarlyStopping(patience=10)
+    with pytest.raises(Interrupt):
+        run(
+            model,
+            optimizer,
+            early_stopping=es,
+            restore_best=False,
+            checkpoint_dir=tmp_path,
+            on_epoch_end=interrupt_after(3),
+        )
+    # Once fit has run on, each saved meta still holds its own epochs only: a copy, not the live lists.
+    assert [len(meta["history"]["train_loss"]) for meta in saved] == [meta["epoch"] for meta in saved] == [1, 2, 3]
+    model, optimizer = make()
+    history = run(model, optimizer, early_stopping=es, restore_best=False, checkpoint_dir=tmp_path)
+    _, want = straight
+    assert history.resumed_from == 3 and history.epochs == want.epochs == 4
+    for name in ("train_loss", "val_loss", "val_metric"):
+        np.testing.assert_array_equal(getattr(history, name), getattr(want, name))
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+def test_a_damaged_newest_checkpoint_is_named_and_the_newest_intact_one_resumed(tmp_path, capfd, straight):
+    want, want_history = straight
+    model, optimizer = make()
+    es = EarlyStopping(patience=10)
+    with pytest.raises(Interrupt):
+        run(
+            model,
+            optimizer,
+            early_stopping=es,
+            restore_best=False,
+            checkpoint_dir=tmp_path,
+            on_epoch_end=interrupt_after(2),
+        )
+    for path in (tmp_path / "2" / "arrays").rglob("*"):
+        if path.is_file() and path.parent.name == "d":  # the array data, not the metadata
+            path.write_bytes(b"\1" * 50)
+    capfd.readouterr()
+    model, optimizer = make()
+    with pytest.warns(RuntimeWarning, match=r"fit: the checkpoint .*/2 is damaged .* resumed from .*/1\."):
+        history = run(model, optimizer, early_stopping=es, restore_best=False, checkpoint_dir=tmp_path)
+    assert history.resumed_from == 1
+    assert_same(leaves(model, optimizer), want)  # epochs 2-4 recomputed exactly
+    np.testing.assert_array_equal(history.train_loss, want_history.train_loss)
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Event loop is closed" not in err
+
+
+def test_no_readable_checkpoint_is_an_error_naming_the_newest(tmp_path):
+    model, optimizer = make()
+    run(model, optimizer, epochs=1, checkpoint_dir=tmp_path)
+    (tmp_path / "1" / "meta" / "metadata").write_text("{garbage")
+    with pytest.raises(ValueError, match=r"fit: no checkpoint in .* can be read \(the newest, .*/1: JSONDecodeError"):
+        run(model, optimizer, epochs=2, checkpoint_dir=tmp_path)
+
+
+def test_a_checkpoint_of_other_data_or_another_optimizer_is_refused(tmp_path):
+    model, optimizer = make()
+    run(model, optimizer, epochs=1, checkpoint_dir=tmp_path)
+    shuffled = (TRAIN[0][::-1], TRAIN[1][::-1])  # the same size, other order
+    with pytest.raises(ValueError, match=r"fit: the checkpoint in .* was written with other training data"):
+        with jax.numpy_dtype_promotion("standard"):
+            fit(
+                model,
+                optimizer,
+                loss_fn,
+                shuffled,
+                key=jax.random.key(1),
+                epochs=2,
+                batch_size=16,
+                checkpoint_dir=tmp_path,
+            )
+    momentum = nnx.Optimizer(model, optax.sgd(0.1, momentum=0.9), wrt=nnx.Param)
+    with pytest.raises(ValueError, match=r"written with another model, optimizer or early_stopping"):
+        run(model, momentum, epochs=2, checkpoint_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"written with another model, optimizer or early_stopping"):
+        run(model, optimizer, epochs=2, checkpoint_dir=tmp_path, early_stopping=EarlyStopping())
 
 
 @pytest.mark.parametrize(

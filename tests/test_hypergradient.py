@@ -66,6 +66,7 @@ def test_hypergradient_matches_finite_differences():
     "kwargs, message",
     [
         ({"init_strength": 0.0}, r"tune_strength: init_strength must be a positive number, got 0.0"),
+        ({"init_strength": float("inf")}, r"tune_strength: init_strength must be a finite positive number, got inf"),
         ({"init_strength": 1.0, "inner_steps": 0}, r"tune_strength: inner_steps must be a positive int, got 0"),
         ({"init_strength": 1.0, "outer_steps": 2.5}, r"tune_strength: outer_steps must be a positive int, got 2.5"),
         ({"init_strength": 1.0, "outer_learning_rate": -1.0}, r"outer_learning_rate must be a positive number"),
@@ -74,3 +75,16 @@ def test_hypergradient_matches_finite_differences():
 def test_bad_input(kwargs, message):
     with pytest.raises(ValueError, match=message):
         tune_strength(make_optimizer, train_loss, val_loss, PARAMS, **kwargs)
+
+
+def test_a_nan_loss_or_strength_is_warned_about():
+    def diverging(p):  # NaN wherever the weights are not huge: NaN loss, NaN hypergradient
+        return jnp.sqrt(jnp.sum(p["w"]) - 1e6)
+
+    with pytest.warns(
+        RuntimeWarning,
+        match=r"tune_strength: the validation loss is NaN from outer step 0 .*; "
+        r"the strength is NaN from outer step 1\.",
+    ):
+        result = tune_strength(make_optimizer, train_loss, diverging, PARAMS, 0.1, inner_steps=2, outer_steps=3)
+    assert np.isnan(result.strength)

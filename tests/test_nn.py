@@ -110,6 +110,119 @@ def test_models_train_with_a_jaxreg_chain_and_path_masks():
     assert losses[-1] < 0.5 * losses[0]
 
 
+# Every model in jaxreg.nn with a batch and a scalar loss: its dropout and noise are on,
+# so a jitted step also draws from the model's RNG streams.
+TRAINABLE = {
+    "MLP": (
+        lambda: MLP(5, [16, 8], 3, dropout_rate=0.2, input_noise_std=0.1, hidden_noise_std=0.1, rngs=nnx.Rngs(0)),
+        X,
+        lambda out: jnp.mean(out**2),
+    ),
+    "CNN": (
+        lambda: CNN(1, 3, features=(4, 6), dropout_rate=0.2, rngs=nnx.Rngs(0)),
+        jnp.asarray(np.random.default_rng(1).standard_normal((4, 8, 8, 1)), jnp.float32),
+        lambda out: jnp.mean(out**2),
+    ),
+    "MultiTaskMLP": (
+        lambda: MultiTaskMLP(5, [16, 8], {"a": 1, "b": 2}, dropout_rate=0.2, rngs=nnx.Rngs(0)),
+        X,
+        lambda out: jnp.mean(out["a"] ** 2) + jnp.mean(out["b"] ** 2),
+    ),
+}
+
+
+def test_every_model_in_jaxreg_nn_is_in_the_jitted_training_test():
+    models = {name for name in jaxreg.nn.__all__ if name != "GaussianNoise"}
+    models = {name for name in models if isinstance(getattr(jaxreg.nn, name), type)}
+    models = {name for name in models if issubclass(getattr(jaxreg.nn, name), nnx.Module)}
+    assert models == set(TRAINABLE)
+
+
+@pytest.mark.parametrize("name", sorted(TRAINABLE))
+@pytest.mark.parametrize("jit", ["jax.jit", "nnx.jit"])
+def test_every_model_trains_under_jit(name, jit):
+    make, x, loss_of = TRAINABLE[name]
+    model = make()
+    optimizer = nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)
+    before = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+
+    def step(model, optimizer):
+        loss, grads = nnx.value_and_grad(lambda m: loss_of(m(x)))(model)
+        optimizer.update(model, grads)
+        return loss, grads
+
+    if jit == "nnx.jit":
+        loss, grads = nnx.jit(step)(model, optimizer)
+    else:
+        graphdef, state = nnx.split((model, optimizer))
+
+        @jax.jit
+        def functional_step(state):
+            model, optimizer = nnx.merge(graphdef, state)
+            loss, grads = step(model, optimizer)
+            return nnx.state((model, optimizer)), loss, grads
+
+        state, loss, grads = functional_step(state)
+        nnx.update((model, optimizer), state)
+    assert np.isfinite(float(loss))
+    grads = nnx.to_pure_dict(grads)
+    after = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    # An SGD step: every parameter moved by -0.1 * its gradient.
+    jax.tree.map(lambda b, g, a: np.testing.assert_allclose(a, b - 0.1 * g, rtol=1e-5, atol=1e-7), before, grads, after)
+    assert any(bool(np.any(g != 0)) for g in jax.tree.leaves(grads))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda rngs: MLP(5, [16], 3, rngs=rngs),
+        lambda rngs: MultiTaskMLP(5, [16, 8], {"a": 1}, rngs=rngs),
+        lambda rngs: CNN(1, 3, features=(4,), rngs=rngs),
+        lambda rngs: GaussianNoise(0.0, rngs=rngs),
+    ],
+)
+def test_models_ask_only_for_the_rng_streams_they_draw_from(make):
+    model = make(nnx.Rngs(params=0))  # no dropout and no noise: no "dropout" or "noise" stream needed
+    model.train()
+    x = TRAINABLE["CNN"][1] if isinstance(model, CNN) else X
+    out = model(x)
+    np.testing.assert_array_equal(jax.tree.leaves(out)[0], jax.tree.leaves(model(x))[0])
+
+
+def test_dropout_and_noise_draw_from_their_named_streams():
+    model = MLP(5, [16], 3, dropout_rate=0.5, hidden_noise_std=0.1, rngs=nnx.Rngs(params=0, dropout=1, noise=2))
+    assert not np.allclose(model(X), model(X))
+    with pytest.raises(KeyError, match="noise"):
+        MLP(5, [16], 3, hidden_noise_std=0.1, rngs=nnx.Rngs(params=0, dropout=1))
+
+
+def test_a_seed_gives_the_same_parameters_whichever_layers_draw():
+    # Layers that never draw still fork the default stream, so the parameters of a seed do
+    # not depend on the dropout rate or noise std.
+    plain = nnx.to_pure_dict(nnx.state(MLP(5, [16], 3, rngs=nnx.Rngs(0)), nnx.Param))
+    noisy = MLP(5, [16], 3, dropout_rate=0.5, input_noise_std=0.1, hidden_noise_std=0.1, rngs=nnx.Rngs(0))
+    jax.tree.map(np.testing.assert_array_equal, plain, nnx.to_pure_dict(nnx.state(noisy, nnx.Param)))
+
+
+def test_update_model_passes_extra_args_to_the_transforms_that_read_them():
+    def step(tx, **extra_args):
+        model = MLP(5, [16], 3, rngs=nnx.Rngs(0))
+        optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+        grads = nnx.grad(lambda m: jnp.mean(m(X) ** 2))(model)
+        with jax.numpy_dtype_promotion("standard"):  # reduce_on_plateau is not strict-promotion clean
+            jaxreg.nn.update_model(optimizer, model, grads, **extra_args)
+        return nnx.to_pure_dict(nnx.state(model, nnx.Param)), optimizer
+
+    # A chain the single pass runs: its element-wise members read no loss, the numbers are the same.
+    plain, _ = step(jaxreg.chain(jaxreg.sgd(0.1)))
+    with_value, _ = step(jaxreg.chain(jaxreg.sgd(0.1)), value=jnp.float32(2.0))
+    jax.tree.map(np.testing.assert_array_equal, plain, with_value)
+    # A member that reads the loss gets it, in a jaxreg.chain (run unfused) as in an optax.chain.
+    for chain in (jaxreg.chain, optax.chain):
+        _, optimizer = step(chain(jaxreg.sgd(0.1), optax.contrib.reduce_on_plateau()), value=jnp.float32(2.0))
+        assert float(optimizer.opt_state[1].best_value[...]) == 2.0
+
+
 @pytest.mark.parametrize(
     "make, message",
     [

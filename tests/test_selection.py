@@ -79,7 +79,7 @@ def test_random_search_is_log_uniform_and_sorted():
 
 
 def test_random_search_cross_validates_every_draw():
-    # The design's kfold_cv(n_splits): n_splits= on grid_search or random_search.
+    # kfold_cv(n_splits) is n_splits= on grid_search or random_search.
     result = random_search(_ridge_score, jax.random.key(1), 1e-3, 10.0, 5, n_splits=4, n_samples=len(X))
     assert result.scores.shape == (5, 4)
     for i, lam in enumerate(result.values):
@@ -123,6 +123,32 @@ def test_the_program_cache_does_not_keep_a_score_function_alive():
 def test_max_mode_picks_the_largest_score():
     result = grid_search(lambda v: -((v - 2.0) ** 2), [0.0, 1.0, 2.0, 3.0], mode="max")
     assert result.best_value == 2.0
+
+
+def test_nan_scores_are_never_best_and_are_warned_about():
+    with pytest.warns(RuntimeWarning, match=r"grid_search: 2 of 4 mean scores are NaN \(values \[1.0, 3.0\]\)"):
+        result = grid_search(lambda v: jnp.where(v % 2 == 1, jnp.nan, (v - 1.8) ** 2), [0.0, 1.0, 2.0, 3.0])
+    assert result.best_index == 2 and result.best_value == 2.0
+    with pytest.warns(RuntimeWarning, match=r"grid_search: every mean score is NaN; no value is best"):
+        result = grid_search(lambda v: v * jnp.nan, [0.0, 1.0], mode="max")
+    assert result.best_index is None and np.isnan(result.best_value)
+    assert "<- best" not in result.table()
+
+
+def test_a_score_fn_that_does_not_return_a_scalar_is_named():
+    with pytest.raises(
+        ValueError, match=r"grid_search: score_fn must return a scalar score, got an array of shape \(2,\)"
+    ):
+        grid_search(lambda v: jnp.stack([v, v]), [0.0, 1.0])
+    with pytest.raises(ValueError, match=r"random_search: score_fn must return a scalar score, got .* shape \(1,\)"):
+        random_search(lambda v, tw, vw: jnp.atleast_1d(v), jax.random.key(0), 0.1, 1.0, 2, n_splits=2, n_samples=4)
+
+
+def test_numpy_integers_are_ints():
+    want = grid_search(_ridge_score, LAMBDAS, n_splits=3, n_samples=60, chunk_size=2)
+    got = grid_search(_ridge_score, LAMBDAS, n_splits=np.int64(3), n_samples=60, chunk_size=np.int32(2))
+    np.testing.assert_array_equal(got.scores, want.scores)
+    np.testing.assert_array_equal(kfold_weights(10, np.int64(3))[1], kfold_weights(10, 3)[1])
 
 
 @pytest.mark.parametrize(

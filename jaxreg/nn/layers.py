@@ -7,6 +7,19 @@ import jax.numpy as jnp
 from flax import nnx
 
 
+def rngs_for(rngs: nnx.Rngs | nnx.RngStream | None, stream: str, draws: bool) -> nnx.Rngs | nnx.RngStream | None:
+    """``rngs`` for a layer that draws from ``stream``, or None where it never draws and ``rngs`` lacks the stream.
+
+    A layer with a zero rate or std needs no keys, so ``rngs`` need not hold its stream.
+    Where ``rngs`` holds it (or the ``default`` fallback) the layer still forks it, as it
+    always did: the fork advances the stream the parameters are drawn from when both fall
+    back to ``default``, so a seed keeps giving the same parameters.
+    """
+    if isinstance(rngs, nnx.Rngs) and not draws and stream not in rngs and "default" not in rngs:
+        return None
+    return rngs
+
+
 class GaussianNoise(nnx.Module):
     """Adds ``N(0, stddev^2)`` noise in training mode; the identity in evaluation mode.
 
@@ -21,7 +34,7 @@ class GaussianNoise(nnx.Module):
       deterministic: if True the layer passes its input through unchanged.
       rng_collection: the ``nnx.Rngs`` stream the keys come from.
       rngs: ``nnx.Rngs`` (or a stream) for the noise; may be omitted when the layer is
-        only used in evaluation mode.
+        only used in evaluation mode, and need not hold the stream when ``stddev`` is 0.
 
     Returns:
       The module; calling it returns an array of the input's shape and dtype.
@@ -40,6 +53,7 @@ class GaussianNoise(nnx.Module):
         self.stddev = stddev
         self.deterministic = deterministic
         self.rng_collection = rng_collection
+        rngs = rngs_for(rngs, rng_collection, draws=stddev > 0)
         if isinstance(rngs, nnx.Rngs):
             self.rngs = rngs[rng_collection].fork()
         elif isinstance(rngs, nnx.RngStream):

@@ -12,10 +12,11 @@ from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from jaxreg import _checks
-from jaxreg.nn.layers import GaussianNoise
+from jaxreg.nn.layers import GaussianNoise, rngs_for
 
 Activation = Callable[[jax.Array], jax.Array]
 ZEROS = nnx.initializers.zeros_init()
@@ -34,8 +35,10 @@ def _check_std(fn: str, name: str, std: float) -> float:
 
 
 def _average_pool_2x2(x: jax.Array) -> jax.Array:
-    # nnx.avg_pool divides by an int window size, which strict dtype promotion refuses.
-    summed = jax.lax.reduce_window(x, jnp.zeros([], x.dtype), jax.lax.add, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+    # nnx.avg_pool divides by an int window size, which strict dtype promotion refuses. The
+    # start value is a NumPy constant: a jnp array would be traced under jit, and
+    # reduce_window has no reverse-mode rule for a traced start value.
+    summed = jax.lax.reduce_window(x, np.zeros([], x.dtype), jax.lax.add, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
     return summed / jnp.asarray(4, x.dtype)
 
 
@@ -59,7 +62,8 @@ class MLP(nnx.Module):
       input_noise_std: std of the Gaussian noise added to the inputs in training.
       hidden_noise_std: std of the Gaussian noise added to hidden units in training.
       record_activations: sow the hidden activations for activity regularization.
-      rngs: ``nnx.Rngs`` with ``params`` (and ``dropout`` / ``noise`` or ``default``).
+      rngs: ``nnx.Rngs`` with ``params``, and ``dropout`` / ``noise`` (or ``default``)
+        where the dropout rate / a noise std is above zero.
 
     Returns:
       The module; calling it maps ``(batch, in_features)`` to ``(batch, out_features)``.
@@ -89,7 +93,7 @@ class MLP(nnx.Module):
         sizes = [in_features, *widths]
         self.layers = nnx.List([nnx.Linear(a, b, bias_init=ZEROS, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])])
         self.hidden_noise = GaussianNoise(_check_std(fn, "hidden_noise_std", hidden_noise_std), rngs=rngs)
-        self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
+        self.dropout = nnx.Dropout(dropout_rate, rngs=rngs_for(rngs, "dropout", draws=dropout_rate > 0))
         self.head = nnx.Linear(sizes[-1], out_features, bias_init=ZEROS, rngs=rngs)
 
     def features(self, x: jax.Array) -> jax.Array:
@@ -123,7 +127,8 @@ class CNN(nnx.Module):
       num_classes: number of output logits.
       features: output channels of each convolution block.
       dropout_rate: dropout before the head, in [0, 1).
-      rngs: ``nnx.Rngs`` with ``params`` (and ``dropout`` or ``default``).
+      rngs: ``nnx.Rngs`` with ``params``, and ``dropout`` (or ``default``) where
+        ``dropout_rate`` is above zero.
 
     Returns:
       The module; calling it maps ``(batch, h, w, in_channels)`` to ``(batch, num_classes)``.
@@ -150,7 +155,7 @@ class CNN(nnx.Module):
                 for a, b in zip(sizes[:-1], sizes[1:])
             ]
         )
-        self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
+        self.dropout = nnx.Dropout(dropout_rate, rngs=rngs_for(rngs, "dropout", draws=dropout_rate > 0))
         self.head = nnx.Linear(sizes[-1], num_classes, bias_init=ZEROS, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -181,7 +186,8 @@ class MultiTaskMLP(nnx.Module):
       task_weights: weight of each task's loss, by task name; 1.0 for each by default.
       activation: hidden activation.
       dropout_rate: dropout in the trunk, in [0, 1).
-      rngs: ``nnx.Rngs``.
+      rngs: ``nnx.Rngs`` with ``params``, and ``dropout`` (or ``default``) where
+        ``dropout_rate`` is above zero.
 
     Returns:
       The module; calling it returns ``{task: (batch, tasks[task])}``.

@@ -7,12 +7,12 @@ from typing import Any
 import optax
 from flax import nnx
 
-from jaxreg.fused import apply_step
+from jaxreg.fused import apply_step, fast_path
 
 __all__ = ["Optimizer", "update_model"]
 
 
-def update_model(optimizer: nnx.Optimizer, model: nnx.Module, grads: Any) -> None:
+def update_model(optimizer: nnx.Optimizer, model: nnx.Module, grads: Any, **extra_args: Any) -> None:
     """``optimizer.update(model, grads)`` through :func:`jaxreg.apply_step`.
 
     The same as ``nnx.Optimizer.update`` (parameters selected by ``optimizer.wrt``,
@@ -24,13 +24,31 @@ def update_model(optimizer: nnx.Optimizer, model: nnx.Module, grads: Any) -> Non
       optimizer: an ``nnx.Optimizer`` (its ``tx``, ``wrt``, state and step are used).
       model: the model it was built for.
       grads: the gradients, e.g. from ``nnx.grad(loss)(model)``.
+      **extra_args: passed to ``tx.update`` for the transforms that read them, such as
+        ``value=loss`` for ``optax.contrib.reduce_on_plateau`` (as optax's
+        ``GradientTransformationExtraArgs``; the others ignore them). The single pass
+        of a fused chain reads none: its members are element-wise.
 
     Returns:
       None; ``model``'s parameters and ``optimizer``'s state and step are updated in place.
     """
     params = nnx.as_pure(nnx.state(model, optimizer.wrt, graph=optimizer.graph))
     grad_arrays = nnx.as_pure(nnx.state(grads, optimizer.wrt, graph=optimizer.graph))
-    new_params, new_state = apply_step(optimizer.tx, grad_arrays, nnx.as_pure(optimizer.opt_state), params)
+    opt_state = nnx.as_pure(optimizer.opt_state)
+    if extra_args and fast_path(optimizer.tx, grad_arrays, params, opt_state) is not None:
+        tx = optax.with_extra_args_support(optimizer.tx)
+        try:
+            updates, new_state = tx.update(grad_arrays, opt_state, params, **extra_args)
+        except TypeError as err:
+            # A member that declares optax's extra-args interface but whose update takes
+            # no extra keyword arguments refuses them inside the chain: step without them
+            # (a member that needs them then raises its own error).
+            if "unexpected keyword argument" not in str(err):
+                raise
+            updates, new_state = tx.update(grad_arrays, opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+    else:
+        new_params, new_state = apply_step(optimizer.tx, grad_arrays, opt_state, params)
     nnx.update(model, new_params)
     nnx.update(optimizer.opt_state, nnx.state(new_state, graph=optimizer.graph))
     optimizer.step[...] += 1

@@ -59,9 +59,18 @@ def _check_probability(fn: str, name: str, value: Any) -> None:
 
 
 def _check_shift(fn: str, max_shift: Any) -> int:
-    if isinstance(max_shift, bool) or not isinstance(max_shift, int) or max_shift < 0:
+    if isinstance(max_shift, bool) or not isinstance(max_shift, (int, np.integer)) or max_shift < 0:
         raise ValueError(f"{fn}: max_shift must be a non-negative int (pixels), got {max_shift!r}.")
-    return max_shift
+    return int(max_shift)
+
+
+def _check_strength(fn: str, name: str, value: Any) -> None:
+    """``value`` must be finite and >= 0 (or not known until it is traced): an infinite
+    angle or noise std would turn every image into NaN."""
+    _checks.check_nonnegative(fn, name, value)
+    arr = _checks.concrete(value)
+    if arr is not None and not np.all(np.isfinite(arr)):
+        raise ValueError(f"{fn}: {name} must be a finite non-negative number, got {value!r}.")
 
 
 def _like(x: jax.Array, dtype: Any) -> jax.Array:
@@ -144,14 +153,14 @@ def random_shift(key: jax.Array, images: jax.Array, max_shift: int) -> jax.Array
     Args:
       key: PRNG key.
       images: a batch ``(batch, height, width, channels)``.
-      max_shift: largest shift in pixels, an int >= 0.
+      max_shift: largest shift in pixels, an int >= 0 (a Python or NumPy integer).
 
     Returns:
       The shifted batch, same shape and dtype.
     """
     fn = "random_shift"
     images = _check_images(fn, images)
-    _check_shift(fn, max_shift)
+    max_shift = _check_shift(fn, max_shift)
     if max_shift == 0:
         return images
     _pix(fn)
@@ -167,14 +176,14 @@ def random_rotation(key: jax.Array, images: jax.Array, max_degrees: chex.Numeric
     Args:
       key: PRNG key.
       images: a batch ``(batch, height, width, channels)``.
-      max_degrees: largest rotation in degrees, >= 0 (may be traced).
+      max_degrees: largest rotation in degrees, finite and >= 0 (may be traced).
 
     Returns:
       The rotated batch, same shape and dtype.
     """
     fn = "random_rotation"
     images = _check_images(fn, images)
-    _checks.check_nonnegative(fn, "max_degrees", max_degrees)
+    _check_strength(fn, "max_degrees", max_degrees)
     if _is_zero(max_degrees):
         return images
     _pix(fn)
@@ -187,14 +196,14 @@ def gaussian_noise(key: jax.Array, images: jax.Array, stddev: chex.Numeric) -> j
     Args:
       key: PRNG key.
       images: a batch ``(batch, height, width, channels)``.
-      stddev: the noise's standard deviation, >= 0 (may be traced).
+      stddev: the noise's standard deviation, finite and >= 0 (may be traced).
 
     Returns:
       The noisy batch, same shape and dtype (integer images are rounded and clipped).
     """
     fn = "gaussian_noise"
     images = _check_images(fn, images)
-    _checks.check_nonnegative(fn, "stddev", stddev)
+    _check_strength(fn, "stddev", stddev)
     if _is_zero(stddev):
         return images
     return _noise_kernel(key, images, stddev)
@@ -226,8 +235,8 @@ class ImageAugmentation:
     Args:
       flip: probability of a left-right flip, in [0, 1].
       max_shift: largest shift in whole pixels, an int >= 0.
-      max_degrees: largest rotation in degrees, >= 0.
-      noise_std: std of the additive Gaussian noise, >= 0.
+      max_degrees: largest rotation in degrees, finite and >= 0.
+      noise_std: std of the additive Gaussian noise, finite and >= 0.
 
     Returns:
       A frozen, hashable object; call it as ``augment(key, images) -> images``.
@@ -241,9 +250,9 @@ class ImageAugmentation:
     def __post_init__(self) -> None:
         fn = "ImageAugmentation"
         _check_probability(fn, "flip", self.flip)
-        _check_shift(fn, self.max_shift)
-        _checks.check_nonnegative(fn, "max_degrees", self.max_degrees)
-        _checks.check_nonnegative(fn, "noise_std", self.noise_std)
+        object.__setattr__(self, "max_shift", _check_shift(fn, self.max_shift))  # frozen: a plain int
+        _check_strength(fn, "max_degrees", self.max_degrees)
+        _check_strength(fn, "noise_std", self.noise_std)
 
     def __call__(self, key: jax.Array, images: jax.Array) -> jax.Array:
         """Augments a batch ``(batch, height, width, channels)``; same shape and dtype back."""

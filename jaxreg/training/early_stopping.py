@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxreg import _checks, _tree
@@ -36,7 +37,9 @@ class EarlyStopping:
     """Stops when the score has not improved for ``patience`` evaluations; keeps the best.
 
     An evaluation improves when ``score < best - min_delta`` (``mode="min"``, e.g. a
-    loss) or ``score > best + min_delta`` (``mode="max"``, e.g. an accuracy). After
+    loss) or ``score > best + min_delta`` (``mode="max"``, e.g. an accuracy); the first
+    finite score always improves, whatever ``min_delta`` (``inf`` included), as in
+    Keras. After
     ``patience`` evaluations in a row without improvement, ``should_stop`` becomes True
     and stays True: later updates leave the state unchanged, so a stopped lane of a
     ``vmap`` keeps its best parameters while the others train on. A NaN score is never
@@ -54,7 +57,8 @@ class EarlyStopping:
         params = state.best_params
 
     Args:
-      patience: evaluations without improvement before stopping, an int >= 1.
+      patience: evaluations without improvement before stopping, an int >= 1 (a
+        Python or NumPy integer).
       min_delta: the smallest change that counts as an improvement, >= 0.
       mode: ``"min"`` (lower is better) or ``"max"`` (higher is better).
 
@@ -68,8 +72,9 @@ class EarlyStopping:
 
     def __post_init__(self) -> None:
         fn = "EarlyStopping"
-        if isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 1:
+        if isinstance(self.patience, bool) or not isinstance(self.patience, (int, np.integer)) or self.patience < 1:
             raise ValueError(f"{fn}: patience must be an int >= 1, got {self.patience!r}.")
+        object.__setattr__(self, "patience", int(self.patience))  # frozen: a plain int, as given by a NumPy one
         _checks.check_nonnegative(fn, "min_delta", self.min_delta)
         if self.mode not in ("min", "max"):
             raise ValueError(f"{fn}: mode must be 'min' or 'max', got {self.mode!r}.")
@@ -108,12 +113,20 @@ class EarlyStopping:
         Returns:
           The new state; unchanged once ``state.should_stop`` is True.
         """
+        if jnp.ndim(score) != 0:
+            raise ValueError(
+                f"EarlyStopping.update: score must be a scalar, got an array of shape {jnp.shape(score)}; "
+                "reduce it to one number (e.g. its mean), or vmap the update over it."
+            )
         sign = self._sign()
         signed = sign * jnp.asarray(score, jnp.float32)
         best = sign * state.best_score
         active = jnp.logical_not(state.should_stop)
-        # The first finite score always improves; NaN compares False, so never does.
-        improved = active & (signed < best - self.min_delta)
+        # Before the first improvement best is inf, and inf - min_delta would be NaN for
+        # min_delta = inf: compare with best itself, so the first finite score improves.
+        # NaN compares False, so never does.
+        threshold = jnp.where(state.best_step < 0, best, best - self.min_delta)
+        improved = active & (signed < threshold)
         wait = jnp.where(improved, 0, state.wait + active.astype(jnp.int32))
         params = _tree.unbox(params)
         return EarlyStoppingState(

@@ -26,10 +26,14 @@ epochs ``k + 1, ...`` bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
 import math
+import sys
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -47,6 +51,10 @@ __all__ = ["History", "fit"]
 
 _MONITORS = ("val_loss", "val_metric", "train_loss")
 _FIELDS = ("train_loss", "val_loss", "val_metric", "epoch_time")
+# What restore_best brings back: all of the model's state (parameters, BatchNorm
+# statistics, ...) but its RNG streams, as Keras' restore_best_weights restores every
+# weight but not the seed generators: rewinding them would replay the same dropout masks.
+_RESTORED = nnx.Not(nnx.RngState)
 
 
 class History(NamedTuple):
@@ -130,8 +138,11 @@ def _train_epoch(
         if augment is not None:
             xb = augment(step_key, xb)
         loss, grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, wrt))(model, xb, yb)
-        update_model(optimizer, model, grads)  # one pass when optimizer.tx is a jaxreg.chain
-        return nnx.split((model, optimizer))[1], jnp.asarray(loss, jnp.float32)
+        loss = jnp.asarray(loss, jnp.float32)
+        # value= reaches the transforms that read the loss (optax.contrib.reduce_on_plateau);
+        # one pass when optimizer.tx is a jaxreg.chain.
+        update_model(optimizer, model, grads, value=loss)
+        return nnx.split((model, optimizer))[1], loss
 
     state, losses = jax.lax.scan(step, state, (order, jax.random.split(augment_key, steps)))
     return state, jnp.mean(losses)
@@ -197,8 +208,8 @@ def fit(
     epoch), apply ``augment`` to each batch's inputs, and take one optimizer step per
     batch on ``loss_fn`` in training mode (``model.train()``: dropout and noise on).
     Then evaluate ``loss_fn`` and ``metric_fn`` on ``val_data`` in evaluation mode
-    (``model.eval()``), update ``early_stopping`` with the ``monitor`` score, save a
-    checkpoint, call ``on_epoch_end``. The model and optimizer passed in are updated in
+    (``model.eval()``), update ``early_stopping`` with the ``monitor`` score, call
+    ``on_epoch_end``, save a checkpoint. The model and optimizer passed in are updated in
     place after every epoch, so an interrupted call leaves them at the last finished
     epoch.
 
@@ -207,13 +218,18 @@ def fit(
     ``checkpoint_every`` epochs and after the last one; a later call with the same
     directory and arguments restores the newest checkpoint and continues from there,
     reaching the same parameters as a run that was never interrupted. Give a larger
-    ``epochs`` to train a finished run further.
+    ``epochs`` to train a finished run further. A checkpoint written with other
+    arguments (``batch_size``, ``key``, training data, model, optimizer or
+    ``early_stopping``) is refused with an error naming which; a checkpoint that cannot
+    be read is deleted with a warning naming it, and the newest readable one is resumed.
 
     Args:
       model: an NNX module; ``loss_fn(model, x, y)`` must work on a batch.
       optimizer: ``nnx.Optimizer(model, tx, wrt=...)`` with any optax/jaxreg chain
         (transforms that read ``params`` included); gradients are taken with respect to
-        its ``wrt`` filter.
+        its ``wrt`` filter. ``tx.update`` gets the batch's loss as ``value=``, as
+        ``optax.contrib.reduce_on_plateau`` and other ``GradientTransformationExtraArgs``
+        expect.
       loss_fn: ``(model, x, y) -> scalar`` mean loss of a batch (a jaxreg penalty may
         be part of it). It, ``metric_fn`` and ``augment`` are static arguments of the
         compiled epoch (hashable; a later fit with the same ones, the same model
@@ -231,20 +247,25 @@ def fit(
         or None. Set its ``mode`` to match the score (``"max"`` for an accuracy).
       monitor: the score early stopping watches: ``"val_loss"``, ``"val_metric"`` or
         ``"train_loss"``.
-      restore_best: with early stopping, load the best epoch's parameters into the
-        model at the end (the optimizer keeps its last state).
+      restore_best: with early stopping, load the best epoch's model state into the
+        model at the end: its parameters and every other variable (BatchNorm's
+        statistics), as Keras' ``restore_best_weights``; the RNG streams and the
+        optimizer keep their last state.
       augment: ``(key, x_batch) -> x_batch`` applied to every training batch inside the
         compiled step (e.g. :class:`~jaxreg.training.ImageAugmentation`), or None.
       eval_batch_size: evaluate the validation set in chunks of this size (None: all at
         once).
       checkpoint_dir: directory for orbax checkpoints (created if missing), or None.
-        Needs ``pip install 'jaxreg[train]'``.
+        Needs ``pip install 'jaxreg[train]'``. The call then reads the training data
+        once more, for the SHA-256 digest that identifies it in the checkpoint.
       checkpoint_every: save every this many epochs (and after the last one), >= 1.
       max_checkpoints: how many of the newest checkpoints to keep, >= 1.
-      on_epoch_end: ``(epoch, record) -> bool | None`` called after each epoch's
-        checkpoint with the 1-based epoch and its ``train_loss``, ``val_loss``,
-        ``val_metric`` and ``epoch_time``; returning True stops training. An exception
-        it raises ends the call after the checkpoint is written.
+      on_epoch_end: ``(epoch, record) -> bool | None`` called after each epoch with the
+        1-based epoch and its ``train_loss``, ``val_loss``, ``val_metric`` and
+        ``epoch_time``, before the epoch's checkpoint is written; returning True stops
+        training, and the checkpoint records the stop (a rerun of the same call trains
+        no further). An exception it raises ends the call after the checkpoint is
+        written.
       progress: show a tqdm bar (True), one labelled with this string, or none (False).
 
     Returns:
@@ -256,12 +277,12 @@ def fit(
         raise TypeError(f"{fn}: model must be an nnx.Module, got {type(model).__name__}.")
     if not isinstance(optimizer, nnx.Optimizer):
         raise TypeError(f"{fn}: optimizer must be an nnx.Optimizer, got {type(optimizer).__name__}.")
-    _checks.check_positive_int(fn, "epochs", epochs)
-    _checks.check_positive_int(fn, "batch_size", batch_size)
-    _checks.check_positive_int(fn, "checkpoint_every", checkpoint_every)
-    _checks.check_positive_int(fn, "max_checkpoints", max_checkpoints)
+    epochs = _checks.check_positive_int(fn, "epochs", epochs)
+    batch_size = _checks.check_positive_int(fn, "batch_size", batch_size)
+    checkpoint_every = _checks.check_positive_int(fn, "checkpoint_every", checkpoint_every)
+    max_checkpoints = _checks.check_positive_int(fn, "max_checkpoints", max_checkpoints)
     if eval_batch_size is not None:
-        _checks.check_positive_int(fn, "eval_batch_size", eval_batch_size)
+        eval_batch_size = _checks.check_positive_int(fn, "eval_batch_size", eval_batch_size)
     train = _check_data(fn, "train_data", train_data)
     val = None if val_data is None else _check_data(fn, "val_data", val_data)
     if batch_size > train[2]:
@@ -291,10 +312,10 @@ def fit(
         model_def, model_state = nnx.split(model)
         return _evaluate(model_state, x, y, graphdef=model_def, loss_fn=loss_fn, metric_fn=metric_fn)
 
-    def params_of(model: nnx.Module) -> Any:
-        return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    def restorable(model: nnx.Module) -> Any:
+        return nnx.to_pure_dict(nnx.state(model, _RESTORED))
 
-    stop_state = None if early_stopping is None else early_stopping.init(params_of(model))
+    stop_state = None if early_stopping is None else early_stopping.init(restorable(model))
     records: dict[str, list[float]] = {name: [] for name in _FIELDS}
     start, stopped = 0, False
 
@@ -303,7 +324,6 @@ def fit(
         ocp = _checks.import_extra(fn, "orbax.checkpoint", "orbax-checkpoint", "checkpoint_dir needs")
         directory = Path(checkpoint_dir).absolute()
         manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_checkpoints))
-    fingerprint = {"batch_size": batch_size, "n_train": train[2], "key": key_data.tolist()}
 
     def payload() -> dict[str, Any]:
         tree = {"model_and_optimizer": nnx.to_pure_dict(state)}
@@ -311,36 +331,27 @@ def fit(
             tree["early_stopping"] = stop_state._asdict()
         return tree
 
+    # What a resumed run must share with the run that wrote the checkpoint: a checkpoint
+    # of other data of the same size, or of another optimizer whose state orbax could
+    # still fill, would otherwise resume silently.
+    fingerprint = None
+    if manager is not None:
+        fingerprint = {
+            "batch_size": batch_size,
+            "n_train": train[2],
+            "key": key_data.tolist(),
+            "train_data": _digest_of_values(train[:2]),
+            "state": _digest_of_structure(payload()),
+        }
+
     bar = None
+    after_restore = contextlib.ExitStack()
     try:
         if manager is not None and manager.latest_step() is not None:
-            latest = manager.latest_step()
+            after_restore.enter_context(_ignoring_closed_event_loops())
             template = payload()
-            try:
-                restored = manager.restore(
-                    latest,
-                    args=ocp.args.Composite(
-                        arrays=ocp.args.StandardRestore(_encode(template)), meta=ocp.args.JsonRestore()
-                    ),
-                )
-            except Exception as err:  # orbax raises several types for a structure or shape mismatch
-                raise ValueError(
-                    f"{fn}: the checkpoint {directory}/{latest} does not match this model, optimizer and "
-                    f"early_stopping; use a new checkpoint_dir. ({type(err).__name__}: {err})"
-                ) from err
-            meta = restored.meta
-            if meta["epoch"] > epochs:
-                raise ValueError(
-                    f"{fn}: the checkpoint in {directory} is at epoch {meta['epoch']}, beyond epochs={epochs}; "
-                    "give epochs >= that or use a new checkpoint_dir."
-                )
-            for name, value in fingerprint.items():
-                if meta["fingerprint"][name] != value:
-                    raise ValueError(
-                        f"{fn}: the checkpoint in {directory} was written with {name}={meta['fingerprint'][name]!r}, "
-                        f"got {name}={value!r}; resume with the same arguments or use a new checkpoint_dir."
-                    )
-            arrays = _decode(restored.arrays, template)
+            meta, arrays = _restore_newest_intact(fn, ocp, manager, directory, _encode(template), fingerprint, epochs)
+            arrays = _decode(arrays, template)
             nnx.replace_by_pure_dict(state, arrays["model_and_optimizer"])  # in place
             if stop_state is not None:
                 stop_state = EarlyStoppingState(**arrays["early_stopping"])
@@ -361,44 +372,162 @@ def fit(
                 val_loss, val_metric = _mean_over_chunks(evaluate, val, eval_batch_size)
             record = {"train_loss": float(train_loss), "val_loss": val_loss, "val_metric": val_metric}
             if stop_state is not None:
-                stop_state = early_stopping.update(stop_state, jnp.float32(record[monitor]), params_of(model))
+                stop_state = early_stopping.update(stop_state, jnp.float32(record[monitor]), restorable(model))
                 stopped = bool(stop_state.should_stop)
             record["epoch_time"] = time.perf_counter() - t0
             for name in _FIELDS:
                 records[name].append(record[name])
-            last = epoch + 1 == epochs
-            if manager is not None and ((epoch + 1) % checkpoint_every == 0 or last or stopped):
-                meta = {"epoch": epoch + 1, "stopped": stopped, "history": records, "fingerprint": fingerprint}
-                manager.save(
-                    epoch + 1,
-                    args=ocp.args.Composite(
-                        arrays=ocp.args.StandardSave(_encode(payload())), meta=ocp.args.JsonSave(meta)
-                    ),
-                )
             bar.set_postfix(_postfix(record), refresh=False)
             bar.update(1)
-            if on_epoch_end is not None and on_epoch_end(epoch + 1, dict(record)):
-                stopped = True
+            try:
+                if on_epoch_end is not None and on_epoch_end(epoch + 1, dict(record)):
+                    stopped = True
+            finally:
+                # After the callback, so that the checkpoint records a stop it asks for; in
+                # a finally, so that an exception it raises leaves the epoch checkpointed.
+                if manager is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs or stopped):
+                    # A copy of the history: orbax writes the JSON asynchronously, while the
+                    # next epoch appends to the live lists.
+                    history = {name: list(values) for name, values in records.items()}
+                    meta = {"epoch": epoch + 1, "stopped": stopped, "history": history, "fingerprint": fingerprint}
+                    manager.save(
+                        epoch + 1,
+                        args=ocp.args.Composite(
+                            arrays=ocp.args.StandardSave(_encode(payload())), meta=ocp.args.JsonSave(meta)
+                        ),
+                    )
     finally:
         if bar is not None:
             bar.close()
         if manager is not None:
             manager.wait_until_finished()
             manager.close()
+        after_restore.close()
 
     best_epoch = None
     if stop_state is not None and int(stop_state.best_step) >= 0:
         best_epoch = int(stop_state.best_step) + 1
         if restore_best:
-            params = nnx.state(model, nnx.Param)
-            nnx.replace_by_pure_dict(params, stop_state.best_params)  # in place
-            nnx.update(model, params)
+            best = nnx.state(model, _RESTORED)
+            nnx.replace_by_pure_dict(best, stop_state.best_params)  # in place
+            nnx.update(model, best)
     return History(
         *(np.asarray(records[name], np.float64) for name in _FIELDS),
         stopped_early=stopped,
         best_epoch=best_epoch,
         resumed_from=start,
     )
+
+
+def _digest_of_values(tree: Any) -> str:
+    """A digest of the arrays' shapes, dtypes and values (the training data)."""
+    digest = hashlib.sha256()
+    for leaf in jax.tree.leaves(tree):
+        leaf = np.asarray(leaf)
+        digest.update(f"{leaf.shape} {leaf.dtype};".encode())
+        digest.update(np.ascontiguousarray(leaf).tobytes())
+    return digest.hexdigest()
+
+
+def _digest_of_structure(tree: Any) -> str:
+    """A digest of the tree's paths, shapes and dtypes (the model and optimizer state)."""
+    leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+    text = "\n".join(f"{jax.tree_util.keystr(path)} {jnp.shape(x)} {jnp.result_type(x)}" for path, x in leaves)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+_FINGERPRINT_NAMES = {
+    "train_data": "other training data (of the same size)",
+    "state": "another model, optimizer or early_stopping (other state)",
+}
+
+
+def _check_meta(fn: str, directory: Path, meta: dict[str, Any], fingerprint: dict[str, Any], epochs: int) -> None:
+    """Raises a ValueError if the checkpoint was written by another run or is past ``epochs``."""
+    if meta["epoch"] > epochs:
+        raise ValueError(
+            f"{fn}: the checkpoint in {directory} is at epoch {meta['epoch']}, beyond epochs={epochs}; "
+            "give epochs >= that or use a new checkpoint_dir."
+        )
+    for name, value in fingerprint.items():
+        written = meta["fingerprint"].get(name)
+        if written == value:
+            continue
+        what = _FINGERPRINT_NAMES.get(name)
+        if what is None:
+            what = f"{name}={written!r}, got {name}={value!r}"
+        raise ValueError(
+            f"{fn}: the checkpoint in {directory} was written with {what}; resume with the same "
+            "arguments or use a new checkpoint_dir."
+        )
+
+
+def _restore_newest_intact(
+    fn: str, ocp: Any, manager: Any, directory: Path, template: Any, fingerprint: dict[str, Any], epochs: int
+) -> tuple[dict[str, Any], Any]:
+    """``(meta, arrays)`` of the newest checkpoint that can be read.
+
+    A checkpoint that cannot be read (a damaged file, a write cut short) is deleted with
+    a warning naming it, and the next older one is tried: resuming is exact, so the
+    epochs after it are recomputed to the same numbers. A readable checkpoint of another
+    run raises (see :func:`_check_meta`).
+    """
+    damaged = []
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+        except Exception as err:  # any failure to read: a missing, truncated or garbled file
+            damaged.append((step, err))
+            continue
+        _check_meta(fn, directory, meta, fingerprint, epochs)
+        try:
+            arrays = manager.restore(step, args=ocp.args.Composite(arrays=ocp.args.StandardRestore(template)))
+        except Exception as err:  # the fingerprint matched, so the arrays are damaged
+            damaged.append((step, err))
+            continue
+        break
+    else:
+        step, err = damaged[0]
+        raise ValueError(
+            f"{fn}: no checkpoint in {directory} can be read (the newest, {directory}/{step}: "
+            f"{type(err).__name__}: {_first_line(err)}); use a new checkpoint_dir."
+        )
+    for bad, err in damaged:
+        warnings.warn(
+            f"{fn}: the checkpoint {directory}/{bad} is damaged ({type(err).__name__}: {_first_line(err)}); "
+            f"deleted it and resumed from {directory}/{step}.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        manager.delete(bad)
+    return meta, arrays.arrays
+
+
+@contextlib.contextmanager
+def _ignoring_closed_event_loops() -> Iterator[None]:
+    """Drops the ``RuntimeError('Event loop is closed')`` of reads orbax left running.
+
+    When one array of a damaged checkpoint cannot be read, orbax's restore fails at once
+    and closes its event loop while tensorstore's other reads are still in flight; as
+    each of them completes, its callback raises on the closed loop, and Python prints one
+    traceback per array. The warning that names the damaged checkpoint says it all.
+    """
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        error = unraisable.exc_value
+        if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else ""
 
 
 def _postfix(record: dict[str, float]) -> dict[str, str]:

@@ -11,6 +11,7 @@ unrolled run.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -91,13 +92,15 @@ def tune_strength(
         applies it; with it, e.g. ``jaxreg.penalties.l2``, when it does not).
       val_loss: validation loss of the params.
       init_params: where every training run starts.
-      init_strength: the starting strength, > 0.
+      init_strength: the starting strength, finite and > 0.
       inner_steps: training steps per run, >= 1.
       outer_steps: hypergradient steps, >= 1.
       outer_learning_rate: Adam's step size on ``log(strength)``, > 0.
 
     Returns:
-      A :class:`TuneResult` with the final strength and the path it took.
+      A :class:`TuneResult` with the final strength and the path it took. A
+      RuntimeWarning says from which outer step the validation loss or the strength
+      is NaN, if they become NaN.
 
     References:
       Maclaurin, Duvenaud & Adams, *Gradient-based hyperparameter optimization through
@@ -106,9 +109,11 @@ def tune_strength(
     """
     fn = "tune_strength"
     _checks.check_positive(fn, "init_strength", init_strength)
+    if not np.all(np.isfinite(np.asarray(init_strength))):
+        raise ValueError(f"{fn}: init_strength must be a finite positive number, got {init_strength!r}.")
     _checks.check_positive(fn, "outer_learning_rate", outer_learning_rate)
-    _checks.check_positive_int(fn, "inner_steps", inner_steps)
-    _checks.check_positive_int(fn, "outer_steps", outer_steps)
+    inner_steps = _checks.check_positive_int(fn, "inner_steps", inner_steps)
+    outer_steps = _checks.check_positive_int(fn, "outer_steps", outer_steps)
     objective = jax.value_and_grad(unrolled_val_loss(make_optimizer, train_loss, val_loss, init_params, inner_steps))
     outer = optax.adam(outer_learning_rate)
 
@@ -130,4 +135,23 @@ def tune_strength(
     with jax.numpy_dtype_promotion("standard"):
         final, path, losses = search(jnp.asarray(math.log(init_strength), jnp.float32))
     strengths = np.exp(np.append(np.asarray(path), float(final)))
-    return TuneResult(float(strengths[-1]), strengths, np.asarray(losses))
+    losses = np.asarray(losses)
+    _warn_nan(fn, strengths, losses)
+    return TuneResult(float(strengths[-1]), strengths, losses)
+
+
+def _warn_nan(fn: str, strengths: np.ndarray, losses: np.ndarray) -> None:
+    """Warns where the validation loss or the strength first became NaN (outer steps from 0)."""
+    found = []
+    if np.isnan(losses).any():
+        step = int(np.argmax(np.isnan(losses)))
+        found.append(f"the validation loss is NaN from outer step {step} (strength {strengths[step]:.4g})")
+    if np.isnan(strengths).any():
+        found.append(f"the strength is NaN from outer step {int(np.argmax(np.isnan(strengths)))}")
+    if found:
+        warnings.warn(
+            f"{fn}: {'; '.join(found)}. A training run diverged or the hypergradient was not finite: lower "
+            "outer_learning_rate or the inner learning rate, or start from another init_strength.",
+            RuntimeWarning,
+            stacklevel=3,
+        )

@@ -11,8 +11,8 @@ Folds are given as per-sample weights rather than index sets, so that every fold
 the same static shapes: ``score_fn(value, train_weight, val_weight)`` weights its
 training loss by ``train_weight`` and its validation score by ``val_weight``.
 
-k-fold cross-validation over candidate values (``kfold_cv(n_splits)`` in the design
-issue; scikit-learn's ``GridSearchCV``) is ``grid_search(score_fn, values,
+k-fold cross-validation over candidate values (a ``kfold_cv(n_splits)``;
+scikit-learn's ``GridSearchCV``) is ``grid_search(score_fn, values,
 n_splits=k, n_samples=n)``: every (value, fold) pair is a lane of the same vmapped
 program, and the :class:`SearchResult` holds each value's mean and std over the folds.
 ``random_search`` takes the same ``n_splits``. To cross-validate a single setting,
@@ -22,6 +22,7 @@ give one value.
 from __future__ import annotations
 
 import math
+import warnings
 import weakref
 from collections.abc import Callable
 from typing import NamedTuple
@@ -40,8 +41,8 @@ class SearchResult(NamedTuple):
     scores: np.ndarray  # per value and fold, shape (n, n_folds); n_folds = 1 without CV
     mean: np.ndarray  # mean score per value over the folds
     std: np.ndarray  # standard deviation over the folds (0 without CV)
-    best_index: int
-    best_value: float
+    best_index: int | None  # None when every mean score is NaN
+    best_value: float  # NaN when every mean score is NaN
     mode: str
 
     def table(self) -> str:
@@ -72,9 +73,10 @@ def kfold_weights(n_samples: int, n_splits: int) -> tuple[jax.Array, jax.Array]:
 
 
 def _kfold(fn: str, n_samples: int, n_splits: int) -> tuple[jax.Array, jax.Array]:
-    _checks.check_positive_int(fn, "n_samples", n_samples)
-    if isinstance(n_splits, bool) or not isinstance(n_splits, int) or not 2 <= n_splits <= n_samples:
+    n_samples = _checks.check_positive_int(fn, "n_samples", n_samples)
+    if isinstance(n_splits, bool) or not isinstance(n_splits, (int, np.integer)) or not 2 <= n_splits <= n_samples:
         raise ValueError(f"{fn}: n_splits must be an int in [2, n_samples={n_samples}], got {n_splits!r}.")
+    n_splits = int(n_splits)
     sizes = np.full(n_splits, n_samples // n_splits)
     sizes[: n_samples % n_splits] += 1
     fold_of = np.repeat(np.arange(n_splits), sizes)
@@ -102,7 +104,7 @@ def grid_search(
     Without cross-validation ``score_fn(value) -> scalar``; with ``n_splits`` it is
     ``score_fn(value, train_weight, val_weight) -> scalar`` and is run on each of the
     :func:`kfold_weights` folds of ``n_samples`` samples: this is k-fold
-    cross-validation (the design's ``kfold_cv(n_splits)``, scikit-learn's
+    cross-validation (a ``kfold_cv(n_splits)``, scikit-learn's
     ``GridSearchCV``), every (value, fold) pair one lane of the same program.
     ``score_fn`` typically trains a model with the regularization strength ``value`` (a
     traced scalar: build the jaxreg transforms inside it) and returns a validation loss.
@@ -118,7 +120,9 @@ def grid_search(
 
     Returns:
       A :class:`SearchResult` with the scores, their mean and std over folds, and the
-      best value.
+      best value. A value whose mean score is NaN is never the best; as scikit-learn's
+      ``GridSearchCV`` does, a RuntimeWarning says how many are NaN, and when all are,
+      ``best_index`` is None and ``best_value`` NaN.
     """
     return _search("grid_search", score_fn, values, n_splits, n_samples, chunk_size, mode)
 
@@ -129,6 +133,10 @@ def grid_search(
 # weakly, and the program holds ``score_fn`` only weakly, so a cached program never
 # keeps a score function (or the data it closes over) alive.
 _PROGRAMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+class _NotAScalar(ValueError):
+    """Raised while tracing a lane whose score is not a scalar; the search adds its own name to the message."""
 
 
 def _program(score_fn: Callable[..., jax.Array], chunk_size: int | None) -> Callable[[tuple], jax.Array]:
@@ -145,7 +153,10 @@ def _program(score_fn: Callable[..., jax.Array], chunk_size: int | None) -> Call
     if chunk_size not in programs:
 
         def lane(args: tuple) -> jax.Array:
-            return jnp.asarray(held()(*args), jnp.float32)
+            score = jnp.asarray(held()(*args), jnp.float32)
+            if score.shape != ():
+                raise _NotAScalar(f"score_fn must return a scalar score, got an array of shape {score.shape}")
+            return score
 
         programs[chunk_size] = jax.jit(lambda xs: jax.lax.map(lane, xs, batch_size=chunk_size or xs[0].shape[0]))
     return programs[chunk_size]
@@ -165,8 +176,10 @@ def _search(
     grid = np.asarray(values, np.float32).reshape(-1)
     if grid.size == 0:
         raise ValueError(f"{fn}: values must hold at least one candidate, got {values!r}.")
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"{fn}: chunk_size must be a positive int or None, got {chunk_size!r}.")
+    if chunk_size is not None:
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+            raise ValueError(f"{fn}: chunk_size must be a positive int or None, got {chunk_size!r}.")
+        chunk_size = int(chunk_size)  # a static argument of the program: a NumPy integer would key another
     if n_splits is None:
         lanes = (jnp.asarray(grid),)
         n_folds = 1
@@ -181,9 +194,27 @@ def _search(
             jnp.tile(train_w, (grid.size, 1)),
             jnp.tile(val_w, (grid.size, 1)),
         )
-    scores = np.asarray(_program(score_fn, chunk_size)(lanes)).reshape(grid.size, n_folds)
+    try:
+        scores = np.asarray(_program(score_fn, chunk_size)(lanes)).reshape(grid.size, n_folds)
+    except _NotAScalar as err:
+        raise ValueError(f"{fn}: {err} (one score per value and fold).") from None
     mean, std = scores.mean(axis=1), scores.std(axis=1)
-    ranked = np.where(np.isnan(mean), np.inf, mean if mode == "min" else -mean)
+    nan = np.isnan(mean)
+    if nan.all():
+        warnings.warn(
+            f"{fn}: every mean score is NaN; no value is best (best_index=None, best_value=nan).",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return SearchResult(grid, scores, mean, std, None, math.nan, mode)
+    if nan.any():
+        warnings.warn(
+            f"{fn}: {int(nan.sum())} of {nan.size} mean scores are NaN (values {grid[nan].tolist()}); "
+            "the best is chosen among the others.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    ranked = np.where(nan, np.inf, mean if mode == "min" else -mean)
     best = int(np.argmin(ranked))
     return SearchResult(grid, scores, mean, std, best, float(grid[best]), mode)
 
@@ -222,7 +253,7 @@ def random_search(
       A :class:`SearchResult`, values sorted ascending.
     """
     fn = "random_search"
-    _checks.check_positive_int(fn, "num", num)
+    num = _checks.check_positive_int(fn, "num", num)
     if not high > low:
         raise ValueError(f"{fn}: high must be greater than low, got low={low!r}, high={high!r}.")
     if log:
