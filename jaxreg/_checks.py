@@ -61,10 +61,11 @@ def check_learning_rate(fn: str, learning_rate: Any) -> Any:
 
 
 def check_positive_int(fn: str, name: str, value: Any) -> int:
-    """``value`` must be a Python int >= 1 (a count of steps, units, draws, ...)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    """``value`` must be an int >= 1 (a count of steps, units, draws, ...): a Python or
+    NumPy integer, as scikit-learn accepts; returned as a Python int."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{fn}: {name} must be a positive int, got {value!r}.")
-    return value
+    return int(value)
 
 
 def check_axis_arg(fn: str, axis: Any) -> int:

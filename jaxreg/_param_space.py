@@ -1,4 +1,4 @@
-"""The contract every parameter-space transform follows (DESIGN.md, principle 4).
+"""The contract every parameter-space transform follows (docs/architecture.md, "Two spaces, one contract").
 
 A parameter-space transform sits after the optimizer in ``optax.chain``. It reads the
 current ``params`` and the optimizer's ``updates`` ``u`` and returns new updates ``u2``

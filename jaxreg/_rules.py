@@ -150,9 +150,12 @@ class Fusable(optax.GradientTransformationExtraArgs):
 
 
 def describe(tx: optax.GradientTransformation, rule: Rule | None) -> optax.GradientTransformationExtraArgs:
-    """``tx`` with ``rule`` attached (``tx`` unchanged when there is no rule)."""
+    """``tx`` with ``rule`` attached (``tx`` unchanged when there is no rule). Like every
+    optax ``GradientTransformationExtraArgs``, it takes extra keyword arguments such as
+    ``value=`` in ``update`` (and ignores them when ``tx`` does not read them)."""
     if rule is None:
         return tx
+    tx = optax.with_extra_args_support(tx)
     fusable = Fusable(tx.init, tx.update)
     fusable.rule = rule
     return fusable

@@ -277,7 +277,7 @@ def other_axes(ndim: int, axis: int) -> tuple[int, ...]:
 
 
 def compute_dtype(dtype: Any) -> Any:
-    """The dtype a leaf's math runs in: float32 for bf16/f16 (principle 7), else the leaf's own.
+    """The dtype a leaf's math runs in: float32 for bf16/f16 (docs/dtypes.md), else the leaf's own.
 
     float32, float64, complex64 and complex128 compute in themselves; anything
     narrower in float32. Written out rather than ``jnp.promote_types``, which refuses

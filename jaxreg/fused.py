@@ -132,7 +132,9 @@ def fast_path(tx: Any, grads: Any, params: Any, state: Any = None) -> str | None
     return plan.reason
 
 
-def apply_step(tx: optax.GradientTransformation, grads: Any, state: Any, params: Any) -> tuple[Any, Any]:
+def apply_step(
+    tx: optax.GradientTransformation, grads: Any, state: Any, params: Any, **extra_args: Any
+) -> tuple[Any, Any]:
     """One optimizer step: ``(new_params, new_state)``.
 
     For any optax transformation this is ``tx.update(grads, state, params)`` followed by
@@ -146,6 +148,10 @@ def apply_step(tx: optax.GradientTransformation, grads: Any, state: Any, params:
       grads: gradients, shaped like ``params``.
       state: ``tx``'s state.
       params: the parameters (a pytree; an NNX state works too).
+      **extra_args: passed to ``tx.update`` for the members that read them, such as
+        ``value=loss`` for ``optax.contrib.reduce_on_plateau`` (optax's
+        ``GradientTransformationExtraArgs``); the single pass reads none (its members are
+        element-wise), so a chain with such a member runs unfused.
 
     Returns:
       The new parameters (in the structure of ``params``) and the new state.
@@ -165,11 +171,14 @@ def apply_step(tx: optax.GradientTransformation, grads: Any, state: Any, params:
                     RuntimeWarning,
                     stacklevel=2,
                 )
-    return _unfused(tx, grads, state, params)
+    return _unfused(tx, grads, state, params, **extra_args)
 
 
-def _unfused(tx: optax.GradientTransformation, grads: Any, state: Any, params: Any) -> tuple[Any, Any]:
-    updates, state = tx.update(grads, state, params)
+def _unfused(tx: optax.GradientTransformation, grads: Any, state: Any, params: Any, **extra_args: Any):
+    if extra_args:
+        updates, state = optax.with_extra_args_support(tx).update(grads, state, params, **extra_args)
+    else:
+        updates, state = tx.update(grads, state, params)
     return optax.apply_updates(params, updates), state
 
 

@@ -3,7 +3,7 @@
 The references below are written from the docstrings' formulas in float64 numpy, with
 no jaxreg code. Each transform runs under ``jax.jit`` on random pytrees of mixed shapes
 (``conftest.random_tree``). Parameter-space transforms are checked through their
-contract (DESIGN.md, principle 4): ``optax.apply_updates(params, u2) == op(params + u)``
+contract (docs/architecture.md, "Two spaces, one contract"): ``optax.apply_updates(params, u2) == op(params + u)``
 on the leaves the mask selects, and ``u2 is u`` (bit for bit) elsewhere. Where optax has
 the same operation (``optax.clip``, ``optax.clip_by_global_norm``,
 ``optax.add_decayed_weights``, ``optax.projections.*``) it is a second oracle.

@@ -7,7 +7,7 @@ from typing import Any
 import optax
 from flax import nnx
 
-from jaxreg.fused import apply_step, fast_path
+from jaxreg.fused import apply_step
 
 __all__ = ["Optimizer", "update_model"]
 
@@ -35,20 +35,7 @@ def update_model(optimizer: nnx.Optimizer, model: nnx.Module, grads: Any, **extr
     params = nnx.as_pure(nnx.state(model, optimizer.wrt, graph=optimizer.graph))
     grad_arrays = nnx.as_pure(nnx.state(grads, optimizer.wrt, graph=optimizer.graph))
     opt_state = nnx.as_pure(optimizer.opt_state)
-    if extra_args and fast_path(optimizer.tx, grad_arrays, params, opt_state) is not None:
-        tx = optax.with_extra_args_support(optimizer.tx)
-        try:
-            updates, new_state = tx.update(grad_arrays, opt_state, params, **extra_args)
-        except TypeError as err:
-            # A member that declares optax's extra-args interface but whose update takes
-            # no extra keyword arguments refuses them inside the chain: step without them
-            # (a member that needs them then raises its own error).
-            if "unexpected keyword argument" not in str(err):
-                raise
-            updates, new_state = tx.update(grad_arrays, opt_state, params)
-        new_params = optax.apply_updates(params, updates)
-    else:
-        new_params, new_state = apply_step(optimizer.tx, grad_arrays, opt_state, params)
+    new_params, new_state = apply_step(optimizer.tx, grad_arrays, opt_state, params, **extra_args)
     nnx.update(model, new_params)
     nnx.update(optimizer.opt_state, nnx.state(new_state, graph=optimizer.graph))
     optimizer.step[...] += 1
