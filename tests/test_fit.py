@@ -164,7 +164,9 @@ def test_history_and_the_model_updated_in_place(straight):
     model, optimizer = make()
     before = leaves(model, optimizer)
     with jax.numpy_dtype_promotion("standard"):
-        h = fit(model, optimizer, loss_fn, TRAIN, key=jax.random.key(0), epochs=1, batch_size=16, progress=False)
+        h = fit(
+            model, optimizer, loss_fn, TRAIN, key=jax.random.key(0), epochs=np.int64(1), batch_size=16, progress=False
+        )  # NumPy integers are ints, as in scikit-learn
     assert np.isnan(h.val_loss).all() and np.isnan(h.val_metric).all()
     assert not all(np.array_equal(a, b) for a, b in zip(before, leaves(model, optimizer)))
 

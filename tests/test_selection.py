@@ -146,9 +146,11 @@ def test_a_score_fn_that_does_not_return_a_scalar_is_named():
 
 def test_numpy_integers_are_ints():
     want = grid_search(_ridge_score, LAMBDAS, n_splits=3, n_samples=60, chunk_size=2)
-    got = grid_search(_ridge_score, LAMBDAS, n_splits=np.int64(3), n_samples=60, chunk_size=np.int32(2))
+    got = grid_search(_ridge_score, LAMBDAS, n_splits=np.int64(3), n_samples=np.int64(60), chunk_size=np.int32(2))
     np.testing.assert_array_equal(got.scores, want.scores)
-    np.testing.assert_array_equal(kfold_weights(10, np.int64(3))[1], kfold_weights(10, 3)[1])
+    np.testing.assert_array_equal(kfold_weights(np.int64(10), np.int64(3))[1], kfold_weights(10, 3)[1])
+    schedule = jaxreg.schedules.epoch_decay(1.0, 0.5, np.int64(4))
+    assert float(schedule(9)) == float(jaxreg.schedules.epoch_decay(1.0, 0.5, 4)(9)) == 0.25
 
 
 @pytest.mark.parametrize(
