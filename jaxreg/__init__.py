@@ -9,7 +9,17 @@ from importlib import metadata as _metadata
 
 from jaxreg import fused, masks, nn, penalties, pruning, schedules, training
 from jaxreg._param_space import StepCountState
-from jaxreg.clipping import ClipByNormState, ClipState, clip, clip_by_global_norm, clip_by_leaf_norm
+from jaxreg.clipping import (
+    AdaptiveClipState,
+    ClipByNormState,
+    ClipState,
+    adaptive_grad_clip,
+    clip,
+    clip_by_block_rms,
+    clip_by_global_norm,
+    clip_by_leaf_norm,
+    global_norm,
+)
 from jaxreg.decay import coupled_weight_decay, decoupled_weight_decay
 from jaxreg.fused import FusedChain, apply_step, chain
 from jaxreg.masks import masked
@@ -23,14 +33,17 @@ from jaxreg.schedules import epoch_decay, inverse_sqrt_decay
 __version__ = _metadata.version("jaxreg")
 
 __all__ = [
+    "AdaptiveClipState",
     "ClipByNormState",
     "ClipState",
     "FusedChain",
     "StepCountState",
     "adam",
+    "adaptive_grad_clip",
     "apply_step",
     "chain",
     "clip",
+    "clip_by_block_rms",
     "clip_by_global_norm",
     "clip_by_leaf_norm",
     "coupled_weight_decay",
@@ -38,6 +51,7 @@ __all__ = [
     "elastic_net_prox",
     "epoch_decay",
     "fused",
+    "global_norm",
     "group_lasso_prox",
     "inverse_sqrt_decay",
     "keep_pruned",

@@ -65,6 +65,10 @@ CATALOG: dict[str, Entry] = {
     "clip_by_leaf_norm p=3": Entry(
         lambda h, m: jaxreg.clip_by_leaf_norm(h, norm_type=3, mask=m), 0.3, parameter_space=False, complex_values=True
     ),
+    "clip_by_block_rms": Entry(
+        lambda h, m: jaxreg.clip_by_block_rms(h, mask=m), 0.1, parameter_space=False, complex_values=True
+    ),
+    "adaptive_grad_clip": Entry(lambda h, m: jaxreg.adaptive_grad_clip(h, mask=m), 0.1, parameter_space=False),
     "coupled_weight_decay": Entry(lambda h, m: jaxreg.coupled_weight_decay(h, mask=m), 0.1, complex_values=True),
     "decoupled_weight_decay": Entry(
         lambda h, m: jaxreg.decoupled_weight_decay(h, learning_rate=LR, mask=m), 0.1, complex_values=True
@@ -94,6 +98,7 @@ CATALOG: dict[str, Entry] = {
 # Public names that are not transforms: types, modules, schedules, functions.
 NOT_TRANSFORMS = frozenset(
     {
+        "AdaptiveClipState",
         "ClipByNormState",
         "ClipState",
         "FusedChain",
@@ -102,6 +107,7 @@ NOT_TRANSFORMS = frozenset(
         "chain",
         "epoch_decay",
         "fused",
+        "global_norm",
         "inverse_sqrt_decay",
         "masks",
         "nn",
