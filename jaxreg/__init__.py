@@ -24,7 +24,21 @@ from jaxreg.decay import coupled_weight_decay, decoupled_weight_decay
 from jaxreg.fused import FusedChain, apply_step, chain
 from jaxreg.masks import masked
 from jaxreg.optimizers import adam, sgd
-from jaxreg.projections import max_norm, project_box, project_l1_ball, project_l2_ball, project_nonnegative
+from jaxreg.projections import (
+    max_norm,
+    min_max_norm,
+    project_box,
+    project_halfspace,
+    project_hyperplane,
+    project_l1_ball,
+    project_l1_sphere,
+    project_l2_ball,
+    project_l2_sphere,
+    project_linf_ball,
+    project_nonnegative,
+    project_simplex,
+    unit_norm,
+)
 from jaxreg.proximal import elastic_net_prox, group_lasso_prox, l1_prox, soft_threshold
 from jaxreg.pruning import keep_pruned, prune_during_training
 from jaxreg.schedules import epoch_decay, inverse_sqrt_decay
@@ -59,16 +73,24 @@ __all__ = [
     "masked",
     "masks",
     "max_norm",
+    "min_max_norm",
     "nn",
     "penalties",
     "project_box",
+    "project_halfspace",
+    "project_hyperplane",
     "project_l1_ball",
+    "project_l1_sphere",
     "project_l2_ball",
+    "project_l2_sphere",
+    "project_linf_ball",
     "project_nonnegative",
+    "project_simplex",
     "prune_during_training",
     "pruning",
     "schedules",
     "sgd",
     "soft_threshold",
     "training",
+    "unit_norm",
 ]

@@ -93,6 +93,26 @@ CATALOG: dict[str, Entry] = {
         lambda h, m: jaxreg.project_l1_ball(h, scope="leaf", mask=m), 1.0, complex_values=True
     ),
     "max_norm": Entry(lambda h, m: jaxreg.max_norm(h, mask=m), 0.6, complex_values=True, units=True),
+    "project_simplex": Entry(lambda h, m: jaxreg.project_simplex(h, mask=m), 1.0),
+    "project_simplex leaf": Entry(lambda h, m: jaxreg.project_simplex(h, scope="leaf", mask=m), 1.0),
+    "project_l1_sphere": Entry(lambda h, m: jaxreg.project_l1_sphere(h, mask=m), 1.5, complex_values=True),
+    "project_l1_sphere leaf": Entry(
+        lambda h, m: jaxreg.project_l1_sphere(h, scope="leaf", mask=m), 1.0, complex_values=True
+    ),
+    "project_l2_sphere": Entry(lambda h, m: jaxreg.project_l2_sphere(h, mask=m), 1.0, complex_values=True),
+    "project_l2_sphere leaf": Entry(
+        lambda h, m: jaxreg.project_l2_sphere(h, scope="leaf", mask=m), 1.0, complex_values=True
+    ),
+    "project_linf_ball": Entry(lambda h, m: jaxreg.project_linf_ball(h, mask=m), 0.5),
+    "project_halfspace": Entry(lambda h, m: jaxreg.project_halfspace(1.0, h, mask=m), -4.0),
+    "project_halfspace leaf": Entry(lambda h, m: jaxreg.project_halfspace(1.0, h, scope="leaf", mask=m), -2.0),
+    "project_hyperplane": Entry(lambda h, m: jaxreg.project_hyperplane(1.0, h, mask=m), 1.0),
+    "project_hyperplane leaf": Entry(lambda h, m: jaxreg.project_hyperplane(1.0, h, scope="leaf", mask=m), 1.0),
+    "unit_norm": Entry(lambda h, m: jaxreg.unit_norm(mask=m), 0.0, complex_values=True, units=True, hyper=False),
+    "min_max_norm": Entry(lambda h, m: jaxreg.min_max_norm(h, 10.0, mask=m), 2.0, complex_values=True, units=True),
+    "min_max_norm max, rate": Entry(
+        lambda h, m: jaxreg.min_max_norm(0.0, h, rate=0.7, mask=m), 1.0, complex_values=True, units=True
+    ),
 }
 
 # Public names that are not transforms: types, modules, schedules, functions.
