@@ -23,6 +23,7 @@ from jaxreg.clipping import (
 from jaxreg.decay import coupled_weight_decay, decoupled_weight_decay
 from jaxreg.fused import FusedChain, apply_step, chain
 from jaxreg.masks import masked
+from jaxreg.noise import AddNoiseState, add_gradient_noise
 from jaxreg.optimizers import adam, sgd
 from jaxreg.projections import (
     max_norm,
@@ -48,11 +49,13 @@ __version__ = _metadata.version("jaxreg")
 
 __all__ = [
     "AdaptiveClipState",
+    "AddNoiseState",
     "ClipByNormState",
     "ClipState",
     "FusedChain",
     "StepCountState",
     "adam",
+    "add_gradient_noise",
     "adaptive_grad_clip",
     "apply_step",
     "chain",

@@ -30,6 +30,8 @@ class Entry:
       complex_values: takes complex leaves (else refuses them with a ``TypeError``).
       units: rescales slices along the last axis, so every leaf it selects needs one.
       hyper: ``h`` is used (``project_nonnegative`` has no hyperparameter).
+      stepwise: the update depends on the step beyond ``h`` (a random key, an
+        annealing), so a schedule is compared with a constant over the same steps.
     """
 
     make: Callable[[Any, Any], optax.GradientTransformation]
@@ -38,6 +40,7 @@ class Entry:
     complex_values: bool = False
     units: bool = False
     hyper: bool = True
+    stepwise: bool = False
 
 
 LR = 0.5
@@ -69,6 +72,9 @@ CATALOG: dict[str, Entry] = {
         lambda h, m: jaxreg.clip_by_block_rms(h, mask=m), 0.1, parameter_space=False, complex_values=True
     ),
     "adaptive_grad_clip": Entry(lambda h, m: jaxreg.adaptive_grad_clip(h, mask=m), 0.1, parameter_space=False),
+    "add_gradient_noise": Entry(
+        lambda h, m: jaxreg.add_gradient_noise(h, seed=3, mask=m), 0.01, parameter_space=False, stepwise=True
+    ),
     "coupled_weight_decay": Entry(lambda h, m: jaxreg.coupled_weight_decay(h, mask=m), 0.1, complex_values=True),
     "decoupled_weight_decay": Entry(
         lambda h, m: jaxreg.decoupled_weight_decay(h, learning_rate=LR, mask=m), 0.1, complex_values=True
@@ -119,6 +125,7 @@ CATALOG: dict[str, Entry] = {
 NOT_TRANSFORMS = frozenset(
     {
         "AdaptiveClipState",
+        "AddNoiseState",
         "ClipByNormState",
         "ClipState",
         "FusedChain",
