@@ -25,6 +25,7 @@ from jaxreg.fused import FusedChain, apply_step, chain
 from jaxreg.masks import masked
 from jaxreg.noise import AddNoiseState, add_gradient_noise
 from jaxreg.optimizers import adam, sgd
+from jaxreg.privacy import DPAggregateState, dp_aggregate, per_example_clip
 from jaxreg.projections import (
     max_norm,
     min_max_norm,
@@ -52,6 +53,7 @@ __all__ = [
     "AddNoiseState",
     "ClipByNormState",
     "ClipState",
+    "DPAggregateState",
     "FusedChain",
     "StepCountState",
     "adam",
@@ -65,6 +67,7 @@ __all__ = [
     "clip_by_leaf_norm",
     "coupled_weight_decay",
     "decoupled_weight_decay",
+    "dp_aggregate",
     "elastic_net_prox",
     "epoch_decay",
     "fused",
@@ -79,6 +82,7 @@ __all__ = [
     "min_max_norm",
     "nn",
     "penalties",
+    "per_example_clip",
     "project_box",
     "project_halfspace",
     "project_hyperplane",

@@ -128,6 +128,7 @@ NOT_TRANSFORMS = frozenset(
         "AddNoiseState",
         "ClipByNormState",
         "ClipState",
+        "DPAggregateState",
         "FusedChain",
         "StepCountState",
         "apply_step",
@@ -154,6 +155,8 @@ TESTED_ELSEWHERE = {
     "sgd": "test_fused.py, test_torch_parity.py (optax.sgd itself)",
     "masked": "test_errors.py, test_masks_nnx.py (optax.masked with jaxreg's masks)",
     "keep_pruned": "test_pruning_transforms.py",
+    "dp_aggregate": "test_privacy.py (per-example gradients with a batch axis, against optax's DP-SGD aggregate)",
+    "per_example_clip": "test_privacy.py (per-example gradients with a batch axis)",
     "prune_during_training": "test_pruning_transforms.py",
 }
 
