@@ -20,7 +20,6 @@ import jax.numpy as jnp
 import optax
 
 from jaxreg import _checks, _param_space, _rules, _tree
-from jaxreg._param_space import StepCountState
 from jaxreg.masks import Mask
 
 __all__ = [
@@ -37,10 +36,10 @@ __all__ = [
 
 
 class ClipState(NamedTuple):
-    """State of :func:`clip`."""
+    """State of :func:`clip` and :func:`clip_by_block_rms`."""
 
-    count: jax.Array  # steps taken, for a schedule of max_delta
-    clipped_fraction: jax.Array  # fraction of gradient entries clipped on the last step
+    count: jax.Array  # steps taken, for a schedule of max_delta (threshold)
+    clipped_fraction: jax.Array  # fraction of gradient entries (clip_by_block_rms: leaves) clipped on the last step
 
 
 class ClipByNormState(NamedTuple):
@@ -309,34 +308,38 @@ def clip_by_block_rms(threshold: chex.Numeric | optax.Schedule, mask: Mask = Non
     ``g <- g / max(1, rms(g) / threshold)`` with ``rms(g) = sqrt(mean |g_i|^2)`` over the
     entries of the leaf: ``optax.clip_by_block_rms``, with ``mask=`` and schedules.
     Unlike :func:`clip_by_leaf_norm` the bound does not grow with the size of the leaf.
-    Complex gradients count by their modulus. The state is a
-    :class:`~jaxreg._param_space.StepCountState`.
+    Complex gradients count by their modulus. The state's ``clipped_fraction`` is the
+    share of the selected leaves rescaled on the last step.
 
     Args:
       threshold: the largest allowed RMS per leaf, > 0 (float or schedule).
       mask: pytree of bools or callable ``updates -> mask``; True where it clips.
 
     Returns:
-      An ``optax.GradientTransformation``.
+      An ``optax.GradientTransformation`` with a :class:`ClipState`.
     """
     fn = "clip_by_block_rms"
     _checks.check_positive(fn, "threshold", threshold)
 
-    def init_fn(params: optax.Params) -> Any:
+    def init_fn(params: optax.Params) -> ClipState:
         _selected(fn, mask, params, (("threshold", threshold),))
-        return StepCountState(jnp.zeros([], jnp.int32))
+        return ClipState(jnp.zeros([], jnp.int32), jnp.zeros([], jnp.float32))
 
-    def update_fn(updates: optax.Updates, state: Any, params: optax.Params | None = None) -> tuple[Any, Any]:
+    def update_fn(
+        updates: optax.Updates, state: ClipState, params: optax.Params | None = None
+    ) -> tuple[optax.Updates, ClipState]:
         del params
         bound = _tree.value_at(threshold, state.count)
         leaves, picked = _selected(fn, mask, updates, (("threshold", threshold),))
-        clipped = []
+        clipped, hit = [], jnp.zeros([], jnp.float32)
         for i in picked:
             g = _tree.as_array(leaves[i])
             rms = _tree.safe_root(_tree.leaf_power_sum(g, 2.0) / max(g.size, 1), 2.0)
             denominator = jnp.maximum(1.0, rms / _tree.real_for(bound, g))
             clipped.append(_tree.scaled(g, 1.0 / denominator).astype(g.dtype))
-        return _replaced(updates, leaves, picked, clipped), StepCountState(optax.safe_increment(state.count))
+            hit = hit + (denominator > 1).astype(jnp.float32)
+        new_state = ClipState(optax.safe_increment(state.count), hit / max(len(picked), 1))
+        return _replaced(updates, leaves, picked, clipped), new_state
 
     return optax.GradientTransformation(init_fn, update_fn)
 
