@@ -365,7 +365,6 @@ def _simplex_threshold(ws: list[jax.Array], scale: jax.Array) -> jax.Array:
 
 def _simplex(ws: list[jax.Array], scale: Any) -> list[jax.Array]:
     """``max(w - tau, 0)`` with ``sum == scale`` (real leaves, in their compute dtype)."""
-    ws = [w for w in ws]
     sized = [w for w in ws if jnp.size(w)]
     if not sized:
         return ws
