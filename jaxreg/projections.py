@@ -415,8 +415,10 @@ def project_l1_sphere(
     ``w <- sign(w) * simplex_radius(|w|)``: the moduli are projected onto the simplex of
     ``radius`` (see :func:`project_simplex`) and keep their signs, as
     ``optax.projections.projection_l1_sphere``. Unlike :func:`project_l1_ball` this also
-    scales *up* parameters inside the ball. Exact zeros stay zero (their sign is 0), as
-    in optax. Complex values keep their phase.
+    grows parameters inside the ball. One difference: an exact zero counts as
+    positive, so that it can grow; optax takes its sign as 0 and keeps it at zero, which
+    misses the sphere when ``||w||_1 < radius`` and some entries are 0 (outside the ball
+    zeros stay zero in both). Complex values keep their phase.
 
     Args:
       radius: the sphere's radius, > 0 (float or schedule).
@@ -432,7 +434,9 @@ def project_l1_sphere(
 
     def project(ws: list[jax.Array], r: Any) -> list[jax.Array]:
         moduli = _simplex([jnp.abs(_tree.wide(w)) for w in ws], r)
-        return [jnp.sign(_tree.wide(w)) * m.astype(_tree.compute_dtype(w.dtype)) for w, m in zip(ws, moduli)]
+        # sign(0) is taken as +1: a zero entry may have to grow to reach the sphere.
+        signs = [jnp.where(w == 0, jnp.ones_like(w), jnp.sign(w)) for w in map(_tree.wide, ws)]
+        return [sg * m.astype(_tree.compute_dtype(sg.dtype)) for sg, m in zip(signs, moduli)]
 
     return _param_space.params_transform(fn, _at_count(scope, project, radius), mask=mask, hypers=(("radius", radius),))
 

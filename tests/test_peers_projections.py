@@ -147,3 +147,59 @@ def test_a_normal_without_the_params_structure_names_the_leaf():
 def test_unit_norm_needs_the_axis_on_every_selected_leaf():
     with pytest.raises(ValueError, match=r"unit_norm: axis -1 is out of range for params\['s'\]"):
         jaxreg.unit_norm().init({"s": jnp.zeros(())})
+
+
+# ---- feasible and idempotent, on random trees (few examples: each is eager, small) -------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.extra.numpy import arrays  # noqa: E402
+
+FLOATS = st.floats(-5, 5, width=32, allow_subnormal=False)
+TREES = st.fixed_dictionaries(
+    {"b": arrays(np.float32, (3,), elements=FLOATS), "w": arrays(np.float32, (2, 3), elements=FLOATS)}
+)
+
+SETS = {
+    "simplex": (
+        lambda: jaxreg.project_simplex(2.0),
+        lambda w: min(np.min(x) for x in w) >= 0 and abs(sum(np.sum(x) for x in w) - 2) < 1e-4,
+    ),
+    "l1_sphere": (
+        lambda: jaxreg.project_l1_sphere(2.0),
+        lambda w: not any(np.any(x) for x in w) or abs(sum(np.sum(np.abs(x)) for x in w) - 2) < 1e-4,
+    ),
+    "l2_sphere": (
+        lambda: jaxreg.project_l2_sphere(2.0),
+        lambda w: not any(np.any(x) for x in w) or abs(np.sqrt(sum(np.sum(x * x) for x in w)) - 2) < 1e-4,
+    ),
+    "linf_ball": (lambda: jaxreg.project_linf_ball(0.5), lambda w: max(np.max(np.abs(x)) for x in w) <= 0.5),
+    "halfspace": (lambda: jaxreg.project_halfspace(1.0, -1.0), lambda w: sum(np.sum(x) for x in w) <= -1.0 + 1e-4),
+    "hyperplane": (lambda: jaxreg.project_hyperplane(1.0, 1.0), lambda w: abs(sum(np.sum(x) for x in w) - 1.0) < 1e-4),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SETS))
+def test_projections_are_feasible_and_idempotent(name):
+    make, inside = SETS[name]
+    tx = make()
+    step = jax.jit(tx.update)
+
+    @settings(max_examples=15, deadline=None)
+    @given(TREES)
+    def check(params):
+        zeros = jax.tree.map(np.zeros_like, params)
+        once = optax.apply_updates(params, step(zeros, tx.init(params), params)[0])
+        assert inside([np.asarray(x, np.float64) for x in jax.tree.leaves(once)]), once
+        twice = optax.apply_updates(once, step(zeros, tx.init(once), once)[0])
+        _close(twice, once, rtol=1e-5, atol=1e-5)
+
+    check()
+
+
+def test_l1_sphere_grows_exact_zeros_where_optax_misses_the_sphere():
+    params = {"w": jnp.array([1.0, 0.0, 0.0])}
+    w = _applied(jaxreg.project_l1_sphere(2.0), params, {"w": jnp.zeros(3)})["w"]
+    np.testing.assert_allclose(w, [4 / 3, 1 / 3, 1 / 3], rtol=1e-6)
+    with jax.numpy_dtype_promotion("standard"):
+        np.testing.assert_allclose(P.projection_l1_sphere(params, 2.0)["w"], [4 / 3, 0, 0], rtol=1e-6)
