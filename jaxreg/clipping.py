@@ -19,17 +19,27 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxreg import _checks, _rules, _tree
+from jaxreg import _checks, _param_space, _rules, _tree
 from jaxreg.masks import Mask
 
-__all__ = ["ClipByNormState", "ClipState", "clip", "clip_by_global_norm", "clip_by_leaf_norm"]
+__all__ = [
+    "AdaptiveClipState",
+    "ClipByNormState",
+    "ClipState",
+    "adaptive_grad_clip",
+    "clip",
+    "clip_by_block_rms",
+    "clip_by_global_norm",
+    "clip_by_leaf_norm",
+    "global_norm",
+]
 
 
 class ClipState(NamedTuple):
-    """State of :func:`clip`."""
+    """State of :func:`clip` and :func:`clip_by_block_rms`."""
 
-    count: jax.Array  # steps taken, for a schedule of max_delta
-    clipped_fraction: jax.Array  # fraction of gradient entries clipped on the last step
+    count: jax.Array  # steps taken, for a schedule of max_delta (threshold)
+    clipped_fraction: jax.Array  # fraction of gradient entries (clip_by_block_rms: leaves) clipped on the last step
 
 
 class ClipByNormState(NamedTuple):
@@ -37,6 +47,13 @@ class ClipByNormState(NamedTuple):
 
     count: jax.Array  # steps taken, for a schedule of max_norm
     norm: Any  # pre-clip norm of the last step: a scalar, or one per leaf
+
+
+class AdaptiveClipState(NamedTuple):
+    """State of :func:`adaptive_grad_clip`."""
+
+    count: jax.Array  # steps taken, for a schedule of clipping
+    clipped_fraction: jax.Array  # fraction of the selected units clipped on the last step
 
 
 def _selected(
@@ -255,3 +272,164 @@ def clip_by_leaf_norm(
         mask=mask,
     )
     return _rules.describe(optax.GradientTransformation(init_fn, update_fn), rule if p == 2.0 else None)
+
+
+def global_norm(tree: Any, norm_type: float | str = 2.0) -> jax.Array:
+    """The ``norm_type``-norm of all entries of ``tree`` together.
+
+    ``(sum_leaves sum_i |x_i|^p)^(1/p)``, or ``max |x_i|`` for ``p = inf``: the value
+    ``torch.nn.utils.get_total_norm(tensors, norm_type)`` returns and the value
+    :func:`clip_by_global_norm` keeps in its state (``optax.global_norm`` for p = 2).
+    Each leaf reduces in its real compute dtype (float32 for bf16/f16, float64 for
+    float64) and the per-leaf partial sums are combined in the widest of them, so a
+    sharded tree needs one scalar all-reduce. Integer leaves are left out; complex
+    entries count by their modulus. An empty tree has norm 0.
+
+    Args:
+      tree: a pytree of arrays (NNX ``State`` and ``Variable`` boxes included).
+      norm_type: the p of the p-norm: any p >= 1, or ``inf`` (also ``"inf"``).
+
+    Returns:
+      A scalar array.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxreg
+      >>> jaxreg.global_norm({"a": jnp.array([3.0]), "b": jnp.array([4.0])})
+      Array(5., dtype=float32)
+    """
+    p = _checks.check_norm_type("global_norm", norm_type)
+    _, leaves, _ = _tree.leaves_with_paths(tree)
+    return _tree.global_norm([_tree.as_array(x) for x in leaves if _tree.is_inexact(x)], p)
+
+
+def clip_by_block_rms(threshold: chex.Numeric | optax.Schedule, mask: Mask = None) -> optax.GradientTransformation:
+    """Rescales each gradient leaf (block) so that its root mean square is at most ``threshold``.
+
+    ``g <- g / max(1, rms(g) / threshold)`` with ``rms(g) = sqrt(mean |g_i|^2)`` over the
+    entries of the leaf: ``optax.clip_by_block_rms``, with ``mask=`` and schedules.
+    Unlike :func:`clip_by_leaf_norm` the bound does not grow with the size of the leaf.
+    Complex gradients count by their modulus. The state's ``clipped_fraction`` is the
+    share of the selected leaves rescaled on the last step.
+
+    Args:
+      threshold: the largest allowed RMS per leaf, > 0 (float or schedule).
+      mask: pytree of bools or callable ``updates -> mask``; True where it clips.
+
+    Returns:
+      An ``optax.GradientTransformation`` with a :class:`ClipState`.
+    """
+    fn = "clip_by_block_rms"
+    _checks.check_positive(fn, "threshold", threshold)
+
+    def init_fn(params: optax.Params) -> ClipState:
+        _selected(fn, mask, params, (("threshold", threshold),))
+        return ClipState(jnp.zeros([], jnp.int32), jnp.zeros([], jnp.float32))
+
+    def update_fn(
+        updates: optax.Updates, state: ClipState, params: optax.Params | None = None
+    ) -> tuple[optax.Updates, ClipState]:
+        del params
+        bound = _tree.value_at(threshold, state.count)
+        leaves, picked = _selected(fn, mask, updates, (("threshold", threshold),))
+        clipped, hit = [], jnp.zeros([], jnp.float32)
+        for i in picked:
+            g = _tree.as_array(leaves[i])
+            rms = _tree.safe_root(_tree.leaf_power_sum(g, 2.0) / max(g.size, 1), 2.0)
+            denominator = jnp.maximum(1.0, rms / _tree.real_for(bound, g))
+            clipped.append(_tree.scaled(g, 1.0 / denominator).astype(g.dtype))
+            hit = hit + (denominator > 1).astype(jnp.float32)
+        new_state = ClipState(optax.safe_increment(state.count), hit / max(len(picked), 1))
+        return _replaced(updates, leaves, picked, clipped), new_state
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _agc_norms(x: jax.Array) -> jax.Array:
+    """The L2 norm of each unit as ``optax.adaptive_grad_clip`` cuts units (by rank), broadcast to ``x``."""
+    sq = _tree._abs_sq(x)
+    if x.ndim <= 1 or jnp.squeeze(x).ndim <= 1:
+        axes = tuple(range(x.ndim))
+    elif x.ndim in (2, 3):
+        axes = (0,)
+    else:
+        axes = tuple(range(x.ndim - 1))
+    return _tree.safe_root(jnp.sum(sq, axis=axes, keepdims=True), 2.0)
+
+
+def adaptive_grad_clip(
+    clipping: chex.Numeric | optax.Schedule, eps: float = 1e-3, mask: Mask = None
+) -> optax.GradientTransformationExtraArgs:
+    """Adaptive gradient clipping (AGC): caps each unit's gradient norm relative to its weights' norm.
+
+    For every unit ``i`` (a slice of a leaf), with ``G_i`` its gradient and ``W_i`` its
+    weights::
+
+        G_i <- G_i * (clipping * max(||W_i||, eps) / ||G_i||)   if ||G_i|| >= clipping * max(||W_i||, eps)
+        G_i <- G_i                                               otherwise
+
+    (Brock et al.'s NFNets recipe; ``||G_i||`` is floored at 1e-6 in the division.)
+    Same numbers as ``optax.adaptive_grad_clip(clipping, eps)``, and units cut as optax
+    cuts them: a scalar or vector leaf is one unit; a rank-2 or rank-3 kernel (``(in,
+    out)``, multi-head) has one unit per slice along its last axes, the norm running
+    over axis 0; a rank-4/5 conv kernel (``HWIO``/``DHWIO``) has one unit per output
+    channel, the norm running over all other axes. Leaves of higher rank raise; leave
+    them out with ``mask``. The state records ``clipped_fraction``, the share of the
+    selected units clipped on the last step (what to log to see whether ``clipping``
+    bites). Needs ``params`` in ``update``. Real values only.
+
+    Args:
+      clipping: the largest allowed ratio of a unit's gradient norm to its weight norm,
+        > 0 (float or schedule); the paper uses 0.01 to 0.16, smaller for larger batches.
+      eps: the floor of the weight norm, >= 0, so that zero-initialized units can move.
+      mask: pytree of bools or callable ``params -> mask``; True where it clips. The
+        paper leaves out the final classifier layer.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` with an :class:`AdaptiveClipState`.
+
+    References:
+      Brock et al., *High-Performance Large-Scale Image Recognition Without
+      Normalization*, ICML 2021.
+    """
+    fn = "adaptive_grad_clip"
+    _checks.check_positive(fn, "clipping", clipping)
+    _checks.check_nonnegative(fn, "eps", eps)
+
+    def select(params: Any, *others: Any) -> tuple[list[Any], list[int]]:
+        paths, leaves, picked = _tree.acted_on(fn, mask, params, *others, real_only=True)
+        for i in picked:
+            if jnp.ndim(leaves[i]) > 5:
+                raise ValueError(
+                    f"{fn}: params{jax.tree_util.keystr(paths[i])} has rank {jnp.ndim(leaves[i])} (shape "
+                    f"{jnp.shape(leaves[i])}), but units are defined for ranks 0 to 5; leave it out with mask=."
+                )
+        return leaves, picked
+
+    def init_fn(params: optax.Params) -> AdaptiveClipState:
+        select(params)
+        return AdaptiveClipState(jnp.zeros([], jnp.int32), jnp.zeros([], jnp.float32))
+
+    def update_fn(
+        updates: optax.Updates, state: AdaptiveClipState, params: optax.Params | None = None, **extra_args: Any
+    ) -> tuple[optax.Updates, AdaptiveClipState]:
+        del extra_args
+        if params is None:
+            raise _param_space.needs_params_error(fn)
+        u_leaves = _tree.match_tree(fn, "updates", updates, params, broadcast=False)
+        p_leaves, picked = select(params, u_leaves)
+        ratio = _tree.value_at(clipping, state.count)
+        out, hit, units = list(u_leaves), jnp.zeros([], jnp.float32), 0
+        for i in picked:
+            g, w = _tree.as_array(u_leaves[i]), _tree.as_array(p_leaves[i])
+            g_norm = _agc_norms(g)
+            w_norm = _agc_norms(w).astype(g_norm.dtype)
+            bound = _tree.real_for(ratio, g).astype(g_norm.dtype) * jnp.maximum(w_norm, eps)
+            over = g_norm >= bound
+            factor = jnp.where(over, bound / jnp.maximum(g_norm, 1e-6), 1)
+            out[i] = _tree.scaled(g, factor).astype(g.dtype)
+            hit = hit + jnp.sum(over, dtype=jnp.float32)
+            units += g_norm.size
+        fraction = hit / max(units, 1)
+        return _tree.rebox_like(updates, out), AdaptiveClipState(optax.safe_increment(state.count), fraction)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)

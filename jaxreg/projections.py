@@ -23,7 +23,21 @@ from jaxreg import _checks, _param_space, _rules, _tree
 from jaxreg.masks import Mask
 from jaxreg.proximal import soft_threshold
 
-__all__ = ["max_norm", "project_box", "project_l1_ball", "project_l2_ball", "project_nonnegative"]
+__all__ = [
+    "max_norm",
+    "min_max_norm",
+    "project_box",
+    "project_halfspace",
+    "project_hyperplane",
+    "project_l1_ball",
+    "project_l1_sphere",
+    "project_l2_ball",
+    "project_l2_sphere",
+    "project_linf_ball",
+    "project_nonnegative",
+    "project_simplex",
+    "unit_norm",
+]
 
 # Bisection steps before the exact finishing steps of the L1-ball threshold: enough to
 # pin the support in float32, so the finishing Newton loop ends after a pass or two.
@@ -306,3 +320,394 @@ def max_norm(
     tx = _param_space.params_transform(fn, op, mask=mask, check=check, hypers=(("max_value", max_value),))
     rule = _param_space.unit_rule(_CAP_NORM, axis, lambda count: [_tree.value_at(max_value, count)], mask, max_value)
     return _rules.describe(tx, rule)
+
+
+def _simplex_threshold(ws: list[jax.Array], scale: jax.Array) -> jax.Array:
+    """The ``tau`` with ``sum max(w - tau, 0) == scale`` over all entries of ``ws`` (real).
+
+    As :func:`_l1_ball_threshold`: bisection on per-leaf sums between ``min(w) -
+    scale / n`` (excess >= scale) and ``max(w)`` (excess 0), then exact Newton steps from
+    below (Michelot), then ``tau`` formed once more from its support so that it carries
+    the derivative of the sort-based projection.
+    """
+    dtype = scale.dtype
+    live = [_tree.wide(w).astype(dtype) for w in ws]
+    fixed = [jax.lax.stop_gradient(a) for a in live]
+    s = jax.lax.stop_gradient(scale)
+    n = sum(a.size for a in fixed)
+
+    def excess(tau):
+        return sum(jnp.sum(jnp.maximum(a - tau, 0)) for a in fixed)
+
+    def bisect(_, bounds):
+        lo, hi = bounds
+        mid = (lo + hi) / 2
+        above = excess(mid) > s
+        return jnp.where(above, mid, lo), jnp.where(above, hi, mid)
+
+    top = jnp.max(jnp.stack([jnp.max(a) for a in fixed if a.size]))
+    bottom = jnp.min(jnp.stack([jnp.min(a) for a in fixed if a.size])) - s / n
+    lo, _ = jax.lax.fori_loop(0, _L1_BISECTION_STEPS, bisect, (bottom, top))
+
+    def solve(values, total, tau):
+        on = [a > tau for a in values]
+        size = sum(jnp.sum(m, dtype=dtype) for m in on)
+        mass = sum(jnp.sum(jnp.where(m, a, 0)) for m, a in zip(on, values))
+        return (mass - total) / jnp.maximum(size, 1)
+
+    def step(carry):
+        _, tau = carry
+        return tau, jnp.maximum(solve(fixed, s, tau), tau)
+
+    _, tau = jax.lax.while_loop(lambda c: c[1] > c[0], step, (lo, jnp.maximum(solve(fixed, s, lo), lo)))
+    return solve(live, scale, tau)
+
+
+def _simplex(ws: list[jax.Array], scale: Any) -> list[jax.Array]:
+    """``max(w - tau, 0)`` with ``sum == scale`` (real leaves, in their compute dtype)."""
+    sized = [w for w in ws if jnp.size(w)]
+    if not sized:
+        return ws
+    s = jnp.asarray(scale).astype(_tree.widest_real(sized))
+    tau = _simplex_threshold(sized, s)
+    return [jnp.maximum(_tree.wide(w) - _tree.real_for(tau, w), 0) for w in ws]
+
+
+def project_simplex(
+    scale: chex.Numeric | optax.Schedule = 1.0, scope: str = "global", mask: Mask = None
+) -> optax.GradientTransformationExtraArgs:
+    """Projects the parameters onto the simplex ``{w >= 0, sum(w) = scale}``.
+
+    ``w <- max(w - tau, 0)`` with the ``tau`` (of either sign) that makes the entries
+    sum to ``scale``: the Euclidean projection, as ``optax.projections.projection_simplex``
+    on the same tree (``scope="global"``, all selected leaves together) or on each leaf
+    (``scope="leaf"``, e.g. one probability vector per leaf). ``tau`` is found by
+    bisection plus exact Newton steps over per-leaf sums, without raveling the tree.
+    Real values only.
+
+    Args:
+      scale: what the entries sum to, > 0 (float or schedule); 1 is the probability simplex.
+      scope: ``"global"`` or ``"leaf"``.
+      mask: pytree of bools or callable ``params -> mask``; True where it applies.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` that needs ``params`` in ``update``.
+
+    References:
+      Michelot, *A finite algorithm for finding the projection of a point onto the
+      canonical simplex of R^n*, 1986; Condat, *Fast projection onto the simplex and
+      the l1 ball*, 2016.
+    """
+    fn = "project_simplex"
+    _checks.check_positive(fn, "scale", scale)
+    _checks.check_scope(fn, scope)
+    tx = _param_space.params_transform(
+        fn, _at_count(scope, _simplex, scale), mask=mask, hypers=(("scale", scale),), real_only=True
+    )
+    return tx
+
+
+def project_l1_sphere(
+    radius: chex.Numeric | optax.Schedule = 1.0, scope: str = "global", mask: Mask = None
+) -> optax.GradientTransformationExtraArgs:
+    """Projects the parameters onto the L1 sphere ``{||w||_1 = radius}``.
+
+    ``w <- sign(w) * simplex_radius(|w|)``: the moduli are projected onto the simplex of
+    ``radius`` (see :func:`project_simplex`) and keep their signs, as
+    ``optax.projections.projection_l1_sphere``. Unlike :func:`project_l1_ball` this also
+    grows parameters inside the ball. One difference: an exact zero counts as
+    positive, so that it can grow; optax takes its sign as 0 and keeps it at zero, which
+    misses the sphere when ``||w||_1 < radius`` and some entries are 0 (outside the ball
+    zeros stay zero in both). Complex values keep their phase.
+
+    Args:
+      radius: the sphere's radius, > 0 (float or schedule).
+      scope: ``"global"`` (one sphere for all selected leaves) or ``"leaf"``.
+      mask: pytree of bools or callable ``params -> mask``; True where it applies.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` that needs ``params`` in ``update``.
+    """
+    fn = "project_l1_sphere"
+    _checks.check_positive(fn, "radius", radius)
+    _checks.check_scope(fn, scope)
+
+    def project(ws: list[jax.Array], r: Any) -> list[jax.Array]:
+        moduli = _simplex([jnp.abs(_tree.wide(w)) for w in ws], r)
+        # sign(0) is taken as +1: a zero entry may have to grow to reach the sphere.
+        signs = [jnp.where(w == 0, jnp.ones_like(w), jnp.sign(w)) for w in map(_tree.wide, ws)]
+        return [sg * m.astype(_tree.compute_dtype(sg.dtype)) for sg, m in zip(signs, moduli)]
+
+    return _param_space.params_transform(fn, _at_count(scope, project, radius), mask=mask, hypers=(("radius", radius),))
+
+
+def project_l2_sphere(
+    radius: chex.Numeric | optax.Schedule = 1.0, scope: str = "global", mask: Mask = None
+) -> optax.GradientTransformationExtraArgs:
+    """Rescales the parameters onto the L2 sphere: ``w <- w * radius / ||w||``.
+
+    ``optax.projections.projection_l2_sphere`` on the selected leaves together
+    (``scope="global"``) or on each leaf (``scope="leaf"``, a fixed-norm weight per
+    tensor). Where ``||w|| = 0`` the projection is not unique: optax returns NaN,
+    jaxreg leaves the zeros as they are (and their derivative finite). Complex leaves
+    count by their modulus.
+
+    Args:
+      radius: the sphere's radius, > 0 (float or schedule).
+      scope: ``"global"`` or ``"leaf"``.
+      mask: pytree of bools or callable ``params -> mask``; True where it applies.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` that needs ``params`` in ``update``.
+    """
+    fn = "project_l2_sphere"
+    _checks.check_positive(fn, "radius", radius)
+    _checks.check_scope(fn, scope)
+
+    def project(ws: list[jax.Array], r: Any) -> list[jax.Array]:
+        norm = _tree.global_norm(ws)
+        bound = jnp.asarray(r).astype(norm.dtype)
+        nonzero = norm > 0
+        factor = jnp.where(nonzero, bound / jnp.where(nonzero, norm, 1), 1)
+        return [_tree.scaled(w, factor) for w in ws]
+
+    tx = _param_space.params_transform(fn, _at_count(scope, project, radius), mask=mask, hypers=(("radius", radius),))
+    rule = _param_space.unit_rule(
+        "const float n = __builtin_sqrtf(ss); f = n > 0.0f ? @s0 / n : 1.0f;",
+        None,
+        lambda count: [_tree.value_at(radius, count)],
+        mask,
+        radius,
+        joint=scope == "global",
+    )
+    return _rules.describe(tx, rule)
+
+
+def project_linf_ball(
+    radius: chex.Numeric | optax.Schedule, mask: Mask = None
+) -> optax.GradientTransformationExtraArgs:
+    """Clips every parameter into ``[-radius, radius]``: the L-infinity ball.
+
+    ``optax.projections.projection_linf_ball`` as a transform; the same as
+    ``project_box(-radius, radius)`` (element-wise, so one ball for the tree and one per
+    leaf coincide, and it fuses into :func:`jaxreg.apply_step`). The bound holds
+    exactly after ``optax.apply_updates``. Real values only.
+
+    Args:
+      radius: the ball's radius, > 0 (float or schedule).
+      mask: pytree of bools or callable ``params -> mask``; True where it applies.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` that needs ``params`` in ``update``.
+    """
+    fn = "project_linf_ball"
+    _checks.check_positive(fn, "radius", radius)
+    lower = (lambda count: -radius(count)) if callable(radius) else -radius
+
+    def op(ws: list[jax.Array], count: jax.Array, lo: list[Any], hi: list[Any]) -> list[jax.Array]:
+        del count
+        return [
+            jnp.clip(w, jnp.asarray(a).astype(w.dtype), jnp.asarray(b).astype(w.dtype)) for w, a, b in zip(ws, lo, hi)
+        ]
+
+    tx = _param_space.params_transform(
+        fn, op, mask=mask, per_leaf=(("lower", lower), ("upper", radius)), real_only=True, bounded=True
+    )
+    return _rules.describe(tx, _box_rule(mask, lower, radius))
+
+
+def _dot(xs: list[jax.Array], ys: list[Any], dtype: Any) -> jax.Array:
+    """``<x, y>`` over leaves (real), each leaf broadcast, in ``dtype``."""
+    total = jnp.zeros([], dtype)
+    for x, y in zip(xs, ys):
+        total = total + jnp.sum(_tree.wide(x).astype(dtype) * jnp.asarray(y).astype(dtype))
+    return total
+
+
+def _affine(fn: str, a: Any, b: Any, scope: str, mask: Mask, halfspace: bool) -> optax.GradientTransformationExtraArgs:
+    _checks.check_scope(fn, scope)
+    _checks._number(fn, "b", b)  # a real number, an array of them or a schedule
+    normals = [_checks.concrete(x) for x in jax.tree.leaves(_tree.unbox(a))]
+    if normals and all(x is not None and not np.any(x) for x in normals):
+        kind = "halfspace" if halfspace else "hyperplane"
+        raise ValueError(f"{fn}: a must not be zero everywhere, got {a!r}; it is the normal of the {kind}.")
+
+    def project(ws: list[jax.Array], avals: list[Any], bound: Any) -> list[jax.Array]:
+        dtype = _tree.widest_real(ws)
+        aa = _dot([jnp.broadcast_to(jnp.asarray(x), jnp.shape(w)) for x, w in zip(avals, ws)], avals, dtype)
+        step = (jnp.asarray(bound).astype(dtype) - _dot(ws, avals, dtype)) / aa
+        if halfspace:
+            step = jnp.minimum(step, 0)
+        return [
+            (_tree.wide(w) + _tree.real_for(step, w) * jnp.asarray(x).astype(_tree.compute_dtype(w.dtype)))
+            for w, x in zip(ws, avals)
+        ]
+
+    def op(ws: list[jax.Array], count: jax.Array, avals: list[Any]) -> list[jax.Array]:
+        bound = _tree.value_at(b, count)
+        avals = [_tree.value_at(x, count) for x in avals]
+        if scope == "global":
+            return project(ws, avals, bound)
+        return [project([w], [x], bound)[0] for w, x in zip(ws, avals)]
+
+    return _param_space.params_transform(fn, op, mask=mask, per_leaf=(("a", a),), real_only=True)
+
+
+def project_halfspace(
+    a: Any, b: chex.Numeric | optax.Schedule, scope: str = "global", mask: Mask = None
+) -> optax.GradientTransformationExtraArgs:
+    """Projects the parameters onto the halfspace ``{w : <a, w> <= b}``.
+
+    ``w <- w + min(0, (b - <a, w>) / <a, a>) * a``: parameters inside are unchanged,
+    those outside move along ``a`` onto the boundary. ``optax.projections.projection_halfspace``
+    as a transform. With ``scope="global"`` the inner products run over all selected
+    leaves; with ``scope="leaf"`` each leaf has its own halfspace ``<a_leaf, w_leaf> <= b``.
+    Real values only.
+
+    Args:
+      a: the normal: a tree with the params' structure (an array per leaf that
+        broadcasts to it) or one value for every leaf (``a=1.0``: ``sum(w) <= b``).
+      b: the offset, a scalar (float or schedule).
+      scope: ``"global"`` or ``"leaf"``.
+      mask: pytree of bools or callable ``params -> mask``; True where it applies.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` that needs ``params`` in ``update``.
+    """
+    return _affine("project_halfspace", a, b, scope, mask, halfspace=True)
+
+
+def project_hyperplane(
+    a: Any, b: chex.Numeric | optax.Schedule, scope: str = "global", mask: Mask = None
+) -> optax.GradientTransformationExtraArgs:
+    """Projects the parameters onto the hyperplane ``{w : <a, w> = b}``.
+
+    ``w <- w + ((b - <a, w>) / <a, a>) * a``: ``optax.projections.projection_hyperplane``
+    as a transform (e.g. ``a=1.0, b=0.0`` keeps the weights zero-mean). With
+    ``scope="leaf"`` each leaf has its own hyperplane ``<a_leaf, w_leaf> = b``. Real
+    values only.
+
+    Args:
+      a: the normal: a tree with the params' structure or one value for every leaf.
+      b: the offset, a scalar (float or schedule).
+      scope: ``"global"`` or ``"leaf"``.
+      mask: pytree of bools or callable ``params -> mask``; True where it applies.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` that needs ``params`` in ``update``.
+    """
+    return _affine("project_hyperplane", a, b, scope, mask, halfspace=False)
+
+
+# Keras' backend.epsilon(), added to a unit's norm in the denominator of its constraints.
+_KERAS_EPSILON = 1e-7
+
+
+def _unit_transform(fn: str, axis: int, mask: Mask, desired: Any, factor: str, scalars: Any, *hypers: Any) -> Any:
+    """A per-unit rescaling ``w_unit <- w_unit * desired(n, count) / (1e-7 + n)`` with ``n`` the unit's L2 norm."""
+
+    def op(ws: list[jax.Array], count: jax.Array) -> list[jax.Array]:
+        out = []
+        for w in ws:
+            n = _tree.unit_norms(w, axis)
+            out.append(_tree.scaled(w, desired(n, count) / (_KERAS_EPSILON + n)))
+        return out
+
+    def check(paths, leaves):
+        _tree.check_axis(fn, axis, paths, leaves)
+
+    tx = _param_space.params_transform(fn, op, mask=mask, check=check)
+    return _rules.describe(tx, _param_space.unit_rule(factor, axis, scalars, mask, *hypers))
+
+
+def unit_norm(axis: int = -1, mask: Mask = None) -> optax.GradientTransformationExtraArgs:
+    """Rescales every unit's weights to L2 norm 1: Keras' ``UnitNorm`` constraint.
+
+    ``w_unit <- w_unit / (1e-7 + ||w_unit||)`` after every step, with Keras' epsilon
+    (``keras.backend.epsilon()``), so a zero unit stays zero. The units are the slices
+    along ``axis``, as :func:`max_norm` names them: with ``axis=-1`` (the default) a
+    unit is an output neuron of a Flax ``Dense`` kernel ``(in, out)`` or a filter of a
+    ``Conv`` kernel. Note the convention: Keras' ``UnitNorm(axis=0)`` names the axis the
+    norm runs over, so Keras' default for a ``(in, out)`` kernel is jaxreg's
+    ``axis=-1``. Complex leaves count by their modulus.
+
+    Args:
+      axis: the axis that indexes the units.
+      mask: pytree of bools or callable ``params -> mask``; True where it applies. Every
+        selected leaf needs ``axis`` in range: leave out biases and scalars.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` that needs ``params`` in ``update``.
+
+    References:
+      ``keras.constraints.UnitNorm``; Salimans & Kingma, *Weight normalization*, 2016
+      (the reparametrization this constraint imposes as a projection).
+    """
+    fn = "unit_norm"
+    axis = _checks.check_axis_arg(fn, axis)
+
+    def desired(n, count):
+        return jnp.ones_like(n)
+
+    factor = "f = 1.0f / (1e-7f + __builtin_sqrtf(ss));"
+    return _unit_transform(fn, axis, mask, desired, factor, lambda count: [])
+
+
+def min_max_norm(
+    min_value: chex.Numeric | optax.Schedule = 0.0,
+    max_value: chex.Numeric | optax.Schedule = 1.0,
+    rate: chex.Numeric | optax.Schedule = 1.0,
+    axis: int = -1,
+    mask: Mask = None,
+) -> optax.GradientTransformationExtraArgs:
+    """Keeps every unit's L2 norm in ``[min_value, max_value]``: Keras' ``MinMaxNorm`` constraint.
+
+    With ``n`` a unit's norm, ``w_unit <- w_unit * d / (1e-7 + n)`` where
+    ``d = rate * clip(n, min_value, max_value) + (1 - rate) * n``: ``rate=1`` enforces the
+    bounds at once, a smaller rate moves the norm part of the way each step (Keras'
+    formula, with its epsilon ``1e-7``). The units are the slices along ``axis``, as
+    :func:`max_norm` names them; Keras' ``MinMaxNorm(axis=0)`` names the axis the norm
+    runs over, so Keras' default for a ``(in, out)`` kernel is jaxreg's ``axis=-1``.
+    Complex leaves count by their modulus.
+
+    Args:
+      min_value: the smallest allowed norm per unit, >= 0 (float or schedule).
+      max_value: the largest allowed norm per unit, >= ``min_value`` (float or schedule).
+      rate: the share of the way to the bounds taken per step, in [0, 1] (float or schedule).
+      axis: the axis that indexes the units.
+      mask: pytree of bools or callable ``params -> mask``; True where it applies. Every
+        selected leaf needs ``axis`` in range: leave out biases and scalars.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` that needs ``params`` in ``update``.
+
+    References:
+      ``keras.constraints.MinMaxNorm``.
+    """
+    fn = "min_max_norm"
+    _checks.check_nonnegative(fn, "min_value", min_value)
+    _checks.check_nonnegative(fn, "max_value", max_value)
+    _checks.check_nonnegative(fn, "rate", rate)
+    lo, hi, r = (_checks.concrete(v) for v in (min_value, max_value, rate))
+    if lo is not None and hi is not None and not np.all(lo <= hi):
+        raise ValueError(
+            f"{fn}: min_value must be <= max_value, got min_value={min_value!r} and max_value={max_value!r}."
+        )
+    if r is not None and not np.all(r <= 1):
+        raise ValueError(f"{fn}: rate must lie in [0, 1], got {rate!r}.")
+    axis = _checks.check_axis_arg(fn, axis)
+
+    def desired(n, count):
+        low, high, share = (_tree.value_at(v, count) for v in (min_value, max_value, rate))
+        low, high, share = (jnp.asarray(v).astype(n.dtype) for v in (low, high, share))
+        return share * jnp.clip(n, low, high) + (1 - share) * n
+
+    factor = (
+        "const float n = __builtin_sqrtf(ss); const float c = n < @s0 ? @s0 : (n > @s1 ? @s1 : n); "
+        "f = (@s2 * c + (1.0f - @s2) * n) / (1e-7f + n);"
+    )
+
+    def scalars(count):
+        return [_tree.value_at(v, count) for v in (min_value, max_value, rate)]
+
+    return _unit_transform(fn, axis, mask, desired, factor, scalars, min_value, max_value, rate)

@@ -241,6 +241,11 @@ def test_a_schedule_is_read_at_the_step_count(name):
     state = tx.init(PARAMS)
     _, state = tx.update(UPDATES, state, PARAMS)
     second, _ = jax.jit(tx.update)(UPDATES, state, PARAMS)
+    if entry.stepwise:  # the second step of the constant 2 * value, from the same key and count
+        fixed = entry.make(2 * entry.value, None)
+        _, fixed_state = fixed.update(UPDATES, fixed.init(PARAMS), PARAMS)
+        assert_trees_close(second, fixed.update(UPDATES, fixed_state, PARAMS)[0])
+        return
     assert_trees_close(second, run(entry, 2 * entry.value, PARAMS, UPDATES))
 
 

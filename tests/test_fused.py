@@ -146,6 +146,12 @@ ALONE = {
     "project_l2_ball leaf": lambda: jaxreg.project_l2_ball(2.0, scope="leaf"),
     "project_l2_ball global": lambda: jaxreg.project_l2_ball(2.0),
     "max_norm": lambda: jaxreg.max_norm(0.5),
+    "project_linf_ball": lambda: jaxreg.project_linf_ball(0.05),
+    "project_l2_sphere leaf": lambda: jaxreg.project_l2_sphere(0.5, scope="leaf"),
+    "project_l2_sphere global": lambda: jaxreg.project_l2_sphere(0.5),
+    "unit_norm": lambda: jaxreg.unit_norm(mask=jaxreg.masks.weights_only),
+    "unit_norm rows": lambda: jaxreg.unit_norm(axis=0, mask=jaxreg.masks.weights_only),
+    "min_max_norm": lambda: jaxreg.min_max_norm(0.2, 0.3, rate=0.5, mask=jaxreg.masks.weights_only),
     "keep_pruned": lambda: jaxreg.pruning.keep_pruned(lambda p: jaxreg.pruning.magnitude_mask(p, 0.5)),
 }
 NOT_FUSED = {

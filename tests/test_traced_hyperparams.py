@@ -45,6 +45,23 @@ SWEEPS = {
     "project_l2_ball.radius.leaf": (lambda h: jaxreg.project_l2_ball(h, scope="leaf"), np.linspace(0.2, 2.0, 8)),
     "project_l1_ball.radius": (lambda h: jaxreg.project_l1_ball(h), np.linspace(0.2, 3.0, 8)),
     "max_norm.max_value": (lambda h: jaxreg.max_norm(h, mask=jaxreg.masks.weights_only), np.linspace(0.1, 1.0, 8)),
+    "clip_by_block_rms.threshold": (lambda h: jaxreg.clip_by_block_rms(h), np.linspace(0.05, 2.0, 8)),
+    "adaptive_grad_clip.clipping": (lambda h: jaxreg.adaptive_grad_clip(h), np.linspace(0.01, 1.0, 8)),
+    "add_gradient_noise.eta": (lambda h: jaxreg.add_gradient_noise(h, seed=1), np.linspace(0.0, 0.1, 8)),
+    "project_simplex.scale": (lambda h: jaxreg.project_simplex(h), np.linspace(0.5, 3.0, 8)),
+    "project_l1_sphere.radius": (lambda h: jaxreg.project_l1_sphere(h), np.linspace(0.5, 3.0, 8)),
+    "project_l2_sphere.radius": (lambda h: jaxreg.project_l2_sphere(h), np.linspace(0.5, 3.0, 8)),
+    "project_linf_ball.radius": (lambda h: jaxreg.project_linf_ball(h), np.linspace(0.05, 1.0, 8)),
+    "project_halfspace.b": (lambda h: jaxreg.project_halfspace(1.0, h), np.linspace(-1.0, 1.0, 8)),
+    "project_hyperplane.b": (lambda h: jaxreg.project_hyperplane(1.0, h), np.linspace(-1.0, 1.0, 8)),
+    "min_max_norm.min_value": (
+        lambda h: jaxreg.min_max_norm(h, 2.0, mask=jaxreg.masks.weights_only),
+        np.linspace(0.0, 1.0, 8),
+    ),
+    "min_max_norm.rate": (
+        lambda h: jaxreg.min_max_norm(0.5, 0.8, rate=h, mask=jaxreg.masks.weights_only),
+        np.linspace(0.0, 1.0, 8),
+    ),
 }
 
 
