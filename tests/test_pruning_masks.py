@@ -48,10 +48,10 @@ def _reference_pruned(scores, k):
     return np.argsort(scores, kind="stable")[:k]
 
 
-def _reference_keep(tree, sparsity, scope, score=np.abs, count=_f32_count):
-    """Keep masks from a numpy stable sort of the scores, per leaf or concatenated."""
+def _reference_keep(tree, sparsity, scope, score=np.abs, count=_f32_count, kinds="f"):
+    """Keep masks from a numpy stable sort of the scores (leaves of dtype ``kinds``), per leaf or concatenated."""
     leaves = [np.asarray(x) for x in jax.tree.leaves(tree)]
-    prunable = [x.ndim >= 1 and np.issubdtype(x.dtype, np.floating) for x in leaves]
+    prunable = [x.ndim >= 1 and x.dtype.kind in kinds for x in leaves]
     keep = [np.ones(x.shape, bool) for x in leaves]
     if scope == "leaf":
         for i, x in enumerate(leaves):
@@ -121,6 +121,22 @@ def test_mask_from_scores_ranks_signed_scores(tree, sparsity, scope):
     _assert_same(
         FROM_SCORES[scope](tree, jnp.float32(sparsity)), _reference_keep(tree, sparsity, scope, score=lambda x: x)
     )
+
+
+@pytest.mark.parametrize("scope", ["leaf", "global"])
+@pytest.mark.parametrize("dtype", [np.bool_, np.int8, np.uint8, np.int32, np.uint32])
+def test_mask_from_scores_ranks_integer_and_bool_scores(dtype, scope):
+    # Scores are scores, whatever their dtype: ints (exactly, also beyond float32's 2**24)
+    # and bools are ranked as their values, ties in position order.
+    rng = np.random.default_rng(5)
+    info = np.iinfo(dtype) if dtype is not np.bool_ else None
+    low, high = (0, 2) if info is None else (info.min, info.max + 1)
+    tree = {"a": rng.integers(low, high, (6, 7), dtype=np.int64).astype(dtype), "b": np.zeros(9, dtype)}
+    if info is not None and info.bits == 32:
+        tree["b"] = (np.arange(9) + info.max - 8).astype(dtype)  # 9 distinct values, equal in float32
+    keep = pruning.mask_from_scores(tree, 0.4, scope)
+    _assert_same(keep, _reference_keep(tree, 0.4, scope, score=lambda x: x, count=lambda s, n: round(s * n), kinds="biu"))
+    assert sum(int((~k).sum()) for k in _leaves(keep)) > 0
 
 
 def _large_trees():
@@ -659,6 +675,11 @@ ERRORS = [
         r"the parameter's shape \(3, 4\)",
     ),
     (lambda: pruning.unit_norm_score(PARAMS, axis=2), ValueError, r"unit_norm_score: axis 2 is out of range"),
+    (
+        lambda: pruning.mask_from_scores({"w": np.ones(3, np.complex64)}, 0.5),
+        TypeError,
+        r"^mask_from_scores: the scores at scores\['w'\] are complex64; scores are real numbers",
+    ),
 ]
 
 

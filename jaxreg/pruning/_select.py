@@ -38,12 +38,19 @@ KeyFn = Callable[[jax.Array], jax.Array]
 
 
 def order_key(score: jax.Array) -> jax.Array:
-    """An int32 key with the order of ``score`` as float32: ``a < b`` iff ``key(a) < key(b)``.
+    """An int32 key with the order of ``score``: ``a < b`` iff ``key(a) < key(b)``.
 
-    Non-negative floats order like their bit patterns read as int32; negative ones in
-    reverse, so their low 31 bits are flipped (and shifted by one so that ``-0.0`` and
-    ``+0.0`` get the same key). NaN gets the largest key.
+    Bools and integers of up to 32 bits are ranked exactly: their values are the keys
+    (unsigned 32-bit ones shifted by ``-2**31``). Floats (and 64-bit integers) are
+    ranked as float32: non-negative floats order like their bit patterns read as int32;
+    negative ones in reverse, so their low 31 bits are flipped (and shifted by one so
+    that ``-0.0`` and ``+0.0`` get the same key). NaN gets the largest key.
     """
+    dtype = jnp.result_type(score)
+    if dtype == jnp.uint32:
+        return lax.bitcast_convert_type(score ^ np.uint32(2**31), jnp.int32)
+    if dtype == jnp.bool_ or (jnp.issubdtype(dtype, jnp.integer) and dtype.itemsize <= 4):
+        return score.astype(jnp.int32)
     s = score.astype(jnp.float32)
     bits = lax.bitcast_convert_type(s, jnp.int32)
     key = jnp.where(bits < 0, (bits ^ INT32_MAX) + 1, bits)
@@ -52,7 +59,8 @@ def order_key(score: jax.Array) -> jax.Array:
 
 _NAN_MAGNITUDE = 0x7F800001  # the bits of +inf, plus one
 
-# Below every key that order_key gives: ranks an entry under all others (and above none).
+# Below every key that order_key gives floats and integers of up to 16 bits (32-bit integers
+# use the whole int32 range, so only their two lowest values rank at or under it).
 BOTTOM_KEY = INT32_MIN + 1
 
 

@@ -50,10 +50,16 @@ def _prunable(leaf: Any) -> bool:
     return jnp.ndim(leaf) >= 1 and jnp.issubdtype(jnp.result_type(leaf), jnp.floating)
 
 
-def _candidates(fn: str, where: Mask, params: Any, leaves: Sequence[Any]) -> list[bool]:
-    """Leaves to prune: selected by ``where``, floating point, not scalars."""
+def _rankable(score: Any) -> bool:
+    return jnp.ndim(score) >= 1 and jnp.result_type(score).kind in "biuf"
+
+
+def _candidates(
+    fn: str, where: Mask, params: Any, leaves: Sequence[Any], kind: Callable[[Any], bool] = _prunable
+) -> list[bool]:
+    """Leaves to prune: selected by ``where`` and of the ``kind`` (default floating point), not scalars."""
     selected = _tree.resolve_mask(fn, where, params, arg="where")
-    return [s and _prunable(x) for s, x in zip(selected, leaves)]
+    return [s and kind(x) for s, x in zip(selected, leaves)]
 
 
 def check_sparsity(fn: str, value: Any, path: _tree.KeyPath | None = None, name: str = "sparsity") -> None:
@@ -149,16 +155,18 @@ def rank_keep(
     where: Mask,
     key_fn: _select.KeyFn,
     prepare: Callable[[int, jax.Array], jax.Array] | None = None,
+    kind: Callable[[Any], bool] = _prunable,
 ) -> Any:
     """Keeps all but the lowest-ranked weights, per leaf or over the tree.
 
     ``amount`` is ``(name, value)`` from :func:`amount_of`. ``prepare(i, leaf)`` gives
     the array to rank for leaf ``i`` (default: the leaf), and ``key_fn`` maps it to
-    int32 keys inside each counting pass.
+    int32 keys inside each counting pass. ``kind(leaf)`` says which leaves may be
+    pruned (default: floating-point arrays with at least one dimension).
     """
     _checks.check_scope(fn, scope)
     paths, leaves, treedef = _tree.leaves_with_paths(params)
-    picked = [i for i, c in enumerate(_candidates(fn, where, params, leaves)) if c]
+    picked = [i for i, c in enumerate(_candidates(fn, where, params, leaves, kind)) if c]
     sizes = [int(np.prod(jnp.shape(leaves[i]), dtype=np.int64)) for i in picked]
     if scope == "global":
         name, value = amount
@@ -256,8 +264,10 @@ def mask_from_scores(
     class; here a score is just a pytree.
 
     Args:
-      scores: a pytree of float arrays with the params' structure and shapes. Negative
-        scores are allowed (they rank below zero).
+      scores: a pytree of arrays of real numbers with the params' structure and shapes:
+        float, int or bool (ints and bools of up to 32 bits are ranked exactly, floats
+        as float32). Negative scores are allowed (they rank below zero). Scalars are
+        never pruned.
       sparsity: fraction to prune, in ``[0, 1]``: a number, a traced scalar or, with
         ``scope="leaf"``, a pytree with one number per leaf.
       scope: ``"leaf"`` or ``"global"``.
@@ -270,8 +280,16 @@ def mask_from_scores(
     Returns:
       A pytree of bool arrays with the scores' structure and shapes, True = keep.
     """
-    amount = amount_of("mask_from_scores", sparsity, keep_ratio, num_pruned)
-    return rank_keep("mask_from_scores", scores, amount, scope, where, _select.order_key)
+    fn = "mask_from_scores"
+    amount = amount_of(fn, sparsity, keep_ratio, num_pruned)
+    paths, leaves, _ = _tree.leaves_with_paths(scores)
+    for path, x in zip(paths, leaves):
+        if jnp.result_type(x).kind not in "biuf":
+            raise TypeError(
+                f"{fn}: the scores at scores{jax.tree_util.keystr(path)} are {jnp.result_type(x)}; scores are "
+                "real numbers (float, int or bool), so rank e.g. their absolute values."
+            )
+    return rank_keep(fn, scores, amount, scope, where, _select.order_key, kind=_rankable)
 
 
 def random_mask(
