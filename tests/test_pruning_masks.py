@@ -516,6 +516,17 @@ def test_sparsity_report_counts_and_table():
     assert pruning.sparsity_report(pruning.apply_mask(random_tree(0), keep)).pruned == report.pruned
 
 
+def test_sparsity_report_skips_rng_keys_and_counters_of_nnx_models():
+    model = nnx.Sequential(nnx.Linear(3, 4, rngs=nnx.Rngs(0)), nnx.Dropout(0.5, rngs=nnx.Rngs(1)))
+    for tree in (model, nnx.state(model)):
+        report = pruning.sparsity_report(tree)
+        assert [(x.shape, x.pruned) for x in report.leaves] == [((4,), 4), ((3, 4), 0)]  # zero biases
+        assert [dtype for _, dtype in report.skipped] == ["uint32", "key<fry>"]
+        assert all("rngs" in path for path, _ in report.skipped)
+        assert "skipped (neither bool nor float):" in str(report) and "key<fry>" in str(report)
+    assert pruning.sparsity_report({"step": np.arange(3, dtype=np.int32)}).skipped == (("['step']", "int32"),)
+
+
 # ---------------------------------------------------------------- documented errors
 
 PARAMS = {"dense": {"kernel": np.ones((3, 4), np.float32), "bias": np.ones(4, np.float32)}}
