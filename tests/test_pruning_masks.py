@@ -135,7 +135,9 @@ def test_mask_from_scores_ranks_integer_and_bool_scores(dtype, scope):
     if info is not None and info.bits == 32:
         tree["b"] = (np.arange(9) + info.max - 8).astype(dtype)  # 9 distinct values, equal in float32
     keep = pruning.mask_from_scores(tree, 0.4, scope)
-    _assert_same(keep, _reference_keep(tree, 0.4, scope, score=lambda x: x, count=lambda s, n: round(s * n), kinds="biu"))
+    _assert_same(
+        keep, _reference_keep(tree, 0.4, scope, score=lambda x: x, count=lambda s, n: round(s * n), kinds="biu")
+    )
     assert sum(int((~k).sum()) for k in _leaves(keep)) > 0
 
 

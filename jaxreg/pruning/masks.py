@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import nnx
 
 from jaxreg import _checks, _tree
 from jaxreg.masks import Mask
@@ -546,12 +547,42 @@ def apply_mask(params: optax.Params, keep: Any) -> Any:
     """
     fn = "apply_mask"
     paths, leaves, treedef = _tree.leaves_with_paths(params)
-    keeps = _tree.match_tree(fn, "keep", keep, params)
+    keeps = match_keep(fn, keep, params)
     check_keep_shapes(fn, paths, leaves, keeps)
     out = [
         jnp.where(jnp.asarray(k).astype(jnp.bool_), x, jnp.zeros((), jnp.result_type(x))) for x, k in zip(leaves, keeps)
     ]
     return treedef.unflatten(out)
+
+
+def match_keep(fn: str, keep: Any, params: Any) -> list[Any]:
+    """The leaves of the pruning mask ``keep``, aligned with the params' leaves.
+
+    A mismatch raises the ``ValueError`` of the other tree arguments; when the mask has
+    the params' leaf paths but is a pure dict where the params are an NNX ``State`` (or
+    the reverse), the message also says how to convert it.
+    """
+    try:
+        return _tree.match_tree(fn, "keep", keep, params)
+    except ValueError as error:
+        convert = _state_conversion(keep, params)
+        if convert is None:
+            raise
+        raise ValueError(f"{error} {convert}") from None
+
+
+def _state_conversion(keep: Any, params: Any) -> str | None:
+    """How to turn a pure-dict mask into the params' ``nnx.State`` (or the reverse); None if that is not the fix."""
+    keep_is_state, params_is_state = isinstance(keep, nnx.State), isinstance(params, nnx.State)
+    same_paths = _tree.leaves_with_paths(keep)[0] == _tree.leaves_with_paths(params)[0]
+    if keep_is_state == params_is_state or not same_paths:
+        return None
+    if keep_is_state:
+        return "Convert the mask with keep = nnx.to_pure_dict(keep)."
+    return (
+        "Convert the mask into a copy of the params' State: state = jax.tree.map(lambda x: x, params); "
+        "nnx.replace_by_pure_dict(state, keep); then give state as keep."
+    )
 
 
 def check_keep_shapes(fn: str, paths: Sequence[_tree.KeyPath], leaves: Sequence[Any], keeps: Sequence[Any]) -> None:
