@@ -308,7 +308,9 @@ def random_mask(
     The weights are ranked by :func:`~jaxreg.pruning.scores.random_score` (one uniform
     draw per weight, leaf ``i`` drawing from ``fold_in(key, i)``), so the count is exact
     as for :func:`magnitude_mask`. ``torch.nn.utils.prune.random_unstructured`` prunes
-    the same number per layer from torch's own generator.
+    the same number per layer from torch's own generator. On params sharded with
+    explicit mesh axes the draws are made on the params' devices, sharded as them (no
+    ``jax.set_mesh`` needed), and are the same numbers as on one device.
 
     Args:
       key: a JAX PRNG key.
@@ -485,7 +487,8 @@ def n_m_mask(
     Args:
       params: a pytree of arrays (NNX ``Variable`` boxes are unwrapped).
       n: weights kept per block, ``1 <= n <= m``.
-      m: block length; it must divide the length of ``axis`` in every pruned leaf.
+      m: block length; it must divide the length of ``axis`` in every pruned leaf
+        and, with explicit mesh axes, the length of each of its shards along ``axis``.
       axis: the axis along which blocks run.
       score: a function ``params -> per-weight scores``; default ``|w|``.
       where: selector; True where pruning is considered.
@@ -512,8 +515,34 @@ def n_m_mask(
     if picked:
         scores = scores_for(fn, score, params, paths, leaves)
         for i in picked:
+            _check_blocks_within_shards(fn, m, axis, paths[i], scores[i])
             keep[i] = _keep_n_of_m(jnp.asarray(scores[i]), n=n, m=m, axis=axis)
     return treedef.unflatten(keep)
+
+
+def _check_blocks_within_shards(fn: str, m: int, axis: int, path: _tree.KeyPath, score: Any) -> None:
+    """Raises a ValueError naming the leaf when blocks of ``m`` would straddle the shards of ``axis``.
+
+    Only with explicit mesh axes, where the blocks are formed within each shard (JAX
+    refuses the reshape otherwise); with automatic axes XLA moves what the blocks need.
+    """
+    sharding = _tree.explicit_sharding(score)
+    if sharding is None:
+        return
+    spec = tuple(sharding.spec) + (None,) * (jnp.ndim(score) - len(sharding.spec))
+    names = spec[axis]
+    if names is None:
+        return
+    names = names if isinstance(names, tuple) else (names,)
+    shards = int(np.prod([sharding.mesh.shape[name] for name in names]))
+    shard_length = jnp.shape(score)[axis] // shards
+    if shard_length % m:
+        raise ValueError(
+            f"{fn}: blocks of m={m} along axis {axis} of params{jax.tree_util.keystr(path)} with shape "
+            f"{jnp.shape(score)} would straddle its shards: that axis is split over the mesh axes {names} into "
+            f"{shards} shards of {shard_length}. Choose an m that divides {shard_length}, split that axis so "
+            "that each shard holds a multiple of m entries (or not at all), or leave the leaf out with where=."
+        )
 
 
 @functools.partial(jax.jit, static_argnames=("n", "m", "axis"))

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax import lax
 
 from jaxreg import _checks, _tree
 
@@ -62,14 +63,24 @@ def random_score(key: jax.Array) -> Score:
 def uniform_leaf(key: jax.Array, index: int, leaf: Any) -> jax.Array:
     """The uniform float32 draws of :func:`random_score` for the leaf at ``index``."""
     key = jax.random.fold_in(key, index)
-    sharding = _tree.explicit_sharding(leaf)
-    if sharding is not None:
-        # Drawn in place on the leaf's devices; the partitionable threefry (JAX's
-        # default) gives the same bits as the flat draw below.
-        return jax.random.uniform(key, jnp.shape(leaf), out_sharding=sharding)
+    if _tree.explicit_sharding(leaf) is not None:
+        return _uniform_on_devices_of(key, leaf)
     # Drawn flat: XLA compiles a 1-D threefry much faster than one of the leaf's rank.
     size = int(np.prod(jnp.shape(leaf), dtype=np.int64))
     return jax.random.uniform(key, (size,)).reshape(jnp.shape(leaf))
+
+
+@jax.jit
+def _uniform_on_devices_of(key: jax.Array, leaf: jax.Array) -> jax.Array:
+    """Uniform draws shaped and sharded as ``leaf`` (explicit mesh axes), drawn in place on its devices.
+
+    The partitionable threefry (JAX's default) gives the same bits as the flat draw of
+    :func:`uniform_leaf`. The draws are tied to the leaf by an optimization barrier: a
+    program that reads only the leaf's shape would drop the leaf, and with it the
+    devices the draws' sharding names (then JAX asks for ``jax.set_mesh``).
+    """
+    draws = jax.random.uniform(key, jnp.shape(leaf), out_sharding=jax.typeof(leaf).sharding)
+    return lax.optimization_barrier((draws, leaf))[0]
 
 
 def snip_score(loss_fn: Callable[..., jax.Array], *args: Any, **kwargs: Any) -> Score:
