@@ -17,6 +17,7 @@ from torch.nn.utils import prune as tprune
 
 import jaxreg
 from jaxreg import masks, pruning
+from jaxreg.pruning import _select
 
 SETTINGS = settings(max_examples=15, deadline=None)
 # XLA's CPU backend flushes subnormals to zero, so they are left out of the inputs.
@@ -163,6 +164,31 @@ def test_large_trees_prune_exactly_what_a_sort_prunes(name):
         _assert_same(keep, _reference_keep(params, sparsity, "global"))
     keep = pruning.magnitude_mask(params, 0.75)  # per leaf: one large group, one small
     _assert_same(keep, _reference_keep(params, 0.75, "leaf", count=lambda s, n: round(s * n)))
+
+
+def _many_leaves(seed, n_layers, rng_values):
+    """A transformer-like tree: many leaves of few shapes, so that same-shaped leaves are stacked."""
+    rng = np.random.default_rng(seed)
+    shapes = {"q": (8, 8), "k": (8, 8), "bias": (8,), "up": (8, 32), "up_bias": (32,), "down": (32, 8)}
+    return {f"layer{i}": {k: rng_values(rng, s) for k, s in shapes.items()} for i in range(n_layers)}
+
+
+@pytest.mark.parametrize("scope", ["leaf", "global"])
+@pytest.mark.parametrize("values", ["normal", "tied"])
+def test_many_leaves_of_few_shapes_prune_exactly_what_a_sort_prunes(scope, values, monkeypatch):
+    # Leaves of one shape are counted stacked; ties span leaves in tree order, and a
+    # batch limit smaller than the tree splits a shape's leaves over several stacks.
+    draw = {
+        "normal": lambda rng, s: rng.standard_normal(s).astype(np.float32),
+        "tied": lambda rng, s: rng.choice(np.float32([0.0, -0.5, 0.5, 1.0]), s),
+    }[values]
+    for n_layers, batch in [(12, _select._BATCH), (13, 700)]:  # another tree: compiled anew
+        monkeypatch.setattr(_select, "_BATCH", batch)
+        params = _many_leaves(3, n_layers, draw)
+        leaves = jax.tree.leaves(params)
+        assert len(_select._batches(leaves, [0] * len(leaves), [10**4])) < len(leaves) / 2
+        keep = MAGNITUDE[scope](params, jnp.float32(0.77))
+        _assert_same(keep, _reference_keep(params, 0.77, scope))
 
 
 def test_all_equal_weights_prune_the_first_ones():
