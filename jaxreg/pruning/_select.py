@@ -7,8 +7,14 @@ ranking); here the answer is found by bisection on an integer key that orders li
 float scores, counting per array. The search state is a few scalars per group, the
 counts are partial reductions that XLA lowers to all-reduces on sharded arrays, and the
 keys are recomputed inside every count instead of being stored. (XLA's CPU backend
-materializes the operand of a full reduction; :func:`count_true` makes that one byte
-per entry, and XLA reuses the buffer from one array to the next.)
+materializes the operand of a reduction; :func:`count_rows` makes that one byte per
+entry, and XLA reuses the buffer from one array to the next.)
+
+The compiled program grows with the number of distinct leaf shapes, not of leaves, so
+that a model with a thousand leaves compiles about as fast as one with a dozen: small
+leaves of one shape are stacked and counted together, and every per-leaf kernel reads
+its leaf's numbers at a runtime index (:func:`runtime_range`), which makes the kernels
+of all leaves of a shape one kernel that XLA compiles once.
 
 The order is total, which is what makes the counts exact: entries are ranked by
 ``(score, position)``, where the position of an entry is its row-major (flat) index
@@ -283,6 +289,11 @@ def lowest(
     passes find the position up to which the ties at ``T`` are taken. Continuous scores
     have no ties, so that second search rarely runs. A last pass writes the marks.
 
+    Leaves of fewer than ``_SMALL`` entries are stacked by shape (a copy of them, at most
+    ``_BATCH`` entries per stack) and counted one stack at a time; larger ones are
+    counted in place. The extra memory is the stacks of the small leaves, a one-byte
+    counting buffer of the largest stack or leaf, and the bool output.
+
     Args:
       leaves: the arrays.
       key_fn: maps an array to its int32 keys (see :func:`order_key`); it is traced
@@ -436,9 +447,11 @@ def lowest(
     # index, so that its kernel is the same as that of every leaf of its shape (and
     # compiled once); stacked marks would have to be copied out to the leaves by
     # kernels that differ from leaf to leaf.
-    table = jnp.stack([offset_of, threshold[group_of], cut[group_of]], axis=1)
-    marks = []
-    for j, x in enumerate(leaves):
-        offset, key, position = entry(table, index[j])
-        marks.append(below(x[None], offset[None], key[None], position[None])[0])
+    # The marks, stack by stack; a leaf of a stack reads its rows at a runtime index, so
+    # that its kernel is that of every leaf of its shape (see runtime_range).
+    marks: list[jax.Array] = [None] * len(leaves)  # type: ignore[list-item]
+    for stack, batch in zip(stacks, batches):
+        marked = below(stack, *[of_batch(batch, v) for v in (offset_of, threshold[group_of], cut[group_of])])
+        for j, i in enumerate(batch):
+            marks[i] = marked[0] if len(batch) == 1 else entry(marked, index[j])
     return marks

@@ -34,7 +34,7 @@ from flax import nnx
 from jaxreg import _checks, _tree
 from jaxreg.masks import Mask
 from jaxreg.pruning import _select
-from jaxreg.pruning.scores import Score, magnitude_score, uniform_leaf, unit_norm
+from jaxreg.pruning.scores import Score, magnitude_score, uniform_draws, unit_norm
 
 __all__ = [
     "apply_mask",
@@ -328,10 +328,11 @@ def random_mask(
       A pytree of bool arrays with the params' structure and shapes, True = keep.
     """
     # Draws only for the pruned leaves, exactly what random_score(key) draws for them.
-    amount = amount_of("random_mask", sparsity, keep_ratio, num_pruned)
-    return rank_keep(
-        "random_mask", params, amount, scope, where, _select.order_key, lambda i, x: uniform_leaf(key, i, x)
-    )
+    fn = "random_mask"
+    amount = amount_of(fn, sparsity, keep_ratio, num_pruned)
+    leaves = jax.tree.leaves(_tree.unbox(params))
+    draws = uniform_draws(key, leaves, _candidates(fn, where, params, leaves))
+    return rank_keep(fn, params, amount, scope, where, _select.order_key, lambda i, x: draws[i])
 
 
 def threshold_mask(params: optax.Params, threshold: chex.Numeric | Any, where: Mask = None) -> Any:
