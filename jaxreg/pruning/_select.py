@@ -119,22 +119,20 @@ def count_rows(flags: jax.Array) -> jax.Array:
     return jnp.sum(partial, axis=1, dtype=jnp.int32)
 
 
-def flat_index(like: jax.Array) -> jax.Array:
-    """The row-major (flat) index of every entry of ``like``, as int32 of its shape.
+def positions(shape: tuple[int, ...], offsets: jax.Array) -> jax.Array:
+    """``offsets[r]`` plus the row-major (flat) index of each entry within row ``r``, as int32 of ``shape``.
 
-    On one device a 1-D iota reshaped (cheap to compile); on a mesh one iota per axis,
-    so that it takes the sharding of the array it is compared with instead of forcing
-    a 1-D layout.
+    For stacked arrays of ``shape = (rows, *leaf_shape)``. Built from one iota per axis,
+    so that it takes the sharding of the array it is compared with instead of forcing a
+    1-D layout, and starting from the offsets, so that XLA computes it where it is used
+    (the offsets are tied to the counting pass) instead of holding it as a full-size array.
     """
-    shape = like.shape
-    if not _on_mesh(like):
-        return lax.iota(jnp.int32, like.size).reshape(shape)
-    index = jnp.zeros(shape, jnp.int32)
+    index = offsets.reshape((-1,) + (1,) * (len(shape) - 1))
     stride = 1
-    for axis in reversed(range(len(shape))):
+    for axis in reversed(range(1, len(shape))):
         index = index + lax.broadcasted_iota(jnp.int32, shape, axis) * stride
         stride *= shape[axis]
-    return index
+    return jnp.broadcast_to(index, shape)
 
 
 def runtime_range(n: int) -> list[jax.Array]:
@@ -170,10 +168,11 @@ def _sample_stride(size: int) -> int:
 def _batches(leaves: Sequence[jax.Array], groups: Sequence[int], sizes: Sequence[int]) -> list[list[int]]:
     """The leaves counted together, as lists of indices: small leaves of one shape, dtype and sample stride.
 
-    A batch is stacked once and counted by one reduction per pass, so that the program
+    A batch is stacked and counted by one reduction in each pass, so that the program
     grows with the number of distinct shapes of the small leaves, not with their
-    number. Only leaves of fewer than ``_SMALL`` entries are stacked (the stacks are a
-    copy of them), at most ``_BATCH`` entries together; every other leaf, and every
+    number. Only leaves of fewer than ``_SMALL`` entries are stacked, at most ``_BATCH``
+    entries together (XLA fuses the stacking into the count, so that no stack is held);
+    every other leaf, and every
     leaf on a mesh (stacking leaves split differently would move them between
     devices), is a batch of its own.
     """
@@ -218,11 +217,12 @@ _DENSE = 1 << 20
 _SAMPLE = 1 << 16
 # Leaves of fewer entries are stacked by shape, at most _BATCH entries together (see _batches).
 _SMALL = 1 << 18
-_BATCH = 1 << 22
+_BATCH = 1 << 20
 
 
 def _sample_probes(
-    stacks: Sequence[jax.Array],
+    leaves: Sequence[jax.Array],
+    index: Sequence[jax.Array],
     batches: Sequence[Sequence[int]],
     key_fn: KeyFn,
     groups: Sequence[int],
@@ -239,13 +239,13 @@ def _sample_probes(
     ``(high, low)`` per group (ignored for groups under ``_DENSE``), or None when no
     group is that large.
     """
-    if any(_on_mesh(x) for x in stacks):
+    if any(_on_mesh(x) for x in leaves):
         return None  # a strided sample of a sharded leaf would be gathered
     keys, ids, lengths = [], [], [0] * n_groups
-    for stack, batch in zip(stacks, batches):
+    for batch in batches:
         stride = _sample_stride(sizes[groups[batch[0]]])
         if sizes[groups[batch[0]]] >= _DENSE:
-            sample = key_fn(stack.reshape(len(batch), -1)[:, ::stride])
+            sample = key_fn(_stacked(leaves, batch, index).reshape(len(batch), -1)[:, ::stride])
             keys.append(sample.reshape(-1))
             ids.append(jnp.repeat(jnp.asarray([groups[i] for i in batch], jnp.int32), sample.shape[1]))
             for i in batch:
@@ -289,9 +289,9 @@ def lowest(
     passes find the position up to which the ties at ``T`` are taken. Continuous scores
     have no ties, so that second search rarely runs. A last pass writes the marks.
 
-    Leaves of fewer than ``_SMALL`` entries are stacked by shape (a copy of them, at most
-    ``_BATCH`` entries per stack) and counted one stack at a time; larger ones are
-    counted in place. The extra memory is the stacks of the small leaves, a one-byte
+    Leaves of fewer than ``_SMALL`` entries are stacked by shape (at most ``_BATCH``
+    entries per stack; XLA fuses the stacking into each count) and counted one stack at
+    a time; larger ones are counted on their own. The extra memory is a one-byte
     counting buffer of the largest stack or leaf, and the bool output.
 
     Args:
@@ -320,7 +320,6 @@ def lowest(
 
     index = runtime_range(len(leaves))
     batches = _batches(leaves, groups, sizes)
-    stacks = [_stacked(leaves, batch, index) for batch in batches]
     group_of = jnp.asarray(groups, jnp.int32)
     offset_of = jnp.asarray(offsets, jnp.int32)
     segment_ids = jnp.asarray([groups[i] for batch in batches for i in batch], jnp.int32)
@@ -339,18 +338,21 @@ def lowest(
         # position is the flat index, computed, not flattened to.
         column = (-1,) + (1,) * (xs.ndim - 1)
         keys, key = key_fn(xs), key.reshape(column)
-        position_of = flat_index(xs[0])[None] + offsets.reshape(column)
+        position_of = positions(xs.shape, offsets)
         return (keys < key) | ((keys == key) & (position_of < position.reshape(column)))
 
     def count(step: jax.Array, predicate: Callable[..., jax.Array], *args: jax.Array) -> jax.Array:
-        # Tied to the step by a barrier, the stacks look loop-variant to XLA, which then
-        # recomputes their keys inside each counting pass instead of hoisting them out
-        # of the loop as full-size int32 arrays (that would triple the extra memory).
-        tied, _ = lax.optimization_barrier((stacks, step))
+        # Tied to the step by a barrier, the leaves and offsets look loop-variant to XLA,
+        # which then stacks them, and computes their keys and positions, inside each
+        # counting pass instead of hoisting stacks, keys and positions out of the loop as
+        # full-size arrays (that would triple the extra memory).
+        tied, tied_offsets, _ = lax.optimization_barrier((list(leaves), offset_of, step))
         per_leaf_args = [a[group_of] for a in args]
         rows = [
-            count_rows(predicate(stack, *[of_batch(batch, v) for v in (offset_of, *per_leaf_args)]))
-            for stack, batch in zip(tied, batches)
+            count_rows(
+                predicate(_stacked(tied, batch, index), *[of_batch(batch, v) for v in (tied_offsets, *per_leaf_args)])
+            )
+            for batch in batches
         ]
         return jax.ops.segment_sum(jnp.concatenate(rows), segment_ids, num_segments=n_groups)
 
@@ -361,7 +363,7 @@ def lowest(
     # The threshold key T of a group: the least key with count(key <= T) >= counts[g].
     # Search state per group: T lies in [lo, hi], with below = count(key < lo) < counts
     # <= count(key <= hi) = at_hi. Each pass counts the keys <= one probe per group.
-    sampled = _sample_probes(stacks, batches, key_fn, groups, n_groups, sizes, counts)
+    sampled = _sample_probes(leaves, index, batches, key_fn, groups, n_groups, sizes, counts)
     dense = jnp.asarray([size >= _DENSE for size in sizes])
 
     def probe(i: jax.Array, lo: jax.Array, hi: jax.Array, below: jax.Array, at_hi: jax.Array, halve: jax.Array):
@@ -447,11 +449,12 @@ def lowest(
     # index, so that its kernel is the same as that of every leaf of its shape (and
     # compiled once); stacked marks would have to be copied out to the leaves by
     # kernels that differ from leaf to leaf.
-    # The marks, stack by stack; a leaf of a stack reads its rows at a runtime index, so
+    # The marks, leaf by leaf (stacks of them would all be made at once, a copy of every
+    # small leaf): each leaf reads its offset, threshold and cut at a runtime index, so
     # that its kernel is that of every leaf of its shape (see runtime_range).
-    marks: list[jax.Array] = [None] * len(leaves)  # type: ignore[list-item]
-    for stack, batch in zip(stacks, batches):
-        marked = below(stack, *[of_batch(batch, v) for v in (offset_of, threshold[group_of], cut[group_of])])
-        for j, i in enumerate(batch):
-            marks[i] = marked[0] if len(batch) == 1 else entry(marked, index[j])
+    table = jnp.stack([offset_of, threshold[group_of], cut[group_of]], axis=1)
+    marks = []
+    for j, x in enumerate(leaves):
+        offset, key, position = entry(table, index[j])
+        marks.append(below(x[None], offset[None], key[None], position[None])[0])
     return marks
