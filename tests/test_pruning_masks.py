@@ -186,7 +186,7 @@ def test_many_leaves_of_few_shapes_prune_exactly_what_a_sort_prunes(scope, value
         monkeypatch.setattr(_select, "_BATCH", batch)
         params = _many_leaves(3, n_layers, draw)
         leaves = jax.tree.leaves(params)
-        assert len(_select._batches(leaves, [0] * len(leaves), [10**4])) < len(leaves) / 2
+        assert any(len(batch) > 1 for batch in _select._batches(leaves, [0] * len(leaves), [10**4]))
         keep = MAGNITUDE[scope](params, jnp.float32(0.77))
         _assert_same(keep, _reference_keep(params, 0.77, scope))
 

@@ -168,20 +168,21 @@ def _sample_stride(size: int) -> int:
 def _batches(leaves: Sequence[jax.Array], groups: Sequence[int], sizes: Sequence[int]) -> list[list[int]]:
     """The leaves counted together, as lists of indices: small leaves of one shape, dtype and sample stride.
 
-    A batch is stacked and counted by one reduction in each pass, so that the program
+    A batch is stacked once and counted by one reduction per pass, so that the program
     grows with the number of distinct shapes of the small leaves, not with their
     number. Only leaves of fewer than ``_SMALL`` entries are stacked, at most ``_BATCH``
-    entries together (XLA fuses the stacking into the count, so that no stack is held);
-    every other leaf, and every
-    leaf on a mesh (stacking leaves split differently would move them between
-    devices), is a batch of its own.
+    entries together, and at most ``_STACKED`` of all entries (the stacks are a copy);
+    every other leaf, and every leaf on a mesh (stacking leaves split differently would
+    move them between devices), is a batch of its own.
     """
+    budget = _STACKED * sum(x.size for x in leaves)
     batches: list[list[int]] = []
     open_batch: dict[Any, int] = {}
     for i, x in enumerate(leaves):
-        if _on_mesh(x) or x.size >= _SMALL:
+        if _on_mesh(x) or x.size >= _SMALL or x.size > budget:
             batches.append([i])
             continue
+        budget -= x.size
         kind = (x.shape, x.dtype, _sample_stride(sizes[groups[i]]))
         b = open_batch.get(kind)
         if b is None or (len(batches[b]) + 1) * x.size > _BATCH:
@@ -218,11 +219,11 @@ _SAMPLE = 1 << 16
 # Leaves of fewer entries are stacked by shape, at most _BATCH entries together (see _batches).
 _SMALL = 1 << 18
 _BATCH = 1 << 20
+_STACKED = 0.5
 
 
 def _sample_probes(
-    leaves: Sequence[jax.Array],
-    index: Sequence[jax.Array],
+    stacks: Sequence[jax.Array],
     batches: Sequence[Sequence[int]],
     key_fn: KeyFn,
     groups: Sequence[int],
@@ -239,13 +240,13 @@ def _sample_probes(
     ``(high, low)`` per group (ignored for groups under ``_DENSE``), or None when no
     group is that large.
     """
-    if any(_on_mesh(x) for x in leaves):
+    if any(_on_mesh(x) for x in stacks):
         return None  # a strided sample of a sharded leaf would be gathered
     keys, ids, lengths = [], [], [0] * n_groups
-    for batch in batches:
+    for stack, batch in zip(stacks, batches):
         stride = _sample_stride(sizes[groups[batch[0]]])
         if sizes[groups[batch[0]]] >= _DENSE:
-            sample = key_fn(_stacked(leaves, batch, index).reshape(len(batch), -1)[:, ::stride])
+            sample = key_fn(stack.reshape(len(batch), -1)[:, ::stride])
             keys.append(sample.reshape(-1))
             ids.append(jnp.repeat(jnp.asarray([groups[i] for i in batch], jnp.int32), sample.shape[1]))
             for i in batch:
@@ -290,8 +291,8 @@ def lowest(
     have no ties, so that second search rarely runs. A last pass writes the marks.
 
     Leaves of fewer than ``_SMALL`` entries are stacked by shape (at most ``_BATCH``
-    entries per stack; XLA fuses the stacking into each count) and counted one stack at
-    a time; larger ones are counted on their own. The extra memory is a one-byte
+    entries per stack, ``_STACKED`` of all entries in all) and counted stack by stack;
+    the others are counted on their own. The extra memory is the stacks, a one-byte
     counting buffer of the largest stack or leaf, and the bool output.
 
     Args:
@@ -320,6 +321,7 @@ def lowest(
 
     index = runtime_range(len(leaves))
     batches = _batches(leaves, groups, sizes)
+    stacks = [_stacked(leaves, batch, index) for batch in batches]
     group_of = jnp.asarray(groups, jnp.int32)
     offset_of = jnp.asarray(offsets, jnp.int32)
     segment_ids = jnp.asarray([groups[i] for batch in batches for i in batch], jnp.int32)
@@ -342,17 +344,15 @@ def lowest(
         return (keys < key) | ((keys == key) & (position_of < position.reshape(column)))
 
     def count(step: jax.Array, predicate: Callable[..., jax.Array], *args: jax.Array) -> jax.Array:
-        # Tied to the step by a barrier, the leaves and offsets look loop-variant to XLA,
-        # which then stacks them, and computes their keys and positions, inside each
-        # counting pass instead of hoisting stacks, keys and positions out of the loop as
-        # full-size arrays (that would triple the extra memory).
-        tied, tied_offsets, _ = lax.optimization_barrier((list(leaves), offset_of, step))
+        # Tied to the step by a barrier, the stacks and offsets look loop-variant to XLA,
+        # which then computes their keys and positions inside each counting pass instead
+        # of hoisting them out of the loop as full-size arrays (that would triple the
+        # extra memory).
+        tied, tied_offsets, _ = lax.optimization_barrier((stacks, offset_of, step))
         per_leaf_args = [a[group_of] for a in args]
         rows = [
-            count_rows(
-                predicate(_stacked(tied, batch, index), *[of_batch(batch, v) for v in (tied_offsets, *per_leaf_args)])
-            )
-            for batch in batches
+            count_rows(predicate(stack, *[of_batch(batch, v) for v in (tied_offsets, *per_leaf_args)]))
+            for stack, batch in zip(tied, batches)
         ]
         return jax.ops.segment_sum(jnp.concatenate(rows), segment_ids, num_segments=n_groups)
 
@@ -363,7 +363,7 @@ def lowest(
     # The threshold key T of a group: the least key with count(key <= T) >= counts[g].
     # Search state per group: T lies in [lo, hi], with below = count(key < lo) < counts
     # <= count(key <= hi) = at_hi. Each pass counts the keys <= one probe per group.
-    sampled = _sample_probes(leaves, index, batches, key_fn, groups, n_groups, sizes, counts)
+    sampled = _sample_probes(stacks, batches, key_fn, groups, n_groups, sizes, counts)
     dense = jnp.asarray([size >= _DENSE for size in sizes])
 
     def probe(i: jax.Array, lo: jax.Array, hi: jax.Array, below: jax.Array, at_hi: jax.Array, halve: jax.Array):
