@@ -11,6 +11,13 @@ prune, over the whole tree at once:
 * ``torch``: ``torch.nn.utils.prune.global_unstructured(..., L1Unstructured, amount=0.9)``
   on one module per leaf (it concatenates the scores and calls ``torch.topk``).
 
+A second case, ``pruning_many_leaves``, times the first call (trace, compile and run)
+of each mask function under ``jit`` on a tree of many small leaves of mixed transformer
+shapes (per layer: four ``(d, d)`` attention kernels, an ``(d, 4d)`` and a ``(4d, d)``
+MLP kernel, their biases and two layer-norm scales, ``d = 128``; 1000 leaves), against
+the first call of a jitted ``optax.adam`` step on the same tree, each in a fresh process:
+what the first pruning step of a real model costs before any weight is pruned.
+
 Each implementation runs in its own process, so that its peak memory is its own: the
 parameters are made and the program compiled first, then the peak resident set size is
 reset (``/proc/self/clear_refs``) and the extra memory is the peak during the first
@@ -37,6 +44,16 @@ from bench import harness
 
 SIZES = {"tiny": [20_000], "default": [10_000_000, 100_000_000]}
 IMPLS = ("jaxreg", "jnp_sort", "torch")
+MANY_LEAVES = {"tiny": 20, "default": 1000}
+MANY_LEAVES_WIDTH = 128
+FIRST_CALL_IMPLS = (
+    "optax_adam",
+    "magnitude_mask_leaf",
+    "magnitude_mask_global",
+    "random_mask",
+    "structured_mask",
+    "prune_during_training",
+)
 SPARSITY = 0.9
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -106,6 +123,84 @@ def _torch_program(shapes: list[tuple[int, ...]]) -> tuple[Callable[[], Any], in
     return run, sum(int(np.prod(s)) for s in shapes), None
 
 
+def transformer_shapes(leaves: int, d: int = MANY_LEAVES_WIDTH) -> list[tuple[int, ...]]:
+    """``leaves`` shapes of a transformer's layers, in their order, the last layer cut short."""
+    layer = [(d, d), (d,)] * 4 + [(d,), (d,), (d, 4 * d), (4 * d,), (4 * d, d), (d,)]
+    return [layer[i % len(layer)] for i in range(leaves)]
+
+
+def first_call_child(impl: str, leaves: int) -> dict[str, Any]:
+    """The first call of one jitted function on ``leaves`` leaves, in this (fresh) process."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from jaxreg import pruning
+
+    rng = np.random.default_rng(0)
+    params = {
+        f"leaf{i:04d}": jnp.asarray(rng.standard_normal(s, np.float32))
+        for i, s in enumerate(transformer_shapes(leaves))
+    }
+    key = jax.random.key(0)
+    adam = optax.adam(1e-3)
+    pdt = pruning.prune_during_training(pruning.magnitude_score, 0.5)
+
+    def adam_step(p):
+        updates, _ = adam.update(p, adam.init(p), p)
+        return optax.apply_updates(p, updates)
+
+    fns = {
+        "optax_adam": adam_step,
+        "magnitude_mask_leaf": lambda p: pruning.magnitude_mask(p, 0.5),
+        "magnitude_mask_global": lambda p: pruning.magnitude_mask(p, 0.5, scope="global"),
+        "random_mask": lambda p: pruning.random_mask(key, p, 0.5),
+        "structured_mask": lambda p: pruning.structured_mask(
+            p, 0.5, where=lambda t: jax.tree.map(lambda x: x.ndim == 2, t)
+        ),
+        "prune_during_training": lambda p: pdt.update(p, pdt.init(p), p)[0],
+    }
+    with jax.numpy_dtype_promotion("standard"):  # optax.adam is not strict-promotion clean
+        start = time.perf_counter()
+        lowered = jax.jit(fns[impl]).lower(params)
+        traced = time.perf_counter()
+        compiled = lowered.compile()
+        done = time.perf_counter()
+        jax.block_until_ready(compiled(params))
+        ran = time.perf_counter()
+    n = sum(int(np.prod(s)) for s in transformer_shapes(leaves))
+    return dict(
+        impl=impl, leaves=leaves, params=n, trace_s=traced - start, compile_s=done - traced, first_call_s=ran - start
+    )
+
+
+def run_many_leaves(size_name: str) -> list[dict]:
+    """The first call of every mask function and of ``optax.adam`` on many leaves, each in a fresh process."""
+    measured = {}
+    # At the tiny size (the test suite's), one mask function is enough to keep the case running.
+    for impl in FIRST_CALL_IMPLS if size_name == "default" else FIRST_CALL_IMPLS[:1] + ("magnitude_mask_global",):
+        cmd = [sys.executable, "-m", "bench.pruning", "--first-call", impl, str(MANY_LEAVES[size_name])]
+        out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True).stdout
+        measured[impl] = json.loads(out.strip().splitlines()[-1])
+    adam = measured["optax_adam"]["first_call_s"]
+    return [
+        harness.emit(
+            dict(
+                bench="pruning_many_leaves",
+                machine=harness.machine_name(),
+                impl=impl,
+                leaves=m["leaves"],
+                params=m["params"],
+                median_s=m["first_call_s"],
+                trace_s=m["trace_s"],
+                compile_s=m["compile_s"],
+                ratio_to_adam=m["first_call_s"] / adam,
+            )
+        )
+        for impl, m in measured.items()
+    ]
+
+
 def child(impl: str, size: int, repeats: int) -> dict[str, Any]:
     """Measures one implementation at one size in this process."""
     shapes = harness.leaf_shapes(size)
@@ -147,12 +242,15 @@ def run(size_name: str, repeats: int) -> list[dict]:
                     )
                 )
             )
-    return records
+    return records + run_many_leaves(size_name)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     """Command line: ``python -m bench.pruning [--size tiny|default] [--repeats N]``."""
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--first-call"]:
+        print(json.dumps(first_call_child(argv[1], int(argv[2]))), flush=True)
+        return []
     if argv[:1] == ["--child"]:
         impl, size, repeats = argv[1], int(argv[2]), int(argv[3])
         print(json.dumps(child(impl, size, repeats)), flush=True)

@@ -158,6 +158,32 @@ def test_a_dict_mask_for_an_nnx_state_names_the_two_containers():
         jaxreg.l1_prox(0.1, mask=flags).init(params)
 
 
+def test_a_mask_in_the_other_container_gets_an_error_that_says_how_to_convert_it():
+    params = _nnx_params()
+    pure = jaxreg._tree.unbox(params).to_pure_dict()
+    as_dicts = jax.tree.map(lambda x: np.ones(x.shape, bool), pure)
+    state_hint = r"Convert the mask into a copy of the params' State: .*nnx\.replace_by_pure_dict\(state, keep\)"
+    for call in (
+        lambda: jaxreg.pruning.keep_pruned(as_dicts).init(params),
+        lambda: jaxreg.pruning.apply_mask(params, as_dicts),
+    ):
+        with pytest.raises(ValueError, match=r"a dict where the params have a State; .*" + state_hint):
+            call()
+    # Following the hint works.
+    state = jax.tree.map(lambda x: x, params)
+    nnx.replace_by_pure_dict(state, as_dicts)
+    jaxreg.pruning.apply_mask(params, state)
+    # The reverse: a State mask for pure-dict params.
+    with pytest.raises(ValueError, match=r"a State where the params have a dict; .*keep = nnx\.to_pure_dict\(keep\)"):
+        jaxreg.pruning.apply_mask(pure, state)
+    jaxreg.pruning.apply_mask(pure, nnx.to_pure_dict(state))
+    # A mask that lacks a leaf gets no conversion hint: converting would not fix it.
+    del as_dicts[next(iter(as_dicts))]
+    with pytest.raises(ValueError) as info:
+        jaxreg.pruning.apply_mask(params, as_dicts)
+    assert "Convert" not in str(info.value)
+
+
 # Every jaxreg transform on an nnx.split state, outside nnx.Optimizer: the updates come
 # back in the params' Variable boxes, so optax.apply_updates pairs them.
 _BOXED_TRANSFORMS = {

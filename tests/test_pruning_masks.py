@@ -17,6 +17,7 @@ from torch.nn.utils import prune as tprune
 
 import jaxreg
 from jaxreg import masks, pruning
+from jaxreg.pruning import _select
 
 SETTINGS = settings(max_examples=15, deadline=None)
 # XLA's CPU backend flushes subnormals to zero, so they are left out of the inputs.
@@ -48,10 +49,10 @@ def _reference_pruned(scores, k):
     return np.argsort(scores, kind="stable")[:k]
 
 
-def _reference_keep(tree, sparsity, scope, score=np.abs, count=_f32_count):
-    """Keep masks from a numpy stable sort of the scores, per leaf or concatenated."""
+def _reference_keep(tree, sparsity, scope, score=np.abs, count=_f32_count, kinds="f"):
+    """Keep masks from a numpy stable sort of the scores (leaves of dtype ``kinds``), per leaf or concatenated."""
     leaves = [np.asarray(x) for x in jax.tree.leaves(tree)]
-    prunable = [x.ndim >= 1 and np.issubdtype(x.dtype, np.floating) for x in leaves]
+    prunable = [x.ndim >= 1 and x.dtype.kind in kinds for x in leaves]
     keep = [np.ones(x.shape, bool) for x in leaves]
     if scope == "leaf":
         for i, x in enumerate(leaves):
@@ -123,6 +124,24 @@ def test_mask_from_scores_ranks_signed_scores(tree, sparsity, scope):
     )
 
 
+@pytest.mark.parametrize("scope", ["leaf", "global"])
+@pytest.mark.parametrize("dtype", [np.bool_, np.int8, np.uint8, np.int32, np.uint32])
+def test_mask_from_scores_ranks_integer_and_bool_scores(dtype, scope):
+    # Scores are scores, whatever their dtype: ints (exactly, also beyond float32's 2**24)
+    # and bools are ranked as their values, ties in position order.
+    rng = np.random.default_rng(5)
+    info = np.iinfo(dtype) if dtype is not np.bool_ else None
+    low, high = (0, 2) if info is None else (info.min, info.max + 1)
+    tree = {"a": rng.integers(low, high, (6, 7), dtype=np.int64).astype(dtype), "b": np.zeros(9, dtype)}
+    if info is not None and info.bits == 32:
+        tree["b"] = (np.arange(9) + info.max - 8).astype(dtype)  # 9 distinct values, equal in float32
+    keep = pruning.mask_from_scores(tree, 0.4, scope)
+    _assert_same(
+        keep, _reference_keep(tree, 0.4, scope, score=lambda x: x, count=lambda s, n: round(s * n), kinds="biu")
+    )
+    assert sum(int((~k).sum()) for k in _leaves(keep)) > 0
+
+
 def _large_trees():
     """Over 2**20 weights, so the search starts from a sample and interpolates: smooth,
     bimodal (where interpolating the counts is far off) and heavily tied scores."""
@@ -145,6 +164,31 @@ def test_large_trees_prune_exactly_what_a_sort_prunes(name):
         _assert_same(keep, _reference_keep(params, sparsity, "global"))
     keep = pruning.magnitude_mask(params, 0.75)  # per leaf: one large group, one small
     _assert_same(keep, _reference_keep(params, 0.75, "leaf", count=lambda s, n: round(s * n)))
+
+
+def _many_leaves(seed, n_layers, rng_values):
+    """A transformer-like tree: many leaves of few shapes, so that same-shaped leaves are stacked."""
+    rng = np.random.default_rng(seed)
+    shapes = {"q": (8, 8), "k": (8, 8), "bias": (8,), "up": (8, 32), "up_bias": (32,), "down": (32, 8)}
+    return {f"layer{i}": {k: rng_values(rng, s) for k, s in shapes.items()} for i in range(n_layers)}
+
+
+@pytest.mark.parametrize("scope", ["leaf", "global"])
+@pytest.mark.parametrize("values", ["normal", "tied"])
+def test_many_leaves_of_few_shapes_prune_exactly_what_a_sort_prunes(scope, values, monkeypatch):
+    # Leaves of one shape are counted stacked; ties span leaves in tree order, and a
+    # batch limit smaller than the tree splits a shape's leaves over several stacks.
+    draw = {
+        "normal": lambda rng, s: rng.standard_normal(s).astype(np.float32),
+        "tied": lambda rng, s: rng.choice(np.float32([0.0, -0.5, 0.5, 1.0]), s),
+    }[values]
+    for n_layers, batch in [(12, _select._BATCH), (13, 700)]:  # another tree: compiled anew
+        monkeypatch.setattr(_select, "_BATCH", batch)
+        params = _many_leaves(3, n_layers, draw)
+        leaves = jax.tree.leaves(params)
+        assert any(len(batch) > 1 for batch in _select._batches(leaves, [0] * len(leaves), [10**4]))
+        keep = MAGNITUDE[scope](params, jnp.float32(0.77))
+        _assert_same(keep, _reference_keep(params, 0.77, scope))
 
 
 def test_all_equal_weights_prune_the_first_ones():
@@ -500,6 +544,17 @@ def test_sparsity_report_counts_and_table():
     assert pruning.sparsity_report(pruning.apply_mask(random_tree(0), keep)).pruned == report.pruned
 
 
+def test_sparsity_report_skips_rng_keys_and_counters_of_nnx_models():
+    model = nnx.Sequential(nnx.Linear(3, 4, rngs=nnx.Rngs(0)), nnx.Dropout(0.5, rngs=nnx.Rngs(1)))
+    for tree in (model, nnx.state(model)):
+        report = pruning.sparsity_report(tree)
+        assert [(x.shape, x.pruned) for x in report.leaves] == [((4,), 4), ((3, 4), 0)]  # zero biases
+        assert [dtype for _, dtype in report.skipped] == ["uint32", "key<fry>"]
+        assert all("rngs" in path for path, _ in report.skipped)
+        assert "skipped (neither bool nor float):" in str(report) and "key<fry>" in str(report)
+    assert pruning.sparsity_report({"step": np.arange(3, dtype=np.int32)}).skipped == (("['step']", "int32"),)
+
+
 # ---------------------------------------------------------------- documented errors
 
 PARAMS = {"dense": {"kernel": np.ones((3, 4), np.float32), "bias": np.ones(4, np.float32)}}
@@ -659,6 +714,11 @@ ERRORS = [
         r"the parameter's shape \(3, 4\)",
     ),
     (lambda: pruning.unit_norm_score(PARAMS, axis=2), ValueError, r"unit_norm_score: axis 2 is out of range"),
+    (
+        lambda: pruning.mask_from_scores({"w": np.ones(3, np.complex64)}, 0.5),
+        TypeError,
+        r"^mask_from_scores: the scores at scores\['w'\] are complex64; scores are real numbers",
+    ),
 ]
 
 

@@ -18,7 +18,11 @@ scalar). The subprocess reports one record per check; here each becomes a test:
 * ``sharded/<program>``, ``gradual_pruning_5_steps``: the same programs (and five
   steps of Adam with gradual global pruning) give one device's numbers;
 * ``bad_input/<case>``: trees that do not match the params raise errors naming the
-  leaf; a mesh axis that does not exist is JAX's error (jaxreg takes no axis names).
+  leaf; a mesh axis that does not exist is JAX's error (jaxreg takes no axis names);
+  with Explicit axes, ``n_m_mask`` names a leaf whose shards would split its blocks;
+* ``explicit/mask_without_mesh/<name>``: outside ``jax.set_mesh``, random masks and
+  scores (which read only the params' shapes) give one device's numbers, sharded as
+  the params.
 """
 
 from __future__ import annotations
@@ -61,7 +65,9 @@ BAD_INPUT = [
     "unknown_mesh_axis",
     "differently_sharded_bounds",
     "differently_sharded_keep",
+    "n_m_mask_blocks_across_shards",
 ]
+WITHOUT_MESH = ["random_mask", "random_mask_jit", "random_score"]
 CHECKS = [
     f"{mode}/{check}"
     for mode in ("auto", "explicit")
@@ -72,7 +78,7 @@ CHECKS = [
         + ["hlo/all_transforms", "hlo/all_masks", "gradual_pruning_5_steps"]
         + [f"bad_input/{name}" for name in BAD_INPUT]
     )
-]
+] + [f"explicit/mask_without_mesh/{name}" for name in WITHOUT_MESH]
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,14 @@ ranking); here the answer is found by bisection on an integer key that orders li
 float scores, counting per array. The search state is a few scalars per group, the
 counts are partial reductions that XLA lowers to all-reduces on sharded arrays, and the
 keys are recomputed inside every count instead of being stored. (XLA's CPU backend
-materializes the operand of a full reduction; :func:`count_true` makes that one byte
-per entry, and XLA reuses the buffer from one array to the next.)
+materializes the operand of a reduction; :func:`count_rows` makes that one byte per
+entry, and XLA reuses the buffer from one array to the next.)
+
+The compiled program grows with the number of distinct leaf shapes, not of leaves, so
+that a model with a thousand leaves compiles about as fast as one with a dozen: small
+leaves of one shape are stacked and counted together, and every per-leaf kernel reads
+its leaf's numbers at a runtime index (:func:`runtime_range`), which makes the kernels
+of all leaves of a shape one kernel that XLA compiles once.
 
 The order is total, which is what makes the counts exact: entries are ranked by
 ``(score, position)``, where the position of an entry is its row-major (flat) index
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -38,12 +45,19 @@ KeyFn = Callable[[jax.Array], jax.Array]
 
 
 def order_key(score: jax.Array) -> jax.Array:
-    """An int32 key with the order of ``score`` as float32: ``a < b`` iff ``key(a) < key(b)``.
+    """An int32 key with the order of ``score``: ``a < b`` iff ``key(a) < key(b)``.
 
-    Non-negative floats order like their bit patterns read as int32; negative ones in
-    reverse, so their low 31 bits are flipped (and shifted by one so that ``-0.0`` and
-    ``+0.0`` get the same key). NaN gets the largest key.
+    Bools and integers of up to 32 bits are ranked exactly: their values are the keys
+    (unsigned 32-bit ones shifted by ``-2**31``). Floats (and 64-bit integers) are
+    ranked as float32: non-negative floats order like their bit patterns read as int32;
+    negative ones in reverse, so their low 31 bits are flipped (and shifted by one so
+    that ``-0.0`` and ``+0.0`` get the same key). NaN gets the largest key.
     """
+    dtype = jnp.result_type(score)
+    if dtype == jnp.uint32:
+        return lax.bitcast_convert_type(score ^ np.uint32(2**31), jnp.int32)
+    if dtype == jnp.bool_ or (jnp.issubdtype(dtype, jnp.integer) and dtype.itemsize <= 4):
+        return score.astype(jnp.int32)
     s = score.astype(jnp.float32)
     bits = lax.bitcast_convert_type(s, jnp.int32)
     key = jnp.where(bits < 0, (bits ^ INT32_MAX) + 1, bits)
@@ -52,7 +66,8 @@ def order_key(score: jax.Array) -> jax.Array:
 
 _NAN_MAGNITUDE = 0x7F800001  # the bits of +inf, plus one
 
-# Below every key that order_key gives: ranks an entry under all others (and above none).
+# Below every key that order_key gives floats and integers of up to 16 bits (32-bit integers
+# use the whole int32 range, so only their two lowest values rank at or under it).
 BOTTOM_KEY = INT32_MIN + 1
 
 
@@ -82,46 +97,115 @@ def _on_mesh(x: jax.Array) -> bool:
     return mesh is not None and mesh.size > 1
 
 
-def count_true(flags: jax.Array) -> jax.Array:
-    """The number of True entries of a bool array, as int32.
+def count_rows(flags: jax.Array) -> jax.Array:
+    """The number of True entries in each row ``flags[j]`` of a bool array, as int32 of shape ``(rows,)``.
 
     On one device: XLA's CPU backend does not fuse a producer into a full reduction,
-    so the reduced operand is materialized; summed as uint8 in blocks of 128 of the
-    flattened array (which cannot overflow), it takes one byte per entry instead of
+    so the reduced operand is materialized; summed as uint8 in blocks of 128 of each
+    flattened row (which cannot overflow), it takes one byte per entry instead of
     four. On a mesh the flags are summed in their own shape instead: flattening would
     make XLA gather a leaf split on any axis but the first (and is a type error with
-    explicit axes), while a full reduction is local sums plus one all-reduce.
+    explicit axes), while a reduction is local sums plus one all-reduce.
     """
+    rows = flags.shape[0]
     if _on_mesh(flags):
-        return jnp.sum(flags, dtype=jnp.int32)
-    flags = flags.reshape(-1)
+        return jnp.sum(flags, axis=tuple(range(1, flags.ndim)), dtype=jnp.int32)
+    flags = flags.reshape(rows, -1)
     block = 128
-    pad = (-flags.shape[0]) % block
+    pad = (-flags.shape[1]) % block
     if pad:
-        flags = jnp.pad(flags, (0, pad))
-    partial = jnp.sum(flags.reshape(-1, block).astype(jnp.uint8), axis=1, dtype=jnp.uint8)
-    return jnp.sum(partial, dtype=jnp.int32)
+        flags = jnp.pad(flags, ((0, 0), (0, pad)))
+    partial = jnp.sum(flags.reshape(rows, -1, block).astype(jnp.uint8), axis=2, dtype=jnp.uint8)
+    return jnp.sum(partial, axis=1, dtype=jnp.int32)
 
 
-def flat_index(shape: tuple[int, ...], offset: int | jax.Array) -> jax.Array:
-    """``offset`` plus the row-major (flat) index of every entry of an array of ``shape``, as int32.
+def positions(shape: tuple[int, ...], offsets: jax.Array) -> jax.Array:
+    """``offsets[r]`` plus the row-major (flat) index of each entry within row ``r``, as int32 of ``shape``.
 
-    Built from one iota per axis, so that it takes the sharding of the array it is
-    compared with instead of forcing a 1-D layout.
+    For stacked arrays of ``shape = (rows, *leaf_shape)``. Built from one iota per axis,
+    so that it takes the sharding of the array it is compared with instead of forcing a
+    1-D layout, and starting from the offsets, so that XLA computes it where it is used
+    (the offsets are tied to the counting pass) instead of holding it as a full-size array.
     """
-    index = jnp.asarray(offset, jnp.int32)
+    index = offsets.reshape((-1,) + (1,) * (len(shape) - 1))
     stride = 1
-    for axis in reversed(range(len(shape))):
+    for axis in reversed(range(1, len(shape))):
         index = index + lax.broadcasted_iota(jnp.int32, shape, axis) * stride
         stride *= shape[axis]
     return jnp.broadcast_to(index, shape)
 
 
-def _group_sums(per_leaf: Sequence[jax.Array], groups: Sequence[int], n_groups: int) -> jax.Array:
-    sums: list[jax.Array] = [jnp.zeros([], jnp.int32)] * n_groups
-    for value, g in zip(per_leaf, groups):
-        sums[g] = sums[g] + value
-    return jnp.stack(sums)
+def runtime_range(n: int) -> list[jax.Array]:
+    """The ints ``0 .. n-1`` as ``n`` int32 scalars whose values XLA does not know when it compiles.
+
+    Per-leaf work that reads its leaf's entry of a vector at such an index, instead of
+    at a constant one, compiles to the same kernel for every leaf of a shape, and XLA
+    compiles that kernel once: the compile time then grows with the number of distinct
+    leaf shapes, not of leaves. (A constant index, or a per-leaf constant such as an
+    offset, is folded into each leaf's kernel and makes them all different.) The
+    values pass through a loop that runs zero times on a counter XLA cannot see
+    through (an optimization barrier), so they are not folded back to constants.
+    """
+
+    def never(carry: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+        start, *values = carry
+        return (start + 1, *[v + start for v in values])
+
+    start = lax.optimization_barrier(jnp.zeros([], jnp.int32))
+    _, *values = lax.while_loop(lambda c: c[0] < 0, never, (start, *[jnp.int32(i) for i in range(n)]))
+    return values
+
+
+def entry(vector: jax.Array, index: jax.Array) -> jax.Array:
+    """``vector[index]`` for a runtime scalar index (see :func:`runtime_range`)."""
+    return lax.dynamic_index_in_dim(vector, index, keepdims=False)
+
+
+def _sample_stride(size: int) -> int:
+    return max(1, size // _SAMPLE)
+
+
+def _batches(leaves: Sequence[jax.Array], groups: Sequence[int], sizes: Sequence[int]) -> list[list[int]]:
+    """The leaves counted together, as lists of indices: small leaves of one shape, dtype and sample stride.
+
+    A batch is stacked once and counted by one reduction per pass, so that the program
+    grows with the number of distinct shapes of the small leaves, not with their
+    number. Only leaves of fewer than ``_SMALL`` entries are stacked, at most ``_BATCH``
+    entries together, and at most ``_STACKED`` of all entries (the stacks are a copy);
+    every other leaf, and every leaf on a mesh (stacking leaves split differently would
+    move them between devices), is a batch of its own.
+    """
+    budget = _STACKED * sum(x.size for x in leaves)
+    batches: list[list[int]] = []
+    open_batch: dict[Any, int] = {}
+    for i, x in enumerate(leaves):
+        if _on_mesh(x) or x.size >= _SMALL or x.size > budget:
+            batches.append([i])
+            continue
+        budget -= x.size
+        kind = (x.shape, x.dtype, _sample_stride(sizes[groups[i]]))
+        b = open_batch.get(kind)
+        if b is None or (len(batches[b]) + 1) * x.size > _BATCH:
+            open_batch[kind] = b = len(batches)
+            batches.append([])
+        batches[b].append(i)
+    return batches
+
+
+def _stacked(leaves: Sequence[jax.Array], batch: Sequence[int], index: Sequence[jax.Array]) -> jax.Array:
+    """The leaves of ``batch`` stacked on a new first axis.
+
+    Written one by one into a buffer at runtime indices (see :func:`runtime_range`): the
+    writes of all leaves of a shape are one kernel, where a concatenation compiles code
+    for every operand.
+    """
+    first = leaves[batch[0]]
+    if len(batch) == 1:
+        return first[None]
+    stack = jnp.zeros((len(batch), *first.shape), first.dtype)
+    for j, i in enumerate(batch):
+        stack = lax.dynamic_update_index_in_dim(stack, leaves[i], index[j], axis=0)
+    return stack
 
 
 # Probes before every group's [lo, hi] is one key: 2 from the sample, at most 32
@@ -132,10 +216,15 @@ _MAX_PASSES = 2 + 3 * 32 + 2 * 16
 # would be gathered), and interpolation probes after: their counts look continuous.
 _DENSE = 1 << 20
 _SAMPLE = 1 << 16
+# Leaves of fewer entries are stacked by shape, at most _BATCH entries together (see _batches).
+_SMALL = 1 << 18
+_BATCH = 1 << 20
+_STACKED = 0.5
 
 
 def _sample_probes(
-    leaves: Sequence[jax.Array],
+    stacks: Sequence[jax.Array],
+    batches: Sequence[Sequence[int]],
     key_fn: KeyFn,
     groups: Sequence[int],
     n_groups: int,
@@ -151,16 +240,17 @@ def _sample_probes(
     ``(high, low)`` per group (ignored for groups under ``_DENSE``), or None when no
     group is that large.
     """
-    if any(_on_mesh(x) for x in leaves):
+    if any(_on_mesh(x) for x in stacks):
         return None  # a strided sample of a sharded leaf would be gathered
-    strides = [max(1, size // _SAMPLE) for size in sizes]
     keys, ids, lengths = [], [], [0] * n_groups
-    for x, g in zip(leaves, groups):
-        if sizes[g] >= _DENSE:
-            sample = key_fn(x.reshape(-1)[:: strides[g]])
-            keys.append(sample)
-            ids.append(jnp.full(sample.shape, g, jnp.int32))
-            lengths[g] += sample.shape[0]
+    for stack, batch in zip(stacks, batches):
+        stride = _sample_stride(sizes[groups[batch[0]]])
+        if sizes[groups[batch[0]]] >= _DENSE:
+            sample = key_fn(stack.reshape(len(batch), -1)[:, ::stride])
+            keys.append(sample.reshape(-1))
+            ids.append(jnp.repeat(jnp.asarray([groups[i] for i in batch], jnp.int32), sample.shape[1]))
+            for i in batch:
+                lengths[groups[i]] += sample.shape[1]
     if not keys:
         return None
     _, ordered = lax.sort((jnp.concatenate(ids), jnp.concatenate(keys)), num_keys=2)
@@ -200,6 +290,11 @@ def lowest(
     passes find the position up to which the ties at ``T`` are taken. Continuous scores
     have no ties, so that second search rarely runs. A last pass writes the marks.
 
+    Leaves of fewer than ``_SMALL`` entries are stacked by shape (at most ``_BATCH``
+    entries per stack, ``_STACKED`` of all entries in all) and counted stack by stack;
+    the others are counted on their own. The extra memory is the stacks, a one-byte
+    counting buffer of the largest stack or leaf, and the bool output.
+
     Args:
       leaves: the arrays.
       key_fn: maps an array to its int32 keys (see :func:`order_key`); it is traced
@@ -224,31 +319,51 @@ def lowest(
         sizes[g] += x.size
     sizes_arr = jnp.asarray(sizes, jnp.int32)
 
-    def below(x: jax.Array, offset: int | jax.Array, key: jax.Array, position: jax.Array) -> jax.Array:
-        # (key(x), position) < (key, position), entry by entry, in the array's own shape
-        # (and sharding): the position is the flat index, computed, not flattened to.
-        keys = key_fn(x)
-        return (keys < key) | ((keys == key) & (flat_index(x.shape, offset) < position))
+    index = runtime_range(len(leaves))
+    batches = _batches(leaves, groups, sizes)
+    stacks = [_stacked(leaves, batch, index) for batch in batches]
+    group_of = jnp.asarray(groups, jnp.int32)
+    offset_of = jnp.asarray(offsets, jnp.int32)
+    segment_ids = jnp.asarray([groups[i] for batch in batches for i in batch], jnp.int32)
+
+    def of_batch(batch: Sequence[int], per_leaf: jax.Array) -> jax.Array:
+        # The entries of a per-leaf vector for the leaves of a batch. A leaf alone reads
+        # its entry at a runtime index, so that its kernels are those of every leaf of its
+        # shape (see runtime_range).
+        if len(batch) == 1:
+            return entry(per_leaf, index[batch[0]])[None]
+        return per_leaf[np.asarray(batch)]
+
+    def below(xs: jax.Array, offsets: jax.Array, key: jax.Array, position: jax.Array) -> jax.Array:
+        # (key(x), position) < (key, position), entry by entry, for stacked leaves xs with
+        # one offset, key and position each, in the leaves' own shape (and sharding): the
+        # position is the flat index, computed, not flattened to.
+        column = (-1,) + (1,) * (xs.ndim - 1)
+        keys, key = key_fn(xs), key.reshape(column)
+        position_of = positions(xs.shape, offsets)
+        return (keys < key) | ((keys == key) & (position_of < position.reshape(column)))
 
     def count(step: jax.Array, predicate: Callable[..., jax.Array], *args: jax.Array) -> jax.Array:
-        # Tied to the step by a barrier, the leaves look loop-variant to XLA, which then
-        # recomputes their keys inside each counting pass instead of hoisting them out
-        # of the loop as full-size int32 arrays (that would triple the extra memory).
-        tied, tied_offsets, _ = lax.optimization_barrier((list(leaves), jnp.asarray(offsets, jnp.int32), step))
-        per_leaf = [
-            count_true(predicate(x, tied_offsets[j], *[a[g] for a in args]))
-            for j, (x, g) in enumerate(zip(tied, groups))
+        # Tied to the step by a barrier, the stacks and offsets look loop-variant to XLA,
+        # which then computes their keys and positions inside each counting pass instead
+        # of hoisting them out of the loop as full-size arrays (that would triple the
+        # extra memory).
+        tied, tied_offsets, _ = lax.optimization_barrier((stacks, offset_of, step))
+        per_leaf_args = [a[group_of] for a in args]
+        rows = [
+            count_rows(predicate(stack, *[of_batch(batch, v) for v in (tied_offsets, *per_leaf_args)]))
+            for stack, batch in zip(tied, batches)
         ]
-        return _group_sums(per_leaf, groups, n_groups)
+        return jax.ops.segment_sum(jnp.concatenate(rows), segment_ids, num_segments=n_groups)
 
-    def at_most(x: jax.Array, offset: jax.Array, key: jax.Array) -> jax.Array:
-        del offset
-        return key_fn(x) <= key
+    def at_most(xs: jax.Array, offsets: jax.Array, key: jax.Array) -> jax.Array:
+        del offsets
+        return key_fn(xs) <= key.reshape((-1,) + (1,) * (xs.ndim - 1))
 
     # The threshold key T of a group: the least key with count(key <= T) >= counts[g].
     # Search state per group: T lies in [lo, hi], with below = count(key < lo) < counts
     # <= count(key <= hi) = at_hi. Each pass counts the keys <= one probe per group.
-    sampled = _sample_probes(leaves, key_fn, groups, n_groups, sizes, counts)
+    sampled = _sample_probes(stacks, batches, key_fn, groups, n_groups, sizes, counts)
     dense = jnp.asarray([size >= _DENSE for size in sizes])
 
     def probe(i: jax.Array, lo: jax.Array, hi: jax.Array, below: jax.Array, at_hi: jax.Array, halve: jax.Array):
@@ -330,4 +445,16 @@ def lowest(
     start = (jnp.zeros([], jnp.int32), jnp.zeros((n_groups,), jnp.int32), sizes_arr)
     _, _, position = lax.while_loop(ties_left, halve_positions, start)
     cut = jnp.where(at_threshold > counts, position, sizes_arr)
-    return [below(x, o, threshold[g], cut[g]) for x, g, o in zip(leaves, groups, offsets)]
+    # The marks, leaf by leaf: each leaf reads its offset, threshold and cut at a runtime
+    # index, so that its kernel is the same as that of every leaf of its shape (and
+    # compiled once); stacked marks would have to be copied out to the leaves by
+    # kernels that differ from leaf to leaf.
+    # The marks, leaf by leaf (stacks of them would all be made at once, a copy of every
+    # small leaf): each leaf reads its offset, threshold and cut at a runtime index, so
+    # that its kernel is that of every leaf of its shape (see runtime_range).
+    table = jnp.stack([offset_of, threshold[group_of], cut[group_of]], axis=1)
+    marks = []
+    for j, x in enumerate(leaves):
+        offset, key, position = entry(table, index[j])
+        marks.append(below(x[None], offset[None], key[None], position[None])[0])
+    return marks

@@ -29,11 +29,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import nnx
 
 from jaxreg import _checks, _tree
 from jaxreg.masks import Mask
 from jaxreg.pruning import _select
-from jaxreg.pruning.scores import Score, magnitude_score, uniform_leaf, unit_norm
+from jaxreg.pruning.scores import Score, magnitude_score, uniform_draws, unit_norm
 
 __all__ = [
     "apply_mask",
@@ -50,10 +51,16 @@ def _prunable(leaf: Any) -> bool:
     return jnp.ndim(leaf) >= 1 and jnp.issubdtype(jnp.result_type(leaf), jnp.floating)
 
 
-def _candidates(fn: str, where: Mask, params: Any, leaves: Sequence[Any]) -> list[bool]:
-    """Leaves to prune: selected by ``where``, floating point, not scalars."""
+def _rankable(score: Any) -> bool:
+    return jnp.ndim(score) >= 1 and jnp.result_type(score).kind in "biuf"
+
+
+def _candidates(
+    fn: str, where: Mask, params: Any, leaves: Sequence[Any], kind: Callable[[Any], bool] = _prunable
+) -> list[bool]:
+    """Leaves to prune: selected by ``where`` and of the ``kind`` (default floating point), not scalars."""
     selected = _tree.resolve_mask(fn, where, params, arg="where")
-    return [s and _prunable(x) for s, x in zip(selected, leaves)]
+    return [s and kind(x) for s, x in zip(selected, leaves)]
 
 
 def check_sparsity(fn: str, value: Any, path: _tree.KeyPath | None = None, name: str = "sparsity") -> None:
@@ -149,16 +156,18 @@ def rank_keep(
     where: Mask,
     key_fn: _select.KeyFn,
     prepare: Callable[[int, jax.Array], jax.Array] | None = None,
+    kind: Callable[[Any], bool] = _prunable,
 ) -> Any:
     """Keeps all but the lowest-ranked weights, per leaf or over the tree.
 
     ``amount`` is ``(name, value)`` from :func:`amount_of`. ``prepare(i, leaf)`` gives
     the array to rank for leaf ``i`` (default: the leaf), and ``key_fn`` maps it to
-    int32 keys inside each counting pass.
+    int32 keys inside each counting pass. ``kind(leaf)`` says which leaves may be
+    pruned (default: floating-point arrays with at least one dimension).
     """
     _checks.check_scope(fn, scope)
     paths, leaves, treedef = _tree.leaves_with_paths(params)
-    picked = [i for i, c in enumerate(_candidates(fn, where, params, leaves)) if c]
+    picked = [i for i, c in enumerate(_candidates(fn, where, params, leaves, kind)) if c]
     sizes = [int(np.prod(jnp.shape(leaves[i]), dtype=np.int64)) for i in picked]
     if scope == "global":
         name, value = amount
@@ -256,8 +265,10 @@ def mask_from_scores(
     class; here a score is just a pytree.
 
     Args:
-      scores: a pytree of float arrays with the params' structure and shapes. Negative
-        scores are allowed (they rank below zero).
+      scores: a pytree of arrays of real numbers with the params' structure and shapes:
+        float, int or bool (ints and bools of up to 32 bits are ranked exactly, floats
+        as float32). Negative scores are allowed (they rank below zero). Scalars are
+        never pruned.
       sparsity: fraction to prune, in ``[0, 1]``: a number, a traced scalar or, with
         ``scope="leaf"``, a pytree with one number per leaf.
       scope: ``"leaf"`` or ``"global"``.
@@ -270,8 +281,16 @@ def mask_from_scores(
     Returns:
       A pytree of bool arrays with the scores' structure and shapes, True = keep.
     """
-    amount = amount_of("mask_from_scores", sparsity, keep_ratio, num_pruned)
-    return rank_keep("mask_from_scores", scores, amount, scope, where, _select.order_key)
+    fn = "mask_from_scores"
+    amount = amount_of(fn, sparsity, keep_ratio, num_pruned)
+    paths, leaves, _ = _tree.leaves_with_paths(scores)
+    for path, x in zip(paths, leaves):
+        if jnp.result_type(x).kind not in "biuf":
+            raise TypeError(
+                f"{fn}: the scores at scores{jax.tree_util.keystr(path)} are {jnp.result_type(x)}; scores are "
+                "real numbers (float, int or bool), so rank e.g. their absolute values."
+            )
+    return rank_keep(fn, scores, amount, scope, where, _select.order_key, kind=_rankable)
 
 
 def random_mask(
@@ -289,7 +308,9 @@ def random_mask(
     The weights are ranked by :func:`~jaxreg.pruning.scores.random_score` (one uniform
     draw per weight, leaf ``i`` drawing from ``fold_in(key, i)``), so the count is exact
     as for :func:`magnitude_mask`. ``torch.nn.utils.prune.random_unstructured`` prunes
-    the same number per layer from torch's own generator.
+    the same number per layer from torch's own generator. On params sharded with
+    explicit mesh axes the draws are made on the params' devices, sharded as them (no
+    ``jax.set_mesh`` needed), and are the same numbers as on one device.
 
     Args:
       key: a JAX PRNG key.
@@ -307,10 +328,11 @@ def random_mask(
       A pytree of bool arrays with the params' structure and shapes, True = keep.
     """
     # Draws only for the pruned leaves, exactly what random_score(key) draws for them.
-    amount = amount_of("random_mask", sparsity, keep_ratio, num_pruned)
-    return rank_keep(
-        "random_mask", params, amount, scope, where, _select.order_key, lambda i, x: uniform_leaf(key, i, x)
-    )
+    fn = "random_mask"
+    amount = amount_of(fn, sparsity, keep_ratio, num_pruned)
+    leaves = jax.tree.leaves(_tree.unbox(params))
+    draws = uniform_draws(key, leaves, _candidates(fn, where, params, leaves))
+    return rank_keep(fn, params, amount, scope, where, _select.order_key, lambda i, x: draws[i])
 
 
 def threshold_mask(params: optax.Params, threshold: chex.Numeric | Any, where: Mask = None) -> Any:
@@ -466,7 +488,8 @@ def n_m_mask(
     Args:
       params: a pytree of arrays (NNX ``Variable`` boxes are unwrapped).
       n: weights kept per block, ``1 <= n <= m``.
-      m: block length; it must divide the length of ``axis`` in every pruned leaf.
+      m: block length; it must divide the length of ``axis`` in every pruned leaf
+        and, with explicit mesh axes, the length of each of its shards along ``axis``.
       axis: the axis along which blocks run.
       score: a function ``params -> per-weight scores``; default ``|w|``.
       where: selector; True where pruning is considered.
@@ -493,8 +516,34 @@ def n_m_mask(
     if picked:
         scores = scores_for(fn, score, params, paths, leaves)
         for i in picked:
+            _check_blocks_within_shards(fn, m, axis, paths[i], scores[i])
             keep[i] = _keep_n_of_m(jnp.asarray(scores[i]), n=n, m=m, axis=axis)
     return treedef.unflatten(keep)
+
+
+def _check_blocks_within_shards(fn: str, m: int, axis: int, path: _tree.KeyPath, score: Any) -> None:
+    """Raises a ValueError naming the leaf when blocks of ``m`` would straddle the shards of ``axis``.
+
+    Only with explicit mesh axes, where the blocks are formed within each shard (JAX
+    refuses the reshape otherwise); with automatic axes XLA moves what the blocks need.
+    """
+    sharding = _tree.explicit_sharding(score)
+    if sharding is None:
+        return
+    spec = tuple(sharding.spec) + (None,) * (jnp.ndim(score) - len(sharding.spec))
+    names = spec[axis]
+    if names is None:
+        return
+    names = names if isinstance(names, tuple) else (names,)
+    shards = int(np.prod([sharding.mesh.shape[name] for name in names]))
+    shard_length = jnp.shape(score)[axis] // shards
+    if shard_length % m:
+        raise ValueError(
+            f"{fn}: blocks of m={m} along axis {axis} of params{jax.tree_util.keystr(path)} with shape "
+            f"{jnp.shape(score)} would straddle its shards: that axis is split over the mesh axes {names} into "
+            f"{shards} shards of {shard_length}. Choose an m that divides {shard_length}, split that axis so "
+            "that each shard holds a multiple of m entries (or not at all), or leave the leaf out with where=."
+        )
 
 
 @functools.partial(jax.jit, static_argnames=("n", "m", "axis"))
@@ -528,12 +577,42 @@ def apply_mask(params: optax.Params, keep: Any) -> Any:
     """
     fn = "apply_mask"
     paths, leaves, treedef = _tree.leaves_with_paths(params)
-    keeps = _tree.match_tree(fn, "keep", keep, params)
+    keeps = match_keep(fn, keep, params)
     check_keep_shapes(fn, paths, leaves, keeps)
     out = [
         jnp.where(jnp.asarray(k).astype(jnp.bool_), x, jnp.zeros((), jnp.result_type(x))) for x, k in zip(leaves, keeps)
     ]
     return treedef.unflatten(out)
+
+
+def match_keep(fn: str, keep: Any, params: Any) -> list[Any]:
+    """The leaves of the pruning mask ``keep``, aligned with the params' leaves.
+
+    A mismatch raises the ``ValueError`` of the other tree arguments; when the mask has
+    the params' leaf paths but is a pure dict where the params are an NNX ``State`` (or
+    the reverse), the message also says how to convert it.
+    """
+    try:
+        return _tree.match_tree(fn, "keep", keep, params)
+    except ValueError as error:
+        convert = _state_conversion(keep, params)
+        if convert is None:
+            raise
+        raise ValueError(f"{error} {convert}") from None
+
+
+def _state_conversion(keep: Any, params: Any) -> str | None:
+    """How to turn a pure-dict mask into the params' ``nnx.State`` (or the reverse); None if that is not the fix."""
+    keep_is_state, params_is_state = isinstance(keep, nnx.State), isinstance(params, nnx.State)
+    same_paths = _tree.leaves_with_paths(keep)[0] == _tree.leaves_with_paths(params)[0]
+    if keep_is_state == params_is_state or not same_paths:
+        return None
+    if keep_is_state:
+        return "Convert the mask with keep = nnx.to_pure_dict(keep)."
+    return (
+        "Convert the mask into a copy of the params' State: state = jax.tree.map(lambda x: x, params); "
+        "nnx.replace_by_pure_dict(state, keep); then give state as keep."
+    )
 
 
 def check_keep_shapes(fn: str, paths: Sequence[_tree.KeyPath], leaves: Sequence[Any], keeps: Sequence[Any]) -> None:

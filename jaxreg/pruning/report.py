@@ -33,6 +33,8 @@ class SparsityReport:
     """Pruned counts per leaf and in total; ``str(report)`` is a printable table."""
 
     leaves: tuple[LeafSparsity, ...]
+    #: ``(path, dtype)`` of each leaf left out: neither bool nor floating point (RNG keys, counters).
+    skipped: tuple[tuple[str, str], ...] = ()
 
     @property
     def size(self) -> int:
@@ -64,6 +66,8 @@ class SparsityReport:
             if i == len(rows) - 1:
                 lines.append("-" * len(lines[0]))
             lines.append(f"{path:<{width}}  {shape:<{shape_width}}  {size:>12,}  {pruned:>12,}  {frac:>8.2%}")
+        if self.skipped:
+            lines.append("skipped (neither bool nor float): " + ", ".join(f"{p} {d}" for p, d in self.skipped))
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -73,29 +77,41 @@ class SparsityReport:
 def sparsity_report(tree: Any) -> SparsityReport:
     """Counts the pruned entries of a pruning mask, or the exact zeros of params.
 
-    A bool leaf is read as a pruning mask (``False`` = pruned); any other leaf as
-    parameters, whose exact zeros (``0.0`` and ``-0.0``) are counted as pruned, so the
-    report of ``apply_mask(params, keep)`` matches that of ``keep`` unless some kept
-    weights are zero. The counts are reduced on the device, leaf by leaf, and only
-    the scalars are fetched. Call it outside ``jit``; it returns Python numbers. The
-    counterpart of summing ``(module.weight_mask == 0)`` over modules in PyTorch.
+    A bool leaf is read as a pruning mask (``False`` = pruned); a floating-point leaf
+    as parameters, whose exact zeros (``0.0`` and ``-0.0``) are counted as pruned, so
+    the report of ``apply_mask(params, keep)`` matches that of ``keep`` unless some
+    kept weights are zero. Other leaves (integer counters, RNG keys: any model with
+    ``nnx.Rngs`` or dropout holds both) are never pruned; they are left out of the
+    counts and listed in ``.skipped``. The counts are reduced on the device, leaf by
+    leaf, and only the scalars are fetched. Call it outside ``jit``; it returns Python
+    numbers. The counterpart of summing ``(module.weight_mask == 0)`` over modules in
+    PyTorch.
 
     Args:
-      tree: a pruning mask or a pytree of parameters (NNX ``Variable`` boxes are
-        unwrapped); mixed trees are read leaf by leaf.
+      tree: a pruning mask, a pytree of parameters or an NNX module or ``State`` (NNX
+        ``Variable`` boxes are unwrapped); mixed trees are read leaf by leaf.
 
     Returns:
       A :class:`SparsityReport`: ``.leaves`` (path, shape, size, pruned, sparsity per
-      leaf), ``.size``, ``.pruned``, ``.sparsity`` for the whole tree, and ``str()``
-      / ``.table()`` for a printable table.
+      leaf), ``.size``, ``.pruned``, ``.sparsity`` for the whole tree, ``.skipped``
+      (path and dtype of each leaf left out), and ``str()`` / ``.table()`` for a
+      printable table.
     """
-    paths, leaves, _ = _tree.leaves_with_paths(tree)
+    all_paths, leaves, _ = _tree.leaves_with_paths(tree)
     if any(isinstance(x, jax.core.Tracer) for x in leaves):
         raise TypeError("sparsity_report: got traced values; call it outside jit (it returns Python numbers).")
-    counts = []
-    for x in leaves:
-        x = jnp.asarray(x)
-        counts.append(jnp.sum(~x) if x.dtype == jnp.bool_ else jnp.sum(x == 0))
+    paths, reported, counts, skipped = [], [], [], []
+    for path, x in zip(all_paths, leaves):
+        dtype = jnp.result_type(x)
+        if dtype == jnp.bool_:
+            counts.append(jnp.sum(~jnp.asarray(x)))
+        elif jnp.issubdtype(dtype, jnp.inexact):
+            counts.append(jnp.sum(jnp.asarray(x) == 0))
+        else:
+            skipped.append((jax.tree_util.keystr(path), str(dtype)))
+            continue
+        paths.append(path)
+        reported.append(x)
     counts = jax.device_get(counts)
     return SparsityReport(
         tuple(
@@ -105,6 +121,7 @@ def sparsity_report(tree: Any) -> SparsityReport:
                 int(np.prod(jnp.shape(x), dtype=np.int64)),
                 int(c),
             )
-            for path, x, c in zip(paths, leaves, counts)
-        )
+            for path, x, c in zip(paths, reported, counts)
+        ),
+        tuple(skipped),
     )

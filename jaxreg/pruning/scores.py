@@ -10,7 +10,7 @@ functions instead of updater objects.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -18,8 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax import lax
 
 from jaxreg import _checks, _tree
+from jaxreg.pruning import _select
 
 __all__ = ["Score", "activation_score", "magnitude_score", "random_score", "snip_score", "unit_norm_score"]
 
@@ -54,22 +56,58 @@ def random_score(key: jax.Array) -> Score:
 
     def score(params: optax.Params) -> Any:
         leaves, treedef = jax.tree.flatten(_tree.unbox(params))
-        return treedef.unflatten([uniform_leaf(key, i, x) for i, x in enumerate(leaves)])
+        return treedef.unflatten(uniform_draws(key, leaves))
 
     return score
 
 
-def uniform_leaf(key: jax.Array, index: int, leaf: Any) -> jax.Array:
-    """The uniform float32 draws of :func:`random_score` for the leaf at ``index``."""
-    key = jax.random.fold_in(key, index)
-    sharding = _tree.explicit_sharding(leaf)
-    if sharding is not None:
-        # Drawn in place on the leaf's devices; the partitionable threefry (JAX's
-        # default) gives the same bits as the flat draw below.
-        return jax.random.uniform(key, jnp.shape(leaf), out_sharding=sharding)
-    # Drawn flat: XLA compiles a 1-D threefry much faster than one of the leaf's rank.
-    size = int(np.prod(jnp.shape(leaf), dtype=np.int64))
-    return jax.random.uniform(key, (size,)).reshape(jnp.shape(leaf))
+def uniform_draws(key: jax.Array, leaves: Sequence[Any], picked: Sequence[bool] | None = None) -> list[Any]:
+    """The uniform float32 draws of :func:`random_score`: leaf ``i`` from ``fold_in(key, i)``.
+
+    Leaves of one shape are drawn together, one threefry vmapped over their keys, and
+    each reads its row at a runtime index (:func:`~jaxreg.pruning._select.runtime_range`):
+    the program holds one threefry per shape, not one per leaf. Each is drawn flat (XLA
+    compiles a 1-D threefry much faster than one of the leaf's rank); leaves with
+    explicit mesh axes are drawn on their own devices (:func:`uniform_leaf`).
+
+    Args:
+      key: a JAX PRNG key.
+      leaves: the arrays to draw for (only their shapes and shardings are read).
+      picked: per leaf, whether to draw for it (default all); the others get None.
+
+    Returns:
+      One float32 array per leaf, shaped like it, uniform in ``[0, 1)``.
+    """
+    index = _select.runtime_range(len(leaves))
+    draws: list[Any] = [None] * len(leaves)
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, leaf in enumerate(leaves):
+        if picked is not None and not picked[i]:
+            continue
+        if _tree.explicit_sharding(leaf) is not None:
+            draws[i] = uniform_leaf(jax.random.fold_in(key, index[i]), leaf)
+        else:
+            by_shape.setdefault(tuple(jnp.shape(leaf)), []).append(i)
+    for shape, members in by_shape.items():
+        size = int(np.prod(shape, dtype=np.int64))
+        keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.asarray(members, jnp.int32))
+        stack = jax.vmap(lambda k, size=size: jax.random.uniform(k, (size,)))(keys)
+        for j, i in enumerate(members):
+            draws[i] = _select.entry(stack, index[j]).reshape(shape)
+    return draws
+
+
+@jax.jit
+def uniform_leaf(key: jax.Array, leaf: jax.Array) -> jax.Array:
+    """Uniform float32 draws from ``key`` shaped and sharded as ``leaf`` (explicit mesh axes), on its devices.
+
+    The partitionable threefry (JAX's default) gives the same bits as the flat draw of
+    :func:`uniform_draws`. The draws are tied to the leaf by an optimization barrier: a
+    program that reads only the leaf's shape would drop the leaf, and with it the
+    devices the draws' sharding names (then JAX asks for ``jax.set_mesh``).
+    """
+    draws = jax.random.uniform(key, jnp.shape(leaf), out_sharding=jax.typeof(leaf).sharding)
+    return lax.optimization_barrier((draws, leaf))[0]
 
 
 def snip_score(loss_fn: Callable[..., jax.Array], *args: Any, **kwargs: Any) -> Score:

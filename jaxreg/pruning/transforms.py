@@ -21,7 +21,7 @@ from jax import lax
 from jaxreg import _checks, _param_space, _rules, _tree
 from jaxreg.masks import Mask
 from jaxreg.pruning import _select
-from jaxreg.pruning.masks import check_keep_shapes, check_sparsity, rank_keep, scores_for
+from jaxreg.pruning.masks import check_keep_shapes, check_sparsity, match_keep, rank_keep, scores_for
 from jaxreg.pruning.scores import Score
 
 __all__ = ["KeepPrunedState", "PruneState", "keep_pruned", "prune_during_training"]
@@ -93,13 +93,13 @@ def _aligned(fn: str, updates: Any, params: Any, keep: Any) -> tuple[list, list,
         raise _param_space.needs_params_error(fn)
     paths, p_leaves, treedef = _tree.leaves_with_paths(params)
     u_leaves = _tree.match_tree(fn, "updates", updates, params, broadcast=False)
-    keeps = _tree.match_tree(fn, "keep", keep, params)
+    keeps = match_keep(fn, keep, params)
     return paths, p_leaves, u_leaves, keeps, treedef
 
 
 def _keep_leaves(fn: str, keep: Any, params: Any) -> list[jax.Array]:
     paths, leaves, _ = _tree.leaves_with_paths(params)
-    keeps = _tree.match_tree(fn, "keep", keep, params)
+    keeps = match_keep(fn, keep, params)
     check_keep_shapes(fn, paths, leaves, keeps)
     return [jnp.asarray(k).astype(jnp.bool_) for k in keeps]
 

@@ -558,6 +558,52 @@ def check_bad_input(rec: Recorder, mode: str, mesh: Mesh, ref: References) -> No
             rec.error(f"{mode}/bad_input/{name}", exc)
 
 
+def check_masks_without_mesh(rec: Recorder, mode: str, mesh: Mesh, ref: References) -> None:
+    """Outside ``jax.set_mesh``: random masks and scores work; n_m_mask names a leaf whose shards split its blocks.
+
+    Random masks read only the params' shapes; with Explicit axes their draws are placed
+    by the params' shardings, which name the mesh (with Auto axes nothing does).
+    """
+    sp = jax.device_put(ref.params, shardings(mesh))
+    random_global = mask_functions()["random_mask_global"]
+    score = pruning.random_score(jax.random.key(3))
+    cases = {
+        "random_mask": (lambda: random_global(sp), ref.masks["random_mask_global"][0]),
+        "random_mask_jit": (lambda: jax.jit(random_global)(sp), ref.masks["random_mask_global"][0]),
+        "random_score": (lambda: score(sp), score(ref.params)),
+    }
+    for name, (fn, expected) in cases.items() if mode == "explicit" else ():
+        try:
+            out = fn()
+            problems = _resharded(out, sp)
+            same = _identical(out, expected)
+            rec.record(
+                f"{mode}/mask_without_mesh/{name}",
+                same and not problems,
+                f"{'identical' if same else 'DIFFERENT'} to one device; sharded as the params: {problems or 'yes'}",
+            )
+        except Exception as exc:  # noqa: BLE001
+            rec.error(f"{mode}/mask_without_mesh/{name}", exc)
+    # dense1's kernel (64, 128) is split 4 ways along its last axis: shards of 32, so
+    # blocks of 64 would straddle two shards.
+    name = f"{mode}/bad_input/n_m_mask_blocks_across_shards"
+    across = jaxreg.masks.by_path("dense1/kernel")
+    if mode == "explicit":
+        needle = (
+            "n_m_mask: blocks of m=64 along axis -1 of params['dense1']['kernel'] with shape (64, 128) would straddle"
+        )
+        ok, message = _raises(lambda: pruning.n_m_mask(sp, 2, 64, where=across), ValueError, needle)
+        rec.record(name, ok and "would straddle its shards" in message and "shards of 32" in message, message)
+        return
+    try:
+        same = _identical(pruning.n_m_mask(sp, 2, 64, where=across), pruning.n_m_mask(ref.params, 2, 64, where=across))
+        rec.record(
+            name, same, f"{'identical' if same else 'DIFFERENT'} to one device (Auto axes: XLA moves the blocks)"
+        )
+    except Exception as exc:  # noqa: BLE001
+        rec.error(name, exc)
+
+
 CHECKS = (check_transforms, check_masks, check_hlo, check_gradual_pruning, check_bad_input)
 
 
@@ -579,6 +625,12 @@ def main(path: str | None) -> dict[str, dict[str, Any]]:
                 except Exception as exc:  # noqa: BLE001
                     rec.error(f"{mode}/{check.__name__}", exc)
                 timings[f"{mode}/{check.__name__}"] = time.perf_counter() - start
+        start = time.perf_counter()
+        try:
+            check_masks_without_mesh(rec, mode, mesh, ref)
+        except Exception as exc:  # noqa: BLE001
+            rec.error(f"{mode}/check_masks_without_mesh", exc)
+        timings[f"{mode}/check_masks_without_mesh"] = time.perf_counter() - start
     print("seconds:", {k: round(v, 1) for k, v in timings.items()}, flush=True)
     if path:
         with open(path, "w") as f:
