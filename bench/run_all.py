@@ -24,6 +24,7 @@ TABLES = {
         "peak_extra_mb",
         "peak_extra_over_params",
     ],
+    "pruning_many_leaves": ["leaves", "impl", "median_s", "trace_s", "compile_s", "ratio_to_adam"],
 }
 
 

@@ -1,6 +1,6 @@
 """Pruning inside ``optax.chain``: transforms that hold pruned weights at exactly zero.
 
-Both are parameter-space transforms (DESIGN.md, principle 4): place them *last* in the
+Both are parameter-space transforms (docs/architecture.md, "Two spaces, one contract"): place them *last* in the
 chain, after the optimizer and any decay or prox. Their updates for a pruned weight are
 ``-p``, so ``optax.apply_updates`` lands it on ``p + (-p) = 0.0`` exactly, whatever the
 optimizer, AdamW's decoupled decay or a prox did before (they would otherwise move it
