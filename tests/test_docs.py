@@ -27,12 +27,13 @@ import pkgutil
 import re
 import subprocess
 import sys
+import tomllib
 import types
 import typing
-import zlib
 
 import jax
 import pytest
+from sphinx.util.inventory import InventoryFile
 
 import jaxreg
 
@@ -62,9 +63,7 @@ ALL_MODULES = [jaxreg] + [
 
 
 def _pyproject_version() -> str:
-    text = (ROOT / "pyproject.toml").read_text()
-    project = re.search(r"^\[project\]\n(.*?)(?=^\[)", text, flags=re.S | re.M).group(1)
-    return re.search(r'^version\s*=\s*"([^"]+)"', project, flags=re.M).group(1)
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 
 
 def test_version_is_pyprojects():
@@ -249,15 +248,9 @@ def test_the_mapping_tables_are_checked():
 
 
 def _inventory(path: pathlib.Path) -> dict[str, str]:
-    """``name -> role`` from a Sphinx ``objects.inv`` (version 2)."""
-    raw = path.read_bytes()
-    body = zlib.decompress(raw.split(b"\n", 4)[4]).decode()
-    entries = {}
-    for line in body.splitlines():
-        match = re.match(r"(.+?)\s+(\S+):(\S+)\s+(-?\d+)\s+(\S*)\s+(.*)", line)
-        if match:
-            entries[match.group(1)] = f"{match.group(2)}:{match.group(3)}"
-    return entries
+    """``name -> role`` (``py:function``, ...) from a Sphinx ``objects.inv``."""
+    inventory = InventoryFile.loads(path.read_bytes(), uri="")
+    return {name: role for role, entries in inventory.data.items() for name in entries}
 
 
 @pytest.fixture(scope="module")
