@@ -44,11 +44,11 @@ def six_transform_chain() -> optax.GradientTransformation:
     return optax.chain(*six_transform_chain_members())
 
 
-def compile_seconds(tx: optax.GradientTransformation, shapes, repeats: int, fused: bool = False) -> float:
-    """Median seconds to lower and compile the update step of ``tx`` (with ``fused``:
-    :func:`jaxreg.apply_step`, one custom call on CPU instead of loops per leaf)."""
-    params = {f"leaf{i:02d}": jnp.zeros(s, jnp.float32) for i, s in enumerate(shapes)}
-    state = tx.init(params)
+def _update_step(tx: optax.GradientTransformation, shapes, fused: bool):
+    """``(step, params, state)``: the update step of ``tx`` (with ``fused``:
+    :func:`jaxreg.apply_step`, one custom call on CPU instead of loops per leaf) on zero
+    parameters of ``shapes``, and its state."""
+    params = {f"leaf{i:04d}": jnp.zeros(s, jnp.float32) for i, s in enumerate(shapes)}
 
     def step(params, state, grads):
         if fused:
@@ -56,6 +56,12 @@ def compile_seconds(tx: optax.GradientTransformation, shapes, repeats: int, fuse
         updates, state = tx.update(grads, state, params)
         return optax.apply_updates(params, updates), state
 
+    return step, params, tx.init(params)
+
+
+def compile_seconds(tx: optax.GradientTransformation, shapes, repeats: int, fused: bool = False) -> float:
+    """Median seconds to lower and compile the update step of ``tx``."""
+    step, params, state = _update_step(tx, shapes, fused)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -68,16 +74,8 @@ def compile_seconds(tx: optax.GradientTransformation, shapes, repeats: int, fuse
 def first_call_seconds(tx: optax.GradientTransformation, shapes, fused: bool) -> float:
     """Seconds of the first call of the jitted, donating update step of ``tx`` (trace,
     compile and one run): what a user waits for before training starts."""
-    params = {f"leaf{i:04d}": jnp.zeros(s, jnp.float32) for i, s in enumerate(shapes)}
+    step, params, state = _update_step(tx, shapes, fused)
     grads = jax.tree.map(jnp.ones_like, params)
-    state = tx.init(params)
-
-    def step(params, state, grads):
-        if fused:
-            return jaxreg.apply_step(tx, grads, state, params)
-        updates, state = tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
-
     start = time.perf_counter()
     jax.block_until_ready(jax.jit(step, donate_argnums=(0, 1))(params, state, grads))
     return time.perf_counter() - start

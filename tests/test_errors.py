@@ -1,5 +1,5 @@
 """Every documented error: raised at the documented time, with a message that names the
-function, the argument, the value given and what is allowed (STYLE.md, "Errors"), and
+function, the argument, the value given and what is allowed (docs/architecture.md, "Errors"), and
 the leaf path for params/mask/updates mismatches. Also the converse: hyperparameters
 that are traced (inside ``jit``/``vmap``) are accepted, since they cannot be checked.
 """
