@@ -103,11 +103,17 @@ def _cpu_signature() -> str:
     return platform.machine() + "\n".join([ln for ln in lines if ln.startswith(("model name", "flags"))][:2])
 
 
+@functools.cache
+def abi_text() -> str:
+    """``abi.h``, read once per process (every trace of a fused step computes a digest)."""
+    return ABI.read_text()
+
+
 def digest(source: str) -> str:
     """The cache key of ``source``: it, the interface header, jaxlib's version, the flags,
     the CPU and the compiler."""
     key = hashlib.sha256()
-    parts = (source, ABI.read_text(), jaxlib.__version__, " ".join(FLAGS), _cpu_signature())
+    parts = (source, abi_text(), jaxlib.__version__, " ".join(FLAGS), _cpu_signature())
     for part in (*parts, _compiler_identity(tuple(compiler()))):
         key.update(part.encode())
     return key.hexdigest()[:16]
