@@ -11,6 +11,7 @@ scalar leaves work as in ``optax.apply_updates``; integer leaves are never chang
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -44,9 +45,7 @@ def new_params(entry: Entry, h, params, updates, mask=None):
 
 
 def assert_trees_close(actual, expected, rtol=1e-6, atol=1e-6):
-    assert jax.tree.structure(actual) == jax.tree.structure(expected)
-    for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=rtol, atol=atol)
+    chex.assert_trees_all_close(actual, expected, rtol=rtol, atol=atol)
 
 
 # ---- the catalog is complete -------------------------------------------------------------

@@ -3,6 +3,7 @@ tree, Keras' documented UnitNorm / MinMaxNorm formulas, all under jit."""
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,8 +31,7 @@ def _applied(tx, params=PARAMS, updates=UPDATES):
 
 
 def _close(got, want, rtol=1e-5, atol=1e-6):
-    for k in want:
-        np.testing.assert_allclose(got[k], want[k], rtol=rtol, atol=atol, err_msg=k)
+    chex.assert_trees_all_close(got, want, rtol=rtol, atol=atol)
 
 
 CASES = {

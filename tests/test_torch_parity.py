@@ -34,6 +34,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -444,10 +445,6 @@ def jax_clip_step(grads: dict, make: Callable, *args: Any, **kwargs: Any) -> tup
     return jax.tree.map(np.asarray, updates), state
 
 
-def assert_trees_close(got: dict, want: dict, rtol: float) -> None:
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=rtol, atol=0), got, want)
-
-
 NORM_TYPES = [1.0, 2.0, 3.0, math.inf]
 # How close clip_by_global_norm's norm is to clip_grad_norm_'s on the same gradients:
 # inf needs no arithmetic (exact); p=2 sums squares in another order than torch's norm
@@ -466,7 +463,7 @@ def test_one_step_clip_by_global_norm_matches_torch(norm_type, seed, scale):
     np.testing.assert_allclose(float(state.norm), float(want_norm), rtol=ONE_STEP_NORM_RTOL[norm_type], atol=0)
     # The coefficient is computed torch's way, so an exact norm gives exact gradients;
     # otherwise the norm's rounding carries over (<= 6 ulps, ~4e-7).
-    assert_trees_close(got, want, rtol=0.0 if norm_type == math.inf else 1e-6)
+    chex.assert_trees_all_close(got, want, rtol=0.0 if norm_type == math.inf else 1e-6, atol=0.0)
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -474,7 +471,7 @@ def test_one_step_clip_by_global_norm_eps0_matches_optax(seed):
     grads = random_grads(seed)
     got, state = jax_clip_step(grads, jaxreg.clip_by_global_norm, 0.5, eps=0.0)
     want, _ = jax_clip_step(grads, optax.clip_by_global_norm, 0.5)
-    assert_trees_close(got, want, rtol=1e-6)  # measured: <= 1 ulp
+    chex.assert_trees_all_close(got, want, rtol=1e-6, atol=0.0)  # measured: <= 1 ulp
     np.testing.assert_allclose(float(state.norm), float(optax.tree.norm(jax.tree.map(jnp.asarray, grads))), rtol=1e-6)
 
 

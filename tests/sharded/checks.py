@@ -32,6 +32,7 @@ import traceback  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from typing import Any, NamedTuple  # noqa: E402
 
+import chex  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -272,9 +273,11 @@ def _max_diff(a: Any, b: Any) -> float:
 
 
 def _close(a: Any, b: Any) -> bool:
-    return all(
-        jax.tree.leaves(jax.tree.map(lambda x, y: bool(np.allclose(np.asarray(x), np.asarray(y), 1e-5, 1e-6)), a, b))
-    )
+    try:
+        chex.assert_trees_all_close(a, b, rtol=1e-5, atol=1e-6)
+    except AssertionError:
+        return False
+    return True
 
 
 def _identical(a: Any, b: Any) -> bool:
