@@ -39,8 +39,8 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.run_all
 
 # The documentation site, into docs/_build/html; any Sphinx warning fails the build.
-# Two processes read the pages (-j 2), so two notebooks execute at a time; they run at
-# the small size, cached in docs/_build/.jupyter_cache until they or jaxreg change.
+# Two processes read the pages (-j 2); a notebook executes in the process that reads it,
+# at the small size, cached in docs/_build/.jupyter_cache until it or jaxreg changes.
 # Prose only, without running them: make docs SPHINXOPTS="-D nb_execution_mode=off"
 SPHINXOPTS ?=
 docs: $(STAMP)

@@ -10,7 +10,7 @@ setting the test suite uses), and their outputs are **cached** by jupyter-cache 
 ``docs/_build/.jupyter_cache/<key>``: a notebook re-runs only when its code, jaxreg's
 source, ``examples/_common.py`` or the size setting changed (the key hashes the last
 three). ``make docs`` reads the pages in two processes (``sphinx-build -j 2``; myst-nb
-is parallel-read safe), so two notebooks execute at a time. ``JAXREG_SMALL=0 make docs``
+is parallel-read safe), and a notebook executes in the process that reads it. ``JAXREG_SMALL=0 make docs``
 renders the full-size runs instead.
 """
 
