@@ -27,20 +27,24 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# The notebooks live as jupytext percent-format .py files; this renders .ipynb beside them.
+# The notebooks live as jupytext percent-format .py files; this executes each one and writes
+# it as .ipynb beside it, with its outputs and figures, and refreshes its thumbnail in
+# examples/thumbnails/ (the docs' gallery). Full size; JAXREG_SMALL=1 make notebooks runs
+# them at the tests' size.
 notebooks: $(STAMP)
-	$(BIN)/jupytext --to ipynb examples/[0-9]*.py
+	$(BIN)/python docs/_ext/jaxreg_docs.py
 
 # Benchmarks: JSON lines and a markdown table in bench/results/<machine>.{json,md}.
 bench: $(STAMP)
 	$(BIN)/python -m bench.run_all
 
 # The documentation site, into docs/_build/html; any Sphinx warning fails the build.
-# Notebooks run at the small size, cached in docs/_build/.jupyter_cache until they or
-# jaxreg change. Prose only, without running them: make docs SPHINXOPTS="-D nb_execution_mode=off"
+# Two processes read the pages (-j 2); a notebook executes in the process that reads it,
+# at the small size, cached in docs/_build/.jupyter_cache until it or jaxreg changes.
+# Prose only, without running them: make docs SPHINXOPTS="-D nb_execution_mode=off"
 SPHINXOPTS ?=
 docs: $(STAMP)
-	$(BIN)/sphinx-build -W --keep-going $(SPHINXOPTS) -b html docs docs/_build/html
+	$(BIN)/sphinx-build -j 2 -W --keep-going $(SPHINXOPTS) -b html docs docs/_build/html
 
 # The built site in headless Chromium (apt-get install chromium): three pages
 # screenshotted into docs/_build/screenshots, every internal link checked.

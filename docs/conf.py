@@ -1,14 +1,17 @@
 """Sphinx configuration for jaxreg's documentation site (``make docs``).
 
 Built offline: no intersphinx, no extension that downloads anything at build time.
-The API reference, the notebook pages and the benchmark tables are generated from the
-code, ``examples/`` and ``bench/results/`` by ``docs/_ext/jaxreg_docs.py``.
+The API reference, the notebook pages and their gallery, and the benchmark tables are
+generated from the code, ``examples/`` and ``bench/results/`` by
+``docs/_ext/jaxreg_docs.py``.
 
 Notebooks are **executed at build time, at the small size** (``JAXREG_SMALL=1``, the
 setting the test suite uses), and their outputs are **cached** by jupyter-cache under
 ``docs/_build/.jupyter_cache/<key>``: a notebook re-runs only when its code, jaxreg's
 source, ``examples/_common.py`` or the size setting changed (the key hashes the last
-three). ``JAXREG_SMALL=0 make docs`` renders the full-size runs instead.
+three). ``make docs`` reads the pages in two processes (``sphinx-build -j 2``; myst-nb
+is parallel-read safe), and a notebook executes in the process that reads it. ``JAXREG_SMALL=0 make docs``
+renders the full-size runs instead.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Gradient-space transforms (before the optimizer) and parameter-space transforms (after
 it) that drop into ``optax.chain``, loss penalties, learning-rate schedules and
-parameter selectors. See the README for the map from PyTorch to jaxreg.
+parameter selectors. See docs/from_pytorch.md for the map from PyTorch to jaxreg.
 """
 
 from importlib import metadata as _metadata

@@ -6,7 +6,9 @@
   that those names have docstrings with Args and Returns).
 * Code runs: the ``>>>`` examples in every jaxreg docstring (``doctest``, as
   ``pytest --doctest-modules`` would), and every ```` ```python ```` block of the
-  guides in ``docs/`` (the README's are ``tests/test_readme.py``'s).
+  guides in ``docs/`` and ``docs/guide/`` (the README's are ``tests/test_readme.py``'s).
+* The inventories stay complete: the tests page names every test file, and every
+  notebook has a thumbnail and a card in the gallery.
 * The build (slow): ``sphinx-build -W --keep-going`` as ``make docs`` runs it, into a
   temporary folder, with notebook execution off (``tests/test_examples.py`` runs the
   notebooks); then every documented name is in the built inventory, every notebook has
@@ -39,7 +41,7 @@ import jaxreg
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-GUIDES = sorted(p for p in DOCS.glob("*.md"))
+GUIDES = sorted(DOCS.glob("*.md")) + sorted(DOCS.glob("guide/*.md"))
 BLOCK = re.compile(r"^```python\n(.*?)^```", flags=re.S | re.M)
 
 
@@ -164,7 +166,10 @@ GUIDE_BLOCKS = [(path, i, block) for path in GUIDES for i, block in enumerate(BL
 
 
 def test_the_guides_have_examples():
-    assert {path.stem for path, _, _ in GUIDE_BLOCKS} >= {"getting_started", "from_pytorch", "from_optax", "choosing"}
+    assert {path.stem for path, _, _ in GUIDE_BLOCKS} >= {
+        *("getting_started", "from_pytorch", "from_optax", "choosing", "two_spaces", "transforms", "masks"),
+        *("penalties_schedules", "nnx", "model_selection", "augmentation", "scaling_out", "nonfinite", "one_pass"),
+    }
 
 
 @pytest.mark.parametrize("path, index, block", GUIDE_BLOCKS, ids=[f"{p.stem}-{i}" for p, i, _ in GUIDE_BLOCKS])
@@ -244,6 +249,43 @@ def test_the_mapping_tables_are_checked():
     assert _misfit("jaxreg.pruning.magnitude_mask(..., scope='global')") is None
 
 
+# ------------------------------------------------------------------ inventories
+
+
+def test_the_tests_page_names_every_test_file():
+    page = (DOCS / "guide" / "tests.md").read_text()
+    unnamed = [path.name for path in sorted((ROOT / "tests").glob("test_*.py")) if f"tests/{path.name}" not in page]
+    assert not unnamed, f"docs/guide/tests.md does not say what these test files guarantee: {unnamed}"
+
+
+def test_every_notebook_has_a_thumbnail_and_a_card():
+    jaxreg_docs.write_gallery()
+    gallery = (DOCS / "_generated" / "gallery.md").read_text()
+    for path in jaxreg_docs.notebooks():
+        picture = jaxreg_docs.thumbnail(path)
+        assert picture is not None, f"no examples/thumbnails/{path.stem.split('_')[0]}_*.png: run make notebooks"
+        assert f"/notebooks/{path.stem}`" in gallery and f"/_generated/thumbnails/{picture.name}" in gallery
+
+
+def test_a_thumbnail_is_refreshed_from_the_figures_saved(tmp_path, monkeypatch):
+    from PIL import Image
+
+    monkeypatch.setattr(jaxreg_docs, "THUMBNAILS", tmp_path / "thumbnails")
+    (tmp_path / "thumbnails").mkdir()
+    for name, width in [("07_first.png", 900), ("07_chosen.png", 300)]:
+        Image.new("RGB", (width, 100)).save(tmp_path / name)
+    notebook = tmp_path / "07_sweeps.py"
+    saved = ["07_first.png", "07_chosen.png"]
+    # No thumbnail yet: the first figure, scaled to THUMBNAIL_WIDTH.
+    assert jaxreg_docs.refresh_thumbnail(notebook, saved, tmp_path).name == "07_first.png"
+    assert Image.open(tmp_path / "thumbnails" / "07_first.png").width == jaxreg_docs.THUMBNAIL_WIDTH
+    # A thumbnail named like one of the figures is kept, and the other one removed.
+    (tmp_path / "thumbnails" / "07_first.png").rename(tmp_path / "thumbnails" / "07_chosen.png")
+    assert jaxreg_docs.refresh_thumbnail(notebook, saved, tmp_path).name == "07_chosen.png"
+    assert [p.name for p in (tmp_path / "thumbnails").iterdir()] == ["07_chosen.png"]
+    assert Image.open(tmp_path / "thumbnails" / "07_chosen.png").width == 300
+
+
 # -------------------------------------------------------------------- the build
 
 
@@ -258,7 +300,7 @@ def site(tmp_path_factory) -> pathlib.Path:
     out = tmp_path_factory.mktemp("docs")
     command = [
         *(sys.executable, "-m", "sphinx", "-W", "--keep-going", "-b", "html"),
-        *("-D", "nb_execution_mode=off", "-d", str(out / "doctrees"), str(DOCS), str(out / "html")),
+        *("-j", "2", "-D", "nb_execution_mode=off", "-d", str(out / "doctrees"), str(DOCS), str(out / "html")),
     ]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, f"sphinx-build failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
@@ -287,6 +329,11 @@ def test_docs_build_has_every_page_and_no_broken_link(site):
         assert (site / "notebooks" / f"{notebook.stem}.html").is_file(), f"no page for {notebook.name}"
     for page in ["index", "getting_started", "choosing", "from_pytorch", "from_optax", "benchmarks", "changelog"]:
         assert (site / f"{page}.html").is_file(), f"no {page}.html"
+    for guide in sorted((DOCS / "guide").glob("*.md")):
+        assert (site / "guide" / f"{guide.stem}.html").is_file(), f"no guide/{guide.stem}.html"
+    gallery = (site / "notebooks.html").read_text()
+    for notebook in jaxreg_docs.notebooks():
+        assert f'href="notebooks/{notebook.stem}.html"' in gallery, f"{notebook.name} has no card in the gallery"
     benchmarks = (site / "benchmarks.html").read_text()
     for table in sorted((ROOT / "bench" / "results").glob("*.md")):
         assert table.stem in benchmarks, f"bench/results/{table.name} is not on the Benchmarks page"

@@ -16,14 +16,19 @@ code as others change it:
   on each (an error under ``-W``) and ``tests/test_docs.py`` asserts the list is empty.
 * **Notebooks** (``docs/notebooks/``): every ``examples/[0-9]*.py`` is copied in (and a
   copy whose source is gone is removed); myst-nb reads them through jupytext.
+* **Gallery** (``docs/_generated/gallery.md``, included by ``docs/notebooks.md``): one
+  card per notebook, with its thumbnail ``examples/thumbnails/<NN>_*.png``.
 * **Benchmarks**: every ``bench/results/*.md`` table, headings shifted under the page's.
+* ``python docs/_ext/jaxreg_docs.py`` (``make notebooks``): every notebook executed into
+  an ``.ipynb`` beside it, and its thumbnail refreshed from the figures it saved.
 * The ``{notebook}`` role: ``{notebook}`05``` links to the notebook whose file name
   starts with ``05``, titled by its first heading (``{notebook}`text <05>``` gives the
   link its own text); a notebook not written yet renders as plain text (logged, not a
   warning), so guides may point at notebooks in preparation.
 
 This module imports without Sphinx (only :func:`setup` and the role need it), so that
-the tests can check the plan without building the site.
+the tests can check the plan without building the site and ``make notebooks`` can run
+it as a script.
 """
 
 from __future__ import annotations
@@ -342,6 +347,41 @@ def copy_notebooks() -> None:
             stale.unlink()
 
 
+THUMBNAILS = EXAMPLES / "thumbnails"
+THUMBNAIL_WIDTH = 480
+
+
+def thumbnail(path: pathlib.Path) -> pathlib.Path | None:
+    """The gallery picture of notebook ``path``: ``examples/thumbnails/<NN>_*.png``, or None."""
+    found = sorted(THUMBNAILS.glob(f"{path.stem.split('_')[0]}_*.png"))
+    return found[0] if found else None
+
+
+def write_gallery() -> None:
+    """``docs/_generated/gallery.md``: one card per notebook, its thumbnail linked to its page.
+
+    The thumbnails are copied under ``docs/_generated/thumbnails/`` so that the page
+    refers to them inside the source folder; a notebook without one gets a card with
+    its title only.
+    """
+    cards = []
+    for path in notebooks():
+        doc = f"{{doc}}`/notebooks/{path.stem}`"
+        picture = thumbnail(path)
+        if picture is None:
+            cards.append(f":::{{container}} jaxreg-card\n{doc}\n:::\n")
+            continue
+        copy = GENERATED / "thumbnails" / picture.name
+        if not copy.exists() or copy.read_bytes() != picture.read_bytes():
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(picture, copy)
+        cards.append(
+            f":::{{figure}} /_generated/thumbnails/{picture.name}\n:target: notebooks/{path.stem}.html\n"
+            f":alt: {path.stem}\n\n{doc}\n:::\n"
+        )
+    _write_if_changed(GENERATED / "gallery.md", "::::{container} jaxreg-gallery\n" + "\n".join(cards) + "::::\n")
+
+
 def write_benchmark_tables() -> None:
     """``docs/_generated/benchmark_tables.md``: every ``bench/results/*.md``, headings under H2."""
     parts = []
@@ -474,75 +514,26 @@ def _on_config_inited(app, config) -> None:
     _PLAN.clear()
     write_api_pages()
     copy_notebooks()
+    write_gallery()
     write_benchmark_tables()
 
 
-def execute_in_parallel(
-    cache_path: str, paths: list[pathlib.Path], timeout: int, workers: int, log: Any = print
-) -> None:
-    """Runs those of ``paths`` that jupyter-cache does not hold yet, ``workers`` at a time.
-
-    myst-nb executes notebooks one after the other as it reads them; on two cores two
-    at a time take about half as long (each is mostly single-threaded compilation). The
-    executed notebooks go into the same cache, under the same hash, so myst-nb then
-    finds them there. A notebook that fails here is left out: myst-nb runs it again and
-    reports the error as usual.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    import jupytext
-    from jupyter_cache import get_cache
-    from jupyter_cache.base import CacheBundleIn
-    from jupyter_cache.executors.utils import single_nb_execution
-
-    cache = get_cache(cache_path)
-    todo = []
-    for path in paths:
-        notebook = jupytext.reads(path.read_text(), fmt="py:percent")  # as nb_custom_formats reads it
-        try:
-            cache.match_cache_notebook(notebook)
-        except KeyError:
-            todo.append((path, notebook))
-    if len(todo) < 2 or workers < 2:
-        return
-    log(f"jaxreg_docs: executing {len(todo)} notebooks, {workers} at a time")
-
-    def run(item: tuple[pathlib.Path, Any]) -> Any:
-        path, notebook = item
-        return single_nb_execution(notebook, cwd=str(path.parent), timeout=timeout, allow_errors=False)
-
-    with ThreadPoolExecutor(min(workers, len(todo))) as pool:
-        results = list(pool.map(run, todo))
-    for (path, notebook), result in zip(todo, results):
-        if result.err is None:
-            bundle = CacheBundleIn(notebook, str(path), data={"execution_seconds": result.time})
-            cache.cache_notebook_bundle(bundle, check_validity=False, overwrite=True)
-            log(f"jaxreg_docs: executed {path.name} in {result.time:.1f} s")
-        else:
-            log(f"jaxreg_docs: {path.name} failed ({type(result.err).__name__}); myst-nb will report it")
-
-
 def _on_env_get_outdated(app, env, added, changed, removed) -> list[str]:
-    """Runs the notebooks about to be read that the cache lacks, in parallel, before myst-nb reads them.
+    """Drops stale execution caches and marks every notebook page outdated when the key changed.
 
     Sphinx re-reads a page when its source changes. A notebook's outputs also depend on
     jaxreg's source: a new cache key changes ``nb_execution_cache_path``, which makes
     Sphinx re-read everything; as a safety net, a key other than the one the environment
-    was built with marks every notebook page outdated here too.
+    was built with marks every notebook page outdated here too. myst-nb then executes
+    the pages it reads, in the ``sphinx-build -j`` worker that reads them.
     """
-    from sphinx.util import logging
-
     if app.config.nb_execution_mode != "cache":
         return []
     cache = pathlib.Path(app.config.nb_execution_cache_path)
     prune_execution_caches(cache.parent, keep=cache.name)
-    pages = {f"notebooks/{path.stem}": NOTEBOOK_DIR / path.name for path in notebooks()}
-    stale = [] if getattr(env, "jaxreg_notebook_key", None) == cache.name else sorted(set(pages) - added - changed)
+    pages = {f"notebooks/{path.stem}" for path in notebooks()}
+    stale = [] if getattr(env, "jaxreg_notebook_key", None) == cache.name else sorted(pages - added - changed)
     env.jaxreg_notebook_key = cache.name
-    to_read = [pages[doc] for doc in sorted(set(pages) & (added | changed | set(stale)))]
-    workers = int(os.environ.get("JAXREG_DOCS_WORKERS", min(2, os.cpu_count() or 1)))
-    logger = logging.getLogger(__name__)
-    execute_in_parallel(str(cache), to_read, app.config.nb_execution_timeout, workers, logger.info)
     return stale
 
 
@@ -646,3 +637,72 @@ def setup(app) -> dict[str, Any]:
     app.connect("missing-reference", _on_missing_reference)
     app.add_role("notebook", _notebook_role)
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}
+
+
+# ------------------------------------------------------------------ make notebooks
+
+
+def _saved_figures(notebook: Any) -> list[str]:
+    """The file names the notebook's ``save_figure`` calls printed (``FIGURE name.png``), in order."""
+    text = "".join(
+        output.get("text", "")
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for output in cell.get("outputs", [])
+        if output.get("output_type") == "stream"
+    )
+    return re.findall(r"^FIGURE (\S+\.png)$", text, flags=re.M)
+
+
+def refresh_thumbnail(path: pathlib.Path, saved: list[str], figures: pathlib.Path) -> pathlib.Path | None:
+    """Writes the thumbnail of notebook ``path`` from the figures it just saved.
+
+    The picture kept is the figure named like the current thumbnail, if the notebook
+    still saves one, else its first figure; it is scaled to ``THUMBNAIL_WIDTH`` pixels
+    wide and the notebook's other thumbnails are removed.
+    """
+    from PIL import Image
+
+    if not saved:
+        return None
+    current = thumbnail(path)
+    name = current.name if current is not None and current.name in saved else saved[0]
+    image = Image.open(figures / name)
+    if image.width > THUMBNAIL_WIDTH:
+        image = image.resize((THUMBNAIL_WIDTH, round(image.height * THUMBNAIL_WIDTH / image.width)), Image.LANCZOS)
+    THUMBNAILS.mkdir(exist_ok=True)
+    for old in THUMBNAILS.glob(f"{path.stem.split('_')[0]}_*.png"):
+        if old.name != name:
+            old.unlink()
+    image.save(THUMBNAILS / name, optimize=True)
+    return THUMBNAILS / name
+
+
+def execute_notebooks(paths: list[pathlib.Path], timeout: int = 3600) -> None:
+    """``make notebooks``: each ``examples/NN_name.py`` as an executed ``NN_name.ipynb`` beside it.
+
+    The notebooks keep their outputs and figures (the PNGs also go to
+    ``JAXREG_FIGURES``, by default ``examples/figures/``), run at the size
+    ``JAXREG_SMALL`` says (full size unless it is set), and each one's thumbnail in
+    ``examples/thumbnails/`` is refreshed from the figures it saved.
+    """
+    import jupytext
+    import nbformat
+    from nbclient import NotebookClient
+
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(EXAMPLES), str(ROOT), os.environ.get("PYTHONPATH")]))
+    figures = pathlib.Path(os.environ.get("JAXREG_FIGURES") or EXAMPLES / "figures")
+    for path in paths:
+        notebook = jupytext.read(path, fmt="py:percent")
+        notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        resources = {"metadata": {"path": str(path.parent)}}  # the kernel's working directory
+        NotebookClient(notebook, timeout=timeout, kernel_name="python3", resources=resources).execute()
+        nbformat.write(notebook, path.with_suffix(".ipynb"))
+        picture = refresh_thumbnail(path, _saved_figures(notebook), figures)
+        print(f"{path.with_suffix('.ipynb').relative_to(ROOT)}: executed; thumbnail {picture and picture.name}")
+
+
+if __name__ == "__main__":
+    import sys
+
+    execute_notebooks([pathlib.Path(arg).resolve() for arg in sys.argv[1:]] or notebooks())
