@@ -45,6 +45,7 @@ from jaxreg import _checks
 from jaxreg.nn.optimizer import update_model
 from jaxreg.training import _checkpoint
 from jaxreg.training._checkpoint import is_key
+from jaxreg.training.averaging import AveragingState, WeightAveraging
 from jaxreg.training.early_stopping import EarlyStopping, EarlyStoppingState
 
 __all__ = ["History", "fit"]
@@ -96,9 +97,10 @@ def _slice(tree: Any, start: int, stop: int) -> Any:
     return jax.tree.map(lambda a: a[start:stop], tree)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "loss_fn", "wrt", "augment", "batch_size"))
+@functools.partial(jax.jit, static_argnames=("graphdef", "loss_fn", "wrt", "augment", "average", "batch_size"))
 def _train_epoch(
     state: Any,
+    averaging: AveragingState | None,
     x: Any,
     y: Any,
     epoch_key: jax.Array,
@@ -107,15 +109,17 @@ def _train_epoch(
     loss_fn: Callable[..., jax.Array],
     wrt: Any,
     augment: Callable[[jax.Array, Any], Any] | None,
+    average: WeightAveraging | None,
     batch_size: int,
-) -> tuple[Any, jax.Array]:
-    """One epoch: a keyed shuffle, then one optimizer step per full minibatch, as one scan."""
+) -> tuple[Any, AveragingState | None, jax.Array]:
+    """One epoch: a keyed shuffle, then one optimizer step (and ``average`` update) per full minibatch, as one scan."""
     n = jax.tree.leaves(x)[0].shape[0]
     steps = n // batch_size
     shuffle_key, augment_key = jax.random.split(epoch_key)
     order = jax.random.permutation(shuffle_key, n)[: steps * batch_size].reshape(steps, batch_size)
 
-    def step(state: Any, batch: tuple[jax.Array, jax.Array]) -> tuple[Any, jax.Array]:
+    def step(carry: tuple[Any, Any], batch: tuple[jax.Array, jax.Array]) -> tuple[tuple[Any, Any], jax.Array]:
+        state, averaging = carry
         idx, step_key = batch
         model, optimizer = nnx.merge(graphdef, state)
         model.train()
@@ -127,10 +131,18 @@ def _train_epoch(
         # value= reaches the transforms that read the loss (optax.contrib.reduce_on_plateau);
         # one pass when optimizer.tx is a jaxreg.chain.
         update_model(optimizer, model, grads, value=loss)
-        return nnx.split((model, optimizer))[1], loss
+        if average is not None:
+            averaging = average.update(averaging, _trained(model, wrt))
+        return (nnx.split((model, optimizer))[1], averaging), loss
 
-    state, losses = jax.lax.scan(step, state, (order, jax.random.split(augment_key, steps)))
-    return state, jnp.mean(losses)
+    carry = (state, averaging)
+    (state, averaging), losses = jax.lax.scan(step, carry, (order, jax.random.split(augment_key, steps)))
+    return state, averaging, jnp.mean(losses)
+
+
+def _trained(model: nnx.Module, wrt: Any) -> Any:
+    """The variables the optimizer trains (its ``wrt``), as a pure dict: what ``average`` averages."""
+    return nnx.to_pure_dict(nnx.state(model, wrt))
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "loss_fn", "metric_fn"))
@@ -179,6 +191,7 @@ def fit(
     monitor: str = "val_loss",
     restore_best: bool = True,
     augment: Callable[[jax.Array, Any], Any] | None = None,
+    average: WeightAveraging | None = None,
     eval_batch_size: int | None = None,
     checkpoint_dir: str | Path | None = None,
     checkpoint_every: int = 1,
@@ -270,6 +283,7 @@ def fit(
         metric_fn=metric_fn,
         early_stopping=early_stopping,
         monitor=monitor,
+        average=average,
         eval_batch_size=eval_batch_size,
         checkpoint_every=checkpoint_every,
         max_checkpoints=max_checkpoints,
@@ -286,6 +300,7 @@ def fit(
             loss_fn=loss_fn,
             wrt=optimizer.wrt,
             augment=augment,
+            average=average,
             batch_size=args.batch_size,
         ),
         loss_fn=loss_fn,
@@ -297,15 +312,13 @@ def fit(
         early_stopping=early_stopping,
         monitor=monitor,
     )
-    stop_state = None if early_stopping is None else early_stopping.init(_restorable(model))
+    carry = _Carry(
+        state,
+        stopping=None if early_stopping is None else early_stopping.init(_restorable(model)),
+        averaging=None if average is None else average.init(_trained(model, optimizer.wrt)),
+    )
     records: dict[str, list[float]] = {name: [] for name in _FIELDS}
     start, stopped = 0, False
-
-    def payload() -> dict[str, Any]:
-        tree = {"model_and_optimizer": nnx.to_pure_dict(state)}
-        if stop_state is not None:
-            tree["early_stopping"] = stop_state._asdict()
-        return tree
 
     checkpoints = None
     if checkpoint_dir is not None:
@@ -317,7 +330,7 @@ def fit(
             "n_train": args.train[2],
             "key": args.key_data.tolist(),
             "train_data": _checkpoint.digest_of_values(args.train[:2]),
-            "state": _checkpoint.digest_of_structure(payload()),
+            "state": _checkpoint.digest_of_structure(carry.payload()),
         }
         checkpoints = _checkpoint.Checkpoints(
             fn,
@@ -332,22 +345,20 @@ def fit(
     with contextlib.ExitStack() as stack:  # on the way out: close the bar, then finish the writes
         if checkpoints is not None:
             stack.callback(checkpoints.close)
-        restored = None if checkpoints is None else checkpoints.restore(payload())
+        restored = None if checkpoints is None else checkpoints.restore(carry.payload())
         if restored is not None:
             meta, arrays = restored
-            nnx.replace_by_pure_dict(state, arrays["model_and_optimizer"])  # in place
-            if stop_state is not None:
-                stop_state = EarlyStoppingState(**arrays["early_stopping"])
+            carry = carry.restored(arrays)
             records = {name: list(meta["history"][name]) for name in _FIELDS}
             start, stopped = int(meta["epoch"]), bool(meta["stopped"])
-            nnx.update((model, optimizer), state)
+            nnx.update((model, optimizer), carry.state)
 
         bar = stack.enter_context(_progress_bar(label, args.epochs, start, disable=not progress))
         for epoch in range(start, args.epochs):
             if stopped:
                 break
-            state, stop_state, record = run.epoch(epoch, state, stop_state)
-            stopped = stop_state is not None and bool(stop_state.should_stop)
+            carry, record = run.epoch(epoch, carry)
+            stopped = carry.stopping is not None and bool(carry.stopping.should_stop)
             for name in _FIELDS:
                 records[name].append(record[name])
             bar.set_postfix(_postfix(record), refresh=False)
@@ -362,14 +373,17 @@ def fit(
                     # A copy of the history: orbax writes the JSON asynchronously, while the
                     # next epoch appends to the live lists.
                     history = {name: list(values) for name, values in records.items()}
-                    checkpoints.save(epoch + 1, payload(), {"epoch": epoch + 1, "stopped": stopped, "history": history})
+                    meta = {"epoch": epoch + 1, "stopped": stopped, "history": history}
+                    checkpoints.save(epoch + 1, carry.payload(), meta)
 
+    if carry.averaging is not None:
+        nnx.update(model, nnx.state(run.evaluated(carry.averaging), optimizer.wrt))
     best_epoch = None
-    if stop_state is not None and int(stop_state.best_step) >= 0:
-        best_epoch = int(stop_state.best_step) + 1
+    if carry.stopping is not None and int(carry.stopping.best_step) >= 0:
+        best_epoch = int(carry.stopping.best_step) + 1
         if restore_best:
             best = nnx.state(model, _RESTORED)
-            nnx.replace_by_pure_dict(best, stop_state.best_params)  # in place
+            nnx.replace_by_pure_dict(best, carry.stopping.best_params)  # in place
             nnx.update(model, best)
     return History(
         *(np.asarray(records[name], np.float64) for name in _FIELDS),
@@ -405,6 +419,7 @@ def _check_arguments(
     metric_fn: Any,
     early_stopping: Any,
     monitor: Any,
+    average: Any,
     eval_batch_size: Any,
     checkpoint_every: Any,
     max_checkpoints: Any,
@@ -428,6 +443,8 @@ def _check_arguments(
         raise ValueError(f"{fn}: monitor must be one of {', '.join(map(repr, _MONITORS))}, got {monitor!r}.")
     if early_stopping is not None and not isinstance(early_stopping, EarlyStopping):
         raise TypeError(f"{fn}: early_stopping must be a jaxreg.training.EarlyStopping, got {early_stopping!r}.")
+    if average is not None and not isinstance(average, WeightAveraging):
+        raise TypeError(f"{fn}: average must be a jaxreg.training.ema(...) or swa(...), got {average!r}.")
     if early_stopping is not None and monitor != "train_loss" and val is None:
         raise ValueError(f"{fn}: monitor={monitor!r} needs val_data; give val_data or monitor='train_loss'.")
     if early_stopping is not None and monitor == "val_metric" and metric_fn is None:
@@ -442,13 +459,36 @@ def _restorable(model: nnx.Module) -> Any:
     return nnx.to_pure_dict(nnx.state(model, _RESTORED))
 
 
+class _Carry(NamedTuple):
+    """What changes from epoch to epoch (and a checkpoint holds)."""
+
+    state: Any  # nnx.split((model, optimizer))[1]
+    stopping: EarlyStoppingState | None
+    averaging: AveragingState | None
+
+    def payload(self) -> dict[str, Any]:
+        """The arrays of a checkpoint, as pure dicts."""
+        tree = {"model_and_optimizer": nnx.to_pure_dict(self.state)}
+        for name, value in (("early_stopping", self.stopping), ("average", self.averaging)):
+            if value is not None:
+                tree[name] = value._asdict()
+        return tree
+
+    def restored(self, arrays: dict[str, Any]) -> _Carry:
+        """This carry with the checkpoint's ``arrays`` (a :meth:`payload`) in it."""
+        nnx.replace_by_pure_dict(self.state, arrays["model_and_optimizer"])  # in place
+        stopping = None if self.stopping is None else EarlyStoppingState(**arrays["early_stopping"])
+        averaging = None if self.averaging is None else AveragingState(**arrays["average"])
+        return _Carry(self.state, stopping, averaging)
+
+
 @dataclasses.dataclass(frozen=True)
 class _Run:
     """What stays fixed over the epochs of one :func:`fit` call."""
 
     model: nnx.Module
     optimizer: nnx.Optimizer
-    train_epoch: Callable[..., tuple[Any, jax.Array]]  # _train_epoch with its static arguments bound
+    train_epoch: Callable[..., tuple[Any, Any, jax.Array]]  # _train_epoch with its static arguments bound
     loss_fn: Callable[..., jax.Array]
     metric_fn: Callable[..., jax.Array] | None
     train: tuple[Any, Any, int]
@@ -458,31 +498,42 @@ class _Run:
     early_stopping: EarlyStopping | None
     monitor: str
 
-    def epoch(
-        self, epoch: int, state: Any, stop_state: EarlyStoppingState | None
-    ) -> tuple[Any, EarlyStoppingState | None, dict[str, float]]:
+    def epoch(self, epoch: int, carry: _Carry) -> tuple[_Carry, dict[str, float]]:
         """Trains the 0-based ``epoch``, writes it into the model and optimizer, validates.
 
-        Returns the new state, early-stopping state and the epoch's record.
+        Returns the new carry and the epoch's record.
         """
         t0 = time.perf_counter()
-        state, train_loss = self.train_epoch(state, *self.train[:2], jax.random.fold_in(self.key, epoch))
+        key = jax.random.fold_in(self.key, epoch)
+        state, averaging, train_loss = self.train_epoch(carry.state, carry.averaging, *self.train[:2], key)
         nnx.update((self.model, self.optimizer), state)
+        evaluated = self.evaluated(averaging)
         val_loss, val_metric = math.nan, math.nan
         if self.val is not None:
-            val_loss, val_metric = _mean_over_chunks(self.evaluate, self.val, self.eval_batch_size)
+            val_loss, val_metric = _mean_over_chunks(
+                functools.partial(self.evaluate, evaluated), self.val, self.eval_batch_size
+            )
         record = {"train_loss": float(train_loss), "val_loss": val_loss, "val_metric": val_metric}
-        if stop_state is not None:
+        stopping = carry.stopping
+        if stopping is not None:
             score = jnp.float32(record[self.monitor])
-            stop_state = self.early_stopping.update(stop_state, score, _restorable(self.model))
+            stopping = self.early_stopping.update(stopping, score, _restorable(evaluated))
         record["epoch_time"] = time.perf_counter() - t0
-        return state, stop_state, record
+        return _Carry(state, stopping, averaging), record
 
-    def evaluate(self, x: Any, y: Any) -> tuple[jax.Array, jax.Array]:
-        """Mean loss and metric of one batch, in evaluation mode."""
+    def evaluated(self, averaging: AveragingState | None) -> nnx.Module:
+        """The model that is validated: the trained one, or a copy of it holding the averaged weights."""
+        if averaging is None:
+            return self.model
+        graphdef, trained, rest = nnx.split(self.model, self.optimizer.wrt, ...)
+        nnx.replace_by_pure_dict(trained, averaging.averaged)  # in the copy split made
+        return nnx.merge(graphdef, trained, rest)
+
+    def evaluate(self, model: nnx.Module, x: Any, y: Any) -> tuple[jax.Array, jax.Array]:
+        """Mean loss and metric of ``model`` on one batch, in evaluation mode."""
         # The model alone: its graph does not hold the optimizer, so runs that differ only
         # in their optimizer share this compilation.
-        graphdef, state = nnx.split(self.model)
+        graphdef, state = nnx.split(model)
         return _evaluate(state, x, y, graphdef=graphdef, loss_fn=self.loss_fn, metric_fn=self.metric_fn)
 
 
