@@ -263,6 +263,8 @@ def test_an_interrupted_averaged_run_resumes_to_the_same_average(tmp_path, raw_a
     for got, w in zip(params(model), params(want)):
         np.testing.assert_array_equal(got, w)
     np.testing.assert_array_equal(history.val_loss, want_history.val_loss)
+    with pytest.raises(ValueError, match=r"written with average=\{'decay': None, 'start': 0, 'every': 4\}, got "):
+        train(ema(0.9, every=4), checkpoint_dir=tmp_path)  # the same state, another average
 
 
 def test_fit_names_a_wrong_average():

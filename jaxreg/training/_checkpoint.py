@@ -25,7 +25,7 @@ from jaxreg import _checks
 
 _FINGERPRINT_NAMES = {
     "train_data": "other training data (of the same size)",
-    "state": "another model, optimizer or early_stopping (other state)",
+    "state": "another model, optimizer or early_stopping, or with(out) average (other state)",
 }
 
 

@@ -6,6 +6,8 @@ derived from ``(key, epoch)``, runs every full minibatch through the user's loss
 evaluation mode, feeds the monitored score to an optional
 :class:`~jaxreg.training.EarlyStopping`, writes an orbax checkpoint every
 ``checkpoint_every`` epochs, and reports epoch, losses and time left on a tqdm bar.
+With ``average=`` it keeps an average of the weights (an EMA or SWA), validates it and
+returns it.
 
 Why one compiled program per epoch: the model and optimizer are split once into a
 graph definition and a pytree of arrays (``nnx.split``), and a whole epoch is one
@@ -18,8 +20,8 @@ step and 0.4-0.7 ms inside the scan: the Python-side costs grow with the machine
 load, and the scan has none per step.
 
 Resuming is exact: everything an epoch reads is in the checkpoint (parameters,
-optimizer state, the model's ``nnx.Rngs`` counters, the early-stopping state, the epoch
-and the history), and the shuffle and augmentation keys are ``fold_in(key, epoch)``, so
+optimizer state, the model's ``nnx.Rngs`` counters, the early-stopping and averaging
+states, the epoch and the history), and the shuffle and augmentation keys are ``fold_in(key, epoch)``, so
 a run interrupted after epoch ``k`` and resumed from its checkpoint computes the same
 epochs ``k + 1, ...`` bit for bit.
 """
@@ -212,13 +214,13 @@ def fit(
     epoch.
 
     With ``checkpoint_dir`` the model and optimizer state (with the model's RNG
-    counters), the early-stopping state, the epoch and the history are written every
+    counters), the early-stopping and averaging states, the epoch and the history are written every
     ``checkpoint_every`` epochs and after the last one; a later call with the same
     directory and arguments restores the newest checkpoint and continues from there,
     reaching the same parameters as a run that was never interrupted. Give a larger
     ``epochs`` to train a finished run further. A checkpoint written with other
-    arguments (``batch_size``, ``key``, training data, model, optimizer or
-    ``early_stopping``) is refused with an error naming which; a checkpoint that cannot
+    arguments (``batch_size``, ``key``, training data, model, optimizer,
+    ``early_stopping`` or ``average``) is refused with an error naming which; a checkpoint that cannot
     be read is deleted with a warning naming it, and the newest readable one is resumed.
 
     Args:
@@ -251,6 +253,15 @@ def fit(
         optimizer keep their last state.
       augment: ``(key, x_batch) -> x_batch`` applied to every training batch inside the
         compiled step (e.g. :class:`~jaxreg.training.ImageAugmentation`), or None.
+      average: a :func:`~jaxreg.training.ema` or :func:`~jaxreg.training.swa` of the
+        trained variables (the optimizer's ``wrt``), updated after every optimizer step
+        inside the compiled epoch, or None. Training is unchanged (the optimizer steps
+        the raw weights and ``train_loss`` is theirs); validation, early stopping and
+        ``restore_best`` see the averaged weights beside the trained model's other
+        variables (BatchNorm statistics, as torch's ``AveragedModel`` without
+        ``use_buffers``); at the end the model holds the averaged weights (the best
+        epoch's with ``restore_best``) and the optimizer its last state. For a model
+        with BatchNorm, call :func:`~jaxreg.training.update_batch_stats` afterwards.
       eval_batch_size: evaluate the validation set in chunks of this size (None: all at
         once).
       checkpoint_dir: directory for orbax checkpoints (created if missing), or None.
@@ -331,6 +342,7 @@ def fit(
             "key": args.key_data.tolist(),
             "train_data": _checkpoint.digest_of_values(args.train[:2]),
             "state": _checkpoint.digest_of_structure(carry.payload()),
+            "average": None if average is None else dataclasses.asdict(average),
         }
         checkpoints = _checkpoint.Checkpoints(
             fn,
