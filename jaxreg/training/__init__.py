@@ -5,6 +5,7 @@ from jaxreg.training.averaging import AveragingState, WeightAveraging, ema, swa,
 from jaxreg.training.early_stopping import EarlyStopping, EarlyStoppingState
 from jaxreg.training.fit import History, fit
 from jaxreg.training.hypergradient import TuneResult, tune_strength, unrolled_val_loss
+from jaxreg.training.mixing import cutmix, mixup
 from jaxreg.training.selection import SearchResult, grid_search, kfold_weights, random_search
 
 __all__ = [
@@ -16,11 +17,13 @@ __all__ = [
     "SearchResult",
     "TuneResult",
     "WeightAveraging",
+    "cutmix",
     "ema",
     "fit",
     "gaussian_noise",
     "grid_search",
     "kfold_weights",
+    "mixup",
     "swa",
     "random_flip",
     "random_rotation",
