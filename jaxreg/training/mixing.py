@@ -98,6 +98,7 @@ def _mixup_kernel(key: jax.Array, x: jax.Array, y: jax.Array, alpha: jax.Array) 
     return _like(_mix(x.astype(jnp.float32), lam), x.dtype), _mix(y, lam.astype(y.dtype))
 
 
+@jax.jit  # inlined in the kernels; one program when called on its own
 def _draw_lambda(key: jax.Array, alpha: jax.Array) -> jax.Array:
     alpha = jnp.asarray(alpha, jnp.float32)
     return jax.random.beta(key, alpha, alpha)
