@@ -128,6 +128,10 @@ def test_dtypes_integer_leaves_and_vmap():
 def test_bad_input(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_numpy_numbers_give_equal_hashable_averagings():
+    # fit compiles its epoch per averaging (a static argument): equal ones share it.
     assert ema(np.float32(0.5)) == ema(0.5) and hash(swa(np.int64(2))) == hash(swa(2))
 
 
