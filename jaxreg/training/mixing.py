@@ -89,16 +89,18 @@ def mixup(
     if x.ndim < 1 or x.shape[0] < 1:
         raise ValueError(f"{fn}: x must be a batch (batch, ...) of at least one sample, got shape {x.shape}.")
     y = _one_hot(fn, y, x.shape[0], num_classes)
-    return _mixup_kernel(key, x, y, alpha)
+    return _mixup_kernel(x, y, _draw_lambda(key, alpha))
 
 
+# The Beta draw is its own program, the mixing another: the draw (a rejection sampler,
+# the larger compilation) is compiled once, whatever the batch's shape and dtype. Inside
+# a jit both are inlined.
 @jax.jit
-def _mixup_kernel(key: jax.Array, x: jax.Array, y: jax.Array, alpha: jax.Array) -> tuple[jax.Array, jax.Array]:
-    lam = _draw_lambda(key, alpha)
+def _mixup_kernel(x: jax.Array, y: jax.Array, lam: jax.Array) -> tuple[jax.Array, jax.Array]:
     return _like(_mix(x.astype(jnp.float32), lam), x.dtype), _mix(y, lam.astype(y.dtype))
 
 
-@jax.jit  # inlined in the kernels; one program when called on its own
+@jax.jit
 def _draw_lambda(key: jax.Array, alpha: jax.Array) -> jax.Array:
     alpha = jnp.asarray(alpha, jnp.float32)
     return jax.random.beta(key, alpha, alpha)
@@ -132,7 +134,7 @@ def cutmix(
     _check_alpha(fn, alpha)
     images = _check_images(fn, images)
     y = _one_hot(fn, y, images.shape[0], num_classes)
-    return _cutmix_kernel(key, images, y, alpha)
+    return _cutmix_kernel(images, y, *_cutmix_draw(key, alpha, *images.shape[1:3]))
 
 
 def _cutmix_draw(key: jax.Array, alpha: jax.Array, height: int, width: int) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -157,9 +159,11 @@ def _cutmix_box(lam: jax.Array, cy: jax.Array, cx: jax.Array, height: int, width
 
 
 @jax.jit
-def _cutmix_kernel(key: jax.Array, images: jax.Array, y: jax.Array, alpha: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _cutmix_kernel(
+    images: jax.Array, y: jax.Array, lam: jax.Array, cy: jax.Array, cx: jax.Array
+) -> tuple[jax.Array, jax.Array]:
     height, width = images.shape[1:3]
-    y1, y2, x1, x2 = _cutmix_box(*_cutmix_draw(key, alpha, height, width), height, width)
+    y1, y2, x1, x2 = _cutmix_box(lam, cy, cx, height, width)
     rows = jnp.arange(height)[:, None]
     cols = jnp.arange(width)[None, :]
     inside = (rows >= y1) & (rows < y2) & (cols >= x1) & (cols < x2)
