@@ -16,7 +16,8 @@ interpolation of ``dm_pix.rotate``, on each channel plane), installed with
 
 Why here and not in ``jaxreg.nn``: augmentation acts on data batches in the input
 pipeline, not on activations inside a model, and it has no parameters or state. Noise
-on hidden units is the layer :class:`jaxreg.nn.GaussianNoise`.
+on hidden units is the layer :class:`jaxreg.nn.GaussianNoise`. MixUp and CutMix, which
+mix the labels too, are :func:`~jaxreg.training.mixup` and :func:`~jaxreg.training.cutmix`.
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ derived from ``(key, epoch)``, runs every full minibatch through the user's loss
 evaluation mode, feeds the monitored score to an optional
 :class:`~jaxreg.training.EarlyStopping`, writes an orbax checkpoint every
 ``checkpoint_every`` epochs, and reports epoch, losses and time left on a tqdm bar.
+With ``average=`` it keeps an average of the weights (an EMA or SWA), validates it and
+returns it.
 
 Why one compiled program per epoch: the model and optimizer are split once into a
 graph definition and a pytree of arrays (``nnx.split``), and a whole epoch is one
@@ -18,8 +20,8 @@ step and 0.4-0.7 ms inside the scan: the Python-side costs grow with the machine
 load, and the scan has none per step.
 
 Resuming is exact: everything an epoch reads is in the checkpoint (parameters,
-optimizer state, the model's ``nnx.Rngs`` counters, the early-stopping state, the epoch
-and the history), and the shuffle and augmentation keys are ``fold_in(key, epoch)``, so
+optimizer state, the model's ``nnx.Rngs`` counters, the early-stopping and averaging
+states, the epoch and the history), and the shuffle and augmentation keys are ``fold_in(key, epoch)``, so
 a run interrupted after epoch ``k`` and resumed from its checkpoint computes the same
 epochs ``k + 1, ...`` bit for bit.
 """
@@ -27,13 +29,11 @@ epochs ``k + 1, ...`` bit for bit.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
-import hashlib
 import math
-import sys
 import time
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -45,6 +45,9 @@ from tqdm.auto import tqdm
 
 from jaxreg import _checks
 from jaxreg.nn.optimizer import update_model
+from jaxreg.training import _checkpoint
+from jaxreg.training._checkpoint import is_key
+from jaxreg.training.averaging import AveragingState, WeightAveraging
 from jaxreg.training.early_stopping import EarlyStopping, EarlyStoppingState
 
 __all__ = ["History", "fit"]
@@ -74,21 +77,6 @@ class History(NamedTuple):
         return len(self.train_loss)
 
 
-def _is_key(x: Any) -> bool:
-    return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
-
-
-def _encode(tree: Any) -> Any:
-    # orbax stores arrays of numbers; typed PRNG keys (nnx.Rngs) are stored as their data.
-    return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, tree)
-
-
-def _decode(tree: Any, template: Any) -> Any:
-    return jax.tree.map(
-        lambda x, t: jax.random.wrap_key_data(x, impl=jax.random.key_impl(t)) if _is_key(t) else x, tree, template
-    )
-
-
 def _check_data(fn: str, name: str, data: Any) -> tuple[Any, Any, int]:
     if not isinstance(data, (tuple, list)) or len(data) != 2:
         raise ValueError(f"{fn}: {name} must be a pair (inputs, targets) of arrays, got {type(data).__name__}.")
@@ -111,9 +99,10 @@ def _slice(tree: Any, start: int, stop: int) -> Any:
     return jax.tree.map(lambda a: a[start:stop], tree)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "loss_fn", "wrt", "augment", "batch_size"))
+@functools.partial(jax.jit, static_argnames=("graphdef", "loss_fn", "wrt", "augment", "average", "batch_size"))
 def _train_epoch(
     state: Any,
+    averaging: AveragingState | None,
     x: Any,
     y: Any,
     epoch_key: jax.Array,
@@ -122,15 +111,17 @@ def _train_epoch(
     loss_fn: Callable[..., jax.Array],
     wrt: Any,
     augment: Callable[[jax.Array, Any], Any] | None,
+    average: WeightAveraging | None,
     batch_size: int,
-) -> tuple[Any, jax.Array]:
-    """One epoch: a keyed shuffle, then one optimizer step per full minibatch, as one scan."""
+) -> tuple[Any, AveragingState | None, jax.Array]:
+    """One epoch: a keyed shuffle, then one optimizer step (and ``average`` update) per full minibatch, as one scan."""
     n = jax.tree.leaves(x)[0].shape[0]
     steps = n // batch_size
     shuffle_key, augment_key = jax.random.split(epoch_key)
     order = jax.random.permutation(shuffle_key, n)[: steps * batch_size].reshape(steps, batch_size)
 
-    def step(state: Any, batch: tuple[jax.Array, jax.Array]) -> tuple[Any, jax.Array]:
+    def step(carry: tuple[Any, Any], batch: tuple[jax.Array, jax.Array]) -> tuple[tuple[Any, Any], jax.Array]:
+        state, averaging = carry
         idx, step_key = batch
         model, optimizer = nnx.merge(graphdef, state)
         model.train()
@@ -142,10 +133,18 @@ def _train_epoch(
         # value= reaches the transforms that read the loss (optax.contrib.reduce_on_plateau);
         # one pass when optimizer.tx is a jaxreg.chain.
         update_model(optimizer, model, grads, value=loss)
-        return nnx.split((model, optimizer))[1], loss
+        if average is not None:
+            averaging = average.update(averaging, _trained(model, wrt))
+        return (nnx.split((model, optimizer))[1], averaging), loss
 
-    state, losses = jax.lax.scan(step, state, (order, jax.random.split(augment_key, steps)))
-    return state, jnp.mean(losses)
+    carry = (state, averaging)
+    (state, averaging), losses = jax.lax.scan(step, carry, (order, jax.random.split(augment_key, steps)))
+    return state, averaging, jnp.mean(losses)
+
+
+def _trained(model: nnx.Module, wrt: Any) -> Any:
+    """The variables the optimizer trains (its ``wrt``), as a pure dict: what ``average`` averages."""
+    return nnx.to_pure_dict(nnx.state(model, wrt))
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "loss_fn", "metric_fn"))
@@ -194,6 +193,7 @@ def fit(
     monitor: str = "val_loss",
     restore_best: bool = True,
     augment: Callable[[jax.Array, Any], Any] | None = None,
+    average: WeightAveraging | None = None,
     eval_batch_size: int | None = None,
     checkpoint_dir: str | Path | None = None,
     checkpoint_every: int = 1,
@@ -214,13 +214,13 @@ def fit(
     epoch.
 
     With ``checkpoint_dir`` the model and optimizer state (with the model's RNG
-    counters), the early-stopping state, the epoch and the history are written every
+    counters), the early-stopping and averaging states, the epoch and the history are written every
     ``checkpoint_every`` epochs and after the last one; a later call with the same
     directory and arguments restores the newest checkpoint and continues from there,
     reaching the same parameters as a run that was never interrupted. Give a larger
     ``epochs`` to train a finished run further. A checkpoint written with other
-    arguments (``batch_size``, ``key``, training data, model, optimizer or
-    ``early_stopping``) is refused with an error naming which; a checkpoint that cannot
+    arguments (``batch_size``, ``key``, training data, model, optimizer,
+    ``early_stopping`` or ``average``) is refused with an error naming which; a checkpoint that cannot
     be read is deleted with a warning naming it, and the newest readable one is resumed.
 
     Args:
@@ -253,6 +253,15 @@ def fit(
         optimizer keep their last state.
       augment: ``(key, x_batch) -> x_batch`` applied to every training batch inside the
         compiled step (e.g. :class:`~jaxreg.training.ImageAugmentation`), or None.
+      average: a :func:`~jaxreg.training.ema` or :func:`~jaxreg.training.swa` of the
+        trained variables (the optimizer's ``wrt``), updated after every optimizer step
+        inside the compiled epoch, or None. Training is unchanged (the optimizer steps
+        the raw weights and ``train_loss`` is theirs); validation, early stopping and
+        ``restore_best`` see the averaged weights beside the trained model's other
+        variables (BatchNorm statistics, as torch's ``AveragedModel`` without
+        ``use_buffers``); at the end the model holds the averaged weights (the best
+        epoch's with ``restore_best``) and the optimizer its last state. For a model
+        with BatchNorm, call :func:`~jaxreg.training.update_batch_stats` afterwards.
       eval_batch_size: evaluate the validation set in chunks of this size (None: all at
         once).
       checkpoint_dir: directory for orbax checkpoints (created if missing), or None.
@@ -273,6 +282,161 @@ def fit(
       ``epoch_time``, and ``stopped_early``, ``best_epoch``, ``resumed_from``.
     """
     fn = "fit"
+    args = _check_arguments(
+        fn,
+        model,
+        optimizer,
+        train_data,
+        val_data,
+        key=key,
+        epochs=epochs,
+        batch_size=batch_size,
+        metric_fn=metric_fn,
+        early_stopping=early_stopping,
+        monitor=monitor,
+        average=average,
+        eval_batch_size=eval_batch_size,
+        checkpoint_every=checkpoint_every,
+        max_checkpoints=max_checkpoints,
+    )
+    graphdef, state = nnx.split((model, optimizer))
+    run = _Run(
+        model=model,
+        optimizer=optimizer,
+        # Static arguments key the compilation cache: a second fit of the same architecture,
+        # optimizer and functions (a resumed run, another seed) reuses the compiled epoch.
+        train_epoch=functools.partial(
+            _train_epoch,
+            graphdef=graphdef,
+            loss_fn=loss_fn,
+            wrt=optimizer.wrt,
+            augment=augment,
+            average=average,
+            batch_size=args.batch_size,
+        ),
+        loss_fn=loss_fn,
+        metric_fn=metric_fn,
+        train=args.train,
+        val=args.val,
+        key=key,
+        eval_batch_size=args.eval_batch_size,
+        early_stopping=early_stopping,
+        monitor=monitor,
+    )
+    carry = _Carry(
+        state,
+        stopping=None if early_stopping is None else early_stopping.init(_restorable(model)),
+        averaging=None if average is None else average.init(_trained(model, optimizer.wrt)),
+    )
+    records: dict[str, list[float]] = {name: [] for name in _FIELDS}
+    start, stopped = 0, False
+
+    checkpoints = None
+    if checkpoint_dir is not None:
+        # What a resumed run must share with the run that wrote the checkpoint: a checkpoint
+        # of other data of the same size, or of another optimizer whose state orbax could
+        # still fill, would otherwise resume silently.
+        fingerprint = {
+            "batch_size": args.batch_size,
+            "n_train": args.train[2],
+            "key": args.key_data.tolist(),
+            "train_data": _checkpoint.digest_of_values(args.train[:2]),
+            "state": _checkpoint.digest_of_structure(carry.payload()),
+            "average": None if average is None else dataclasses.asdict(average),
+        }
+        checkpoints = _checkpoint.Checkpoints(
+            fn,
+            checkpoint_dir,
+            every=args.checkpoint_every,
+            max_to_keep=args.max_checkpoints,
+            epochs=args.epochs,
+            fingerprint=fingerprint,
+        )
+
+    label = progress if isinstance(progress, str) else None
+    with contextlib.ExitStack() as stack:  # on the way out: close the bar, then finish the writes
+        if checkpoints is not None:
+            stack.callback(checkpoints.close)
+        restored = None if checkpoints is None else checkpoints.restore(carry.payload())
+        if restored is not None:
+            meta, arrays = restored
+            carry = carry.restored(arrays)
+            records = {name: list(meta["history"][name]) for name in _FIELDS}
+            start, stopped = int(meta["epoch"]), bool(meta["stopped"])
+            nnx.update((model, optimizer), carry.state)
+
+        bar = stack.enter_context(_progress_bar(label, args.epochs, start, disable=not progress))
+        for epoch in range(start, args.epochs):
+            if stopped:
+                break
+            carry, record = run.epoch(epoch, carry)
+            stopped = carry.stopping is not None and bool(carry.stopping.should_stop)
+            for name in _FIELDS:
+                records[name].append(record[name])
+            bar.set_postfix(_postfix(record), refresh=False)
+            bar.update(1)
+            try:
+                if on_epoch_end is not None and on_epoch_end(epoch + 1, dict(record)):
+                    stopped = True
+            finally:
+                # After the callback, so that the checkpoint records a stop it asks for; in
+                # a finally, so that an exception it raises leaves the epoch checkpointed.
+                if checkpoints is not None and checkpoints.due(epoch + 1, stopped):
+                    # A copy of the history: orbax writes the JSON asynchronously, while the
+                    # next epoch appends to the live lists.
+                    history = {name: list(values) for name, values in records.items()}
+                    meta = {"epoch": epoch + 1, "stopped": stopped, "history": history}
+                    checkpoints.save(epoch + 1, carry.payload(), meta)
+
+    if carry.averaging is not None:
+        nnx.update(model, nnx.state(run.evaluated(carry.averaging), optimizer.wrt))
+    best_epoch = None
+    if carry.stopping is not None and int(carry.stopping.best_step) >= 0:
+        best_epoch = int(carry.stopping.best_step) + 1
+        if restore_best:
+            best = nnx.state(model, _RESTORED)
+            nnx.replace_by_pure_dict(best, carry.stopping.best_params)  # in place
+            nnx.update(model, best)
+    return History(
+        *(np.asarray(records[name], np.float64) for name in _FIELDS),
+        stopped_early=stopped,
+        best_epoch=best_epoch,
+        resumed_from=start,
+    )
+
+
+class _Arguments(NamedTuple):
+    """:func:`fit`'s arguments, checked and normalized."""
+
+    epochs: int
+    batch_size: int
+    checkpoint_every: int
+    max_checkpoints: int
+    eval_batch_size: int | None
+    train: tuple[Any, Any, int]  # (x, y, n)
+    val: tuple[Any, Any, int] | None
+    key_data: np.ndarray  # the key's raw uint32 data (the checkpoint's fingerprint)
+
+
+def _check_arguments(
+    fn: str,
+    model: Any,
+    optimizer: Any,
+    train_data: Any,
+    val_data: Any,
+    *,
+    key: Any,
+    epochs: Any,
+    batch_size: Any,
+    metric_fn: Any,
+    early_stopping: Any,
+    monitor: Any,
+    average: Any,
+    eval_batch_size: Any,
+    checkpoint_every: Any,
+    max_checkpoints: Any,
+) -> _Arguments:
+    """Raises a TypeError or ValueError naming the first bad argument; returns them normalized."""
     if not isinstance(model, nnx.Module):
         raise TypeError(f"{fn}: model must be an nnx.Module, got {type(model).__name__}.")
     if not isinstance(optimizer, nnx.Optimizer):
@@ -291,243 +455,98 @@ def fit(
         raise ValueError(f"{fn}: monitor must be one of {', '.join(map(repr, _MONITORS))}, got {monitor!r}.")
     if early_stopping is not None and not isinstance(early_stopping, EarlyStopping):
         raise TypeError(f"{fn}: early_stopping must be a jaxreg.training.EarlyStopping, got {early_stopping!r}.")
+    if average is not None and not isinstance(average, WeightAveraging):
+        raise TypeError(f"{fn}: average must be a jaxreg.training.ema(...) or swa(...), got {average!r}.")
     if early_stopping is not None and monitor != "train_loss" and val is None:
         raise ValueError(f"{fn}: monitor={monitor!r} needs val_data; give val_data or monitor='train_loss'.")
     if early_stopping is not None and monitor == "val_metric" and metric_fn is None:
         raise ValueError(f"{fn}: monitor='val_metric' needs metric_fn.")
-    if not (_is_key(key) or (getattr(key, "dtype", None) == np.uint32 and np.shape(key)[-1:] == (2,))):
+    if not (is_key(key) or (getattr(key, "dtype", None) == np.uint32 and np.shape(key)[-1:] == (2,))):
         raise TypeError(f"{fn}: key must be a PRNG key such as jax.random.key(0), got {key!r}.")
-    key_data = np.asarray(jax.random.key_data(key) if _is_key(key) else key)
+    key_data = np.asarray(jax.random.key_data(key) if is_key(key) else key)
+    return _Arguments(epochs, batch_size, checkpoint_every, max_checkpoints, eval_batch_size, train, val, key_data)
 
-    graphdef, state = nnx.split((model, optimizer))
-    # Static arguments key the compilation cache: a second fit of the same architecture,
-    # optimizer and functions (a resumed run, another seed) reuses the compiled epoch.
-    train_epoch = functools.partial(
-        _train_epoch, graphdef=graphdef, loss_fn=loss_fn, wrt=optimizer.wrt, augment=augment, batch_size=batch_size
-    )
 
-    def evaluate(x: Any, y: Any) -> tuple[jax.Array, jax.Array]:
-        # The model alone: its graph does not hold the optimizer, so runs that differ only
-        # in their optimizer share this compilation.
-        model_def, model_state = nnx.split(model)
-        return _evaluate(model_state, x, y, graphdef=model_def, loss_fn=loss_fn, metric_fn=metric_fn)
+def _restorable(model: nnx.Module) -> Any:
+    return nnx.to_pure_dict(nnx.state(model, _RESTORED))
 
-    def restorable(model: nnx.Module) -> Any:
-        return nnx.to_pure_dict(nnx.state(model, _RESTORED))
 
-    stop_state = None if early_stopping is None else early_stopping.init(restorable(model))
-    records: dict[str, list[float]] = {name: [] for name in _FIELDS}
-    start, stopped = 0, False
+class _Carry(NamedTuple):
+    """What changes from epoch to epoch (and a checkpoint holds)."""
 
-    manager = None
-    if checkpoint_dir is not None:
-        ocp = _checks.import_extra(fn, "orbax.checkpoint", "orbax-checkpoint", "checkpoint_dir needs")
-        directory = Path(checkpoint_dir).absolute()
-        manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_checkpoints))
+    state: Any  # nnx.split((model, optimizer))[1]
+    stopping: EarlyStoppingState | None
+    averaging: AveragingState | None
 
-    def payload() -> dict[str, Any]:
-        tree = {"model_and_optimizer": nnx.to_pure_dict(state)}
-        if stop_state is not None:
-            tree["early_stopping"] = stop_state._asdict()
+    def payload(self) -> dict[str, Any]:
+        """The arrays of a checkpoint, as pure dicts."""
+        tree = {"model_and_optimizer": nnx.to_pure_dict(self.state)}
+        for name, value in (("early_stopping", self.stopping), ("average", self.averaging)):
+            if value is not None:
+                tree[name] = value._asdict()
         return tree
 
-    # What a resumed run must share with the run that wrote the checkpoint: a checkpoint
-    # of other data of the same size, or of another optimizer whose state orbax could
-    # still fill, would otherwise resume silently.
-    fingerprint = None
-    if manager is not None:
-        fingerprint = {
-            "batch_size": batch_size,
-            "n_train": train[2],
-            "key": key_data.tolist(),
-            "train_data": _digest_of_values(train[:2]),
-            "state": _digest_of_structure(payload()),
-        }
-
-    bar = None
-    after_restore = contextlib.ExitStack()
-    try:
-        if manager is not None and manager.latest_step() is not None:
-            after_restore.enter_context(_ignoring_closed_event_loops())
-            template = payload()
-            meta, arrays = _restore_newest_intact(fn, ocp, manager, directory, _encode(template), fingerprint, epochs)
-            arrays = _decode(arrays, template)
-            nnx.replace_by_pure_dict(state, arrays["model_and_optimizer"])  # in place
-            if stop_state is not None:
-                stop_state = EarlyStoppingState(**arrays["early_stopping"])
-            records = {name: list(meta["history"][name]) for name in _FIELDS}
-            start, stopped = int(meta["epoch"]), bool(meta["stopped"])
-            nnx.update((model, optimizer), state)
-
-        label = progress if isinstance(progress, str) else None
-        bar = _progress_bar(label, epochs, start, disable=not progress)
-        for epoch in range(start, epochs):
-            if stopped:
-                break
-            t0 = time.perf_counter()
-            state, train_loss = train_epoch(state, train[0], train[1], jax.random.fold_in(key, epoch))
-            nnx.update((model, optimizer), state)
-            val_loss, val_metric = math.nan, math.nan
-            if val is not None:
-                val_loss, val_metric = _mean_over_chunks(evaluate, val, eval_batch_size)
-            record = {"train_loss": float(train_loss), "val_loss": val_loss, "val_metric": val_metric}
-            if stop_state is not None:
-                stop_state = early_stopping.update(stop_state, jnp.float32(record[monitor]), restorable(model))
-                stopped = bool(stop_state.should_stop)
-            record["epoch_time"] = time.perf_counter() - t0
-            for name in _FIELDS:
-                records[name].append(record[name])
-            bar.set_postfix(_postfix(record), refresh=False)
-            bar.update(1)
-            try:
-                if on_epoch_end is not None and on_epoch_end(epoch + 1, dict(record)):
-                    stopped = True
-            finally:
-                # After the callback, so that the checkpoint records a stop it asks for; in
-                # a finally, so that an exception it raises leaves the epoch checkpointed.
-                if manager is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs or stopped):
-                    # A copy of the history: orbax writes the JSON asynchronously, while the
-                    # next epoch appends to the live lists.
-                    history = {name: list(values) for name, values in records.items()}
-                    meta = {"epoch": epoch + 1, "stopped": stopped, "history": history, "fingerprint": fingerprint}
-                    manager.save(
-                        epoch + 1,
-                        args=ocp.args.Composite(
-                            arrays=ocp.args.StandardSave(_encode(payload())), meta=ocp.args.JsonSave(meta)
-                        ),
-                    )
-    finally:
-        if bar is not None:
-            bar.close()
-        if manager is not None:
-            manager.wait_until_finished()
-            manager.close()
-        after_restore.close()
-
-    best_epoch = None
-    if stop_state is not None and int(stop_state.best_step) >= 0:
-        best_epoch = int(stop_state.best_step) + 1
-        if restore_best:
-            best = nnx.state(model, _RESTORED)
-            nnx.replace_by_pure_dict(best, stop_state.best_params)  # in place
-            nnx.update(model, best)
-    return History(
-        *(np.asarray(records[name], np.float64) for name in _FIELDS),
-        stopped_early=stopped,
-        best_epoch=best_epoch,
-        resumed_from=start,
-    )
+    def restored(self, arrays: dict[str, Any]) -> _Carry:
+        """This carry with the checkpoint's ``arrays`` (a :meth:`payload`) in it."""
+        nnx.replace_by_pure_dict(self.state, arrays["model_and_optimizer"])  # in place
+        stopping = None if self.stopping is None else EarlyStoppingState(**arrays["early_stopping"])
+        averaging = None if self.averaging is None else AveragingState(**arrays["average"])
+        return _Carry(self.state, stopping, averaging)
 
 
-def _digest_of_values(tree: Any) -> str:
-    """A digest of the arrays' shapes, dtypes and values (the training data)."""
-    digest = hashlib.sha256()
-    for leaf in jax.tree.leaves(tree):
-        leaf = np.asarray(leaf)
-        digest.update(f"{leaf.shape} {leaf.dtype};".encode())
-        digest.update(np.ascontiguousarray(leaf).tobytes())
-    return digest.hexdigest()
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    """What stays fixed over the epochs of one :func:`fit` call."""
 
+    model: nnx.Module
+    optimizer: nnx.Optimizer
+    train_epoch: Callable[..., tuple[Any, Any, jax.Array]]  # _train_epoch with its static arguments bound
+    loss_fn: Callable[..., jax.Array]
+    metric_fn: Callable[..., jax.Array] | None
+    train: tuple[Any, Any, int]
+    val: tuple[Any, Any, int] | None
+    key: jax.Array
+    eval_batch_size: int | None
+    early_stopping: EarlyStopping | None
+    monitor: str
 
-def _digest_of_structure(tree: Any) -> str:
-    """A digest of the tree's paths, shapes and dtypes (the model and optimizer state)."""
-    leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
-    text = "\n".join(f"{jax.tree_util.keystr(path)} {jnp.shape(x)} {jnp.result_type(x)}" for path, x in leaves)
-    return hashlib.sha256(text.encode()).hexdigest()
+    def epoch(self, epoch: int, carry: _Carry) -> tuple[_Carry, dict[str, float]]:
+        """Trains the 0-based ``epoch``, writes it into the model and optimizer, validates.
 
+        Returns the new carry and the epoch's record.
+        """
+        t0 = time.perf_counter()
+        key = jax.random.fold_in(self.key, epoch)
+        state, averaging, train_loss = self.train_epoch(carry.state, carry.averaging, *self.train[:2], key)
+        nnx.update((self.model, self.optimizer), state)
+        evaluated = self.evaluated(averaging)
+        val_loss, val_metric = math.nan, math.nan
+        if self.val is not None:
+            val_loss, val_metric = _mean_over_chunks(
+                functools.partial(self.evaluate, evaluated), self.val, self.eval_batch_size
+            )
+        record = {"train_loss": float(train_loss), "val_loss": val_loss, "val_metric": val_metric}
+        stopping = carry.stopping
+        if stopping is not None:
+            score = jnp.float32(record[self.monitor])
+            stopping = self.early_stopping.update(stopping, score, _restorable(evaluated))
+        record["epoch_time"] = time.perf_counter() - t0
+        return _Carry(state, stopping, averaging), record
 
-_FINGERPRINT_NAMES = {
-    "train_data": "other training data (of the same size)",
-    "state": "another model, optimizer or early_stopping (other state)",
-}
+    def evaluated(self, averaging: AveragingState | None) -> nnx.Module:
+        """The model that is validated: the trained one, or a copy of it holding the averaged weights."""
+        if averaging is None:
+            return self.model
+        graphdef, trained, rest = nnx.split(self.model, self.optimizer.wrt, ...)
+        nnx.replace_by_pure_dict(trained, averaging.averaged)  # in the copy split made
+        return nnx.merge(graphdef, trained, rest)
 
-
-def _check_meta(fn: str, directory: Path, meta: dict[str, Any], fingerprint: dict[str, Any], epochs: int) -> None:
-    """Raises a ValueError if the checkpoint was written by another run or is past ``epochs``."""
-    if meta["epoch"] > epochs:
-        raise ValueError(
-            f"{fn}: the checkpoint in {directory} is at epoch {meta['epoch']}, beyond epochs={epochs}; "
-            "give epochs >= that or use a new checkpoint_dir."
-        )
-    for name, value in fingerprint.items():
-        written = meta["fingerprint"].get(name)
-        if written == value:
-            continue
-        what = _FINGERPRINT_NAMES.get(name)
-        if what is None:
-            what = f"{name}={written!r}, got {name}={value!r}"
-        raise ValueError(
-            f"{fn}: the checkpoint in {directory} was written with {what}; resume with the same "
-            "arguments or use a new checkpoint_dir."
-        )
-
-
-def _restore_newest_intact(
-    fn: str, ocp: Any, manager: Any, directory: Path, template: Any, fingerprint: dict[str, Any], epochs: int
-) -> tuple[dict[str, Any], Any]:
-    """``(meta, arrays)`` of the newest checkpoint that can be read.
-
-    A checkpoint that cannot be read (a damaged file, a write cut short) is deleted with
-    a warning naming it, and the next older one is tried: resuming is exact, so the
-    epochs after it are recomputed to the same numbers. A readable checkpoint of another
-    run raises (see :func:`_check_meta`).
-    """
-    damaged = []
-    for step in sorted(manager.all_steps(), reverse=True):
-        try:
-            meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
-        except Exception as err:  # any failure to read: a missing, truncated or garbled file
-            damaged.append((step, err))
-            continue
-        _check_meta(fn, directory, meta, fingerprint, epochs)
-        try:
-            arrays = manager.restore(step, args=ocp.args.Composite(arrays=ocp.args.StandardRestore(template)))
-        except Exception as err:  # the fingerprint matched, so the arrays are damaged
-            damaged.append((step, err))
-            continue
-        break
-    else:
-        step, err = damaged[0]
-        raise ValueError(
-            f"{fn}: no checkpoint in {directory} can be read (the newest, {directory}/{step}: "
-            f"{type(err).__name__}: {_first_line(err)}); use a new checkpoint_dir."
-        )
-    for bad, err in damaged:
-        warnings.warn(
-            f"{fn}: the checkpoint {directory}/{bad} is damaged ({type(err).__name__}: {_first_line(err)}); "
-            f"deleted it and resumed from {directory}/{step}.",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-        manager.delete(bad)
-    return meta, arrays.arrays
-
-
-@contextlib.contextmanager
-def _ignoring_closed_event_loops() -> Iterator[None]:
-    """Drops the ``RuntimeError('Event loop is closed')`` of reads orbax left running.
-
-    When one array of a damaged checkpoint cannot be read, orbax's restore fails at once
-    and closes its event loop while tensorstore's other reads are still in flight; as
-    each of them completes, its callback raises on the closed loop, and Python prints one
-    traceback per array. The warning that names the damaged checkpoint says it all.
-    """
-    previous = sys.unraisablehook
-
-    def hook(unraisable: Any) -> None:
-        error = unraisable.exc_value
-        if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
-            previous(unraisable)
-
-    sys.unraisablehook = hook
-    try:
-        yield
-    finally:
-        sys.unraisablehook = previous
-
-
-def _first_line(err: Exception) -> str:
-    return str(err).strip().splitlines()[0] if str(err).strip() else ""
+    def evaluate(self, model: nnx.Module, x: Any, y: Any) -> tuple[jax.Array, jax.Array]:
+        """Mean loss and metric of ``model`` on one batch, in evaluation mode."""
+        # The model alone: its graph does not hold the optimizer, so runs that differ only
+        # in their optimizer share this compilation.
+        graphdef, state = nnx.split(model)
+        return _evaluate(state, x, y, graphdef=graphdef, loss_fn=self.loss_fn, metric_fn=self.metric_fn)
 
 
 def _postfix(record: dict[str, float]) -> dict[str, str]:
