@@ -193,14 +193,20 @@ def test_orthogonal_on_sown_activations_decorrelates_units():
 
 
 @pytest.mark.parametrize(
-    "call, error, message",
+    "call, message",
     [
-        (lambda: penalties.orthogonal({"b": jnp.ones(3)}, 0.1), ValueError, r"orthogonal: params\['b'\] has shape \(3,\)"),
-        (lambda: penalties.orthogonal(jnp.ones((2, 3, 4)), 0.1), ValueError, r"has shape \(2, 3, 4\), but the penalty"),
-        (lambda: penalties.orthogonal(jnp.ones((2, 3)), 0.1, mode="cols"), ValueError, r"mode must be 'rows' or 'columns', got 'cols'"),
-        (lambda: penalties.orthogonal(jnp.ones((2, 3)), -0.1), ValueError, r"orthogonal: factor must be a non-negative number, got -0.1"),
+        (lambda: penalties.orthogonal({"b": jnp.ones(3)}, 0.1), r"orthogonal: params\['b'\] has shape \(3,\)"),
+        (lambda: penalties.orthogonal(jnp.ones((2, 3, 4)), 0.1), r"has shape \(2, 3, 4\), but the penalty"),
+        (
+            lambda: penalties.orthogonal(jnp.ones((2, 3)), 0.1, mode="cols"),
+            r"mode must be 'rows' or 'columns', got 'cols'",
+        ),
+        (
+            lambda: penalties.orthogonal(jnp.ones((2, 3)), -0.1),
+            r"orthogonal: factor must be a non-negative number, got -0.1",
+        ),
     ],
 )
-def test_orthogonal_bad_input(call, error, message):
-    with pytest.raises(error, match=message):
+def test_orthogonal_bad_input(call, message):
+    with pytest.raises(ValueError, match=message):
         call()

@@ -1,10 +1,11 @@
 """Dropout variants for Flax NNX: whole channels, multiplicative Gaussian noise, SELU-preserving.
 
-Each follows ``nnx.Dropout``'s conventions (see :class:`~jaxreg.nn.layers.RandomLayer`):
-``model.train()`` / ``model.eval()``, ``deterministic=``, a ``"dropout"`` RNG stream
-(falling back to ``"default"``), and a ``rate`` in ``[0, 1)`` that is the probability of
-dropping, not of keeping. The math runs in float32 for bfloat16 and float16 inputs (in the
-input's own dtype otherwise) and the result has the input's dtype.
+Each follows ``nnx.Dropout``'s conventions: ``model.train()`` / ``model.eval()`` /
+``nnx.view`` set ``deterministic``, a ``deterministic=`` call argument overrides it, the
+keys come from a ``"dropout"`` RNG stream (falling back to ``"default"``) or a ``rngs=``
+given at the call, and ``rate``, in ``[0, 1)``, is the probability of dropping, not of
+keeping. The math runs in float32 for bfloat16 and float16 inputs (in the input's own
+dtype otherwise) and the result has the input's dtype.
 """
 
 from __future__ import annotations
