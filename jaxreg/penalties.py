@@ -213,16 +213,17 @@ def orthogonal(params: optax.Params, factor: chex.Numeric, mode: str = "rows", m
     stays zero and counts as orthogonal to every other), the Gram matrix of the unit rows
     is formed, and ``factor`` times the mean absolute value of its ``n (n - 1)``
     off-diagonal entries is returned, Keras' ``factor * 0.5 * sum|off-diagonal| /
-    (n (n - 1) / 2)``. Where Keras differs: its gradient is NaN at an all-zero row and
-    its penalty NaN for a single row (0 / 0 pairs); here the gradient there is finite
-    (0 through the zero row, as ``|x|`` has derivative 0 at 0 in this module) and a
-    single row gives 0. Keras takes one tensor; this takes a pytree and sums the penalty
-    over the leaves ``mask`` selects (a lone array is a pytree of one leaf).
+    (n (n - 1) / 2)``. Where Keras differs: its gradient is NaN at an all-zero row
+    (``rsqrt(0)`` is infinite; seen on its JAX backend) and its penalty NaN for a single
+    row (0 / 0 pairs); here the gradient there is finite (0 through the zero row, as
+    ``|x|`` has derivative 0 at 0 in this module) and a single row gives 0. Keras takes
+    one tensor; this takes a pytree and sums the penalty over the leaves ``mask`` selects
+    (a lone array is a pytree of one leaf).
 
-    For a ``Dense`` kernel ``(in, out)``, ``mode="columns"`` pushes the ``out`` weight
-    vectors of the units toward orthogonality; ``mode="rows"`` the ``in`` rows (Keras'
-    example uses rows). A conv kernel ``HWIO`` is not 2-D: reshape it to ``(-1, O)``
-    first, or leave it out with ``mask=``.
+    For a ``Dense`` kernel ``(in, out)``, ``mode="columns"`` makes the weight vectors of
+    the ``out`` units (the columns, of length ``in``) orthogonal; ``mode="rows"`` the
+    ``in`` rows, one per input (Keras' example uses rows). A conv kernel ``HWIO`` is not
+    2-D: reshape it to ``(-1, O)`` first, or leave it out with ``mask=``.
 
     On sown activations (``out, acts = nnx.capture(model, nnx.Intermediate)(x)`` for a
     :class:`jaxreg.nn.MLP` built with ``record_activations=True``), each array is
