@@ -1,7 +1,7 @@
 """Flax NNX models and layers for regularization experiments."""
 
 from jaxreg.nn.dropout import AlphaDropout, GaussianDropout, SpatialDropout
-from jaxreg.nn.layers import GaussianNoise
+from jaxreg.nn.layers import GaussianNoise, RandomLayer
 from jaxreg.nn.models import CNN, MLP, MultiTaskMLP
 from jaxreg.nn.optimizer import Optimizer, update_model
 
@@ -13,6 +13,7 @@ __all__ = [
     "GaussianNoise",
     "MultiTaskMLP",
     "Optimizer",
+    "RandomLayer",
     "SpatialDropout",
     "update_model",
 ]

@@ -23,19 +23,22 @@ from jaxreg.nn.layers import RandomLayer, RngsArg
 SELU_SATURATION = -1.7580993408473766
 
 
-class _Dropout(RandomLayer):
-    """A dropout variant with a validated ``rate`` that draws from the ``dropout`` stream."""
+def _dropout_init(
+    self: RandomLayer,
+    rate: float,
+    *,
+    deterministic: bool = False,
+    rng_collection: str = "dropout",
+    rngs: RngsArg = None,
+) -> None:
+    """The ``__init__`` of the dropout layers: a validated ``rate``, keys from the ``dropout`` stream."""
+    if not 0 <= rate < 1:
+        raise ValueError(f"{type(self).__name__}: rate must lie in [0, 1), got {rate!r}.")
+    self.rate = rate
+    RandomLayer.__init__(self, rate > 0, deterministic=deterministic, rng_collection=rng_collection, rngs=rngs)
 
-    def __init__(
-        self, rate: float, *, deterministic: bool = False, rng_collection: str = "dropout", rngs: RngsArg = None
-    ):
-        if not 0 <= rate < 1:
-            raise ValueError(f"{type(self).__name__}: rate must lie in [0, 1), got {rate!r}.")
-        self.rate = rate
-        super().__init__(rate > 0, deterministic=deterministic, rng_collection=rng_collection, rngs=rngs)
 
-
-class SpatialDropout(_Dropout):
+class SpatialDropout(RandomLayer):
     """Drops whole channels of a channels-last feature map, scaling the kept ones by ``1 / (1 - rate)``.
 
     Keras' ``SpatialDropout1D`` / ``2D`` / ``3D`` in one layer, for inputs
@@ -58,6 +61,8 @@ class SpatialDropout(_Dropout):
       The module; calling it returns an array of the input's shape and dtype.
     """
 
+    __init__ = _dropout_init
+
     def __call__(
         self, x: jax.Array, *, deterministic: bool | None = None, rngs: RngsArg | jax.Array = None
     ) -> jax.Array:
@@ -76,7 +81,7 @@ class SpatialDropout(_Dropout):
         return jnp.where(keep, wide / (1 - self.rate), 0).astype(x.dtype)
 
 
-class GaussianDropout(_Dropout):
+class GaussianDropout(RandomLayer):
     """Multiplies each unit by ``N(1, rate / (1 - rate))`` noise: dropout's mean and variance, without zeros.
 
     Keras' ``GaussianDropout(rate)`` (Srivastava et al., 2014, section 10): the
@@ -96,13 +101,15 @@ class GaussianDropout(_Dropout):
       The module; calling it returns an array of the input's shape and dtype.
     """
 
+    __init__ = _dropout_init
+
     def _perturb(self, x: jax.Array, key: jax.Array) -> jax.Array:
         wide = _tree.wide(x)
         std = math.sqrt(self.rate / (1 - self.rate))
         return (wide * (1 + std * jax.random.normal(key, x.shape, wide.dtype))).astype(x.dtype)
 
 
-class AlphaDropout(_Dropout):
+class AlphaDropout(RandomLayer):
     """Dropout for SELU networks: keeps zero mean and unit variance by dropping to SELU's saturation value.
 
     ``torch.nn.AlphaDropout`` and Keras' ``AlphaDropout`` (Klambauer et al., 2017): each
@@ -123,6 +130,8 @@ class AlphaDropout(_Dropout):
     Returns:
       The module; calling it returns an array of the input's shape and dtype.
     """
+
+    __init__ = _dropout_init
 
     def _perturb(self, x: jax.Array, key: jax.Array) -> jax.Array:
         keep = jax.random.bernoulli(key, 1 - self.rate, x.shape)
