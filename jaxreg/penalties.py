@@ -24,7 +24,10 @@ import optax
 from jaxreg import _checks, _tree
 from jaxreg.masks import Mask
 
-__all__ = ["l1", "l2", "elastic_net", "group_lasso", "activity_l1"]
+__all__ = ["l1", "l2", "elastic_net", "group_lasso", "activity_l1", "orthogonal"]
+
+# keras.backend.epsilon(): keras.ops.normalize caps 1 / ||x|| at 1 / epsilon.
+_KERAS_EPSILON = 1e-7
 
 
 def _selected(fn: str, params: optax.Params, mask: Mask) -> list[jax.Array]:
@@ -174,3 +177,89 @@ def activity_l1(activations: Any, strength: chex.Numeric = 1.0) -> jax.Array:
     leaves = jax.tree.leaves(_tree.unbox(activations))
     terms = [_l1_norm(a) / max(a.shape[0], 1) if a.ndim else _l1_norm(a) for a in leaves]
     return strength * _total(terms)
+
+
+def _normalized_rows(x: jax.Array) -> jax.Array:
+    """The rows of ``x`` scaled to unit 2-norm as ``keras.ops.normalize(x, axis=1)`` scales them.
+
+    Keras multiplies by ``min(rsqrt(sum x^2), 1 / epsilon)``, so a row with a norm below
+    ``epsilon = 1e-7`` is scaled by ``1e7`` and an all-zero row stays zero. The ``rsqrt``
+    is taken of 1 where the cap applies, so that its infinite derivative at 0 never
+    reaches the gradient (Keras' own gradient is NaN at an all-zero row).
+    """
+    squares = jnp.sum(x * x, axis=1, keepdims=True)
+    uncapped = squares > _KERAS_EPSILON**2
+    return x * jnp.where(uncapped, jax.lax.rsqrt(jnp.where(uncapped, squares, 1.0)), 1 / _KERAS_EPSILON)
+
+
+def _mean_abs_cosine(x: jax.Array) -> jax.Array:
+    """Mean ``|cos|`` over the pairs of distinct rows of a 2-D float32 ``x`` (0 with fewer than 2 rows)."""
+    n = x.shape[0]
+    if n < 2:
+        return jnp.zeros([], jnp.float32)
+    unit = _normalized_rows(x)
+    gram = jnp.matmul(unit, unit.T, precision=jax.lax.Precision.HIGHEST)
+    off_diagonal = jnp.where(jnp.eye(n, dtype=bool), 0.0, gram)
+    return jnp.sum(_abs(off_diagonal)) / (n * (n - 1))
+
+
+def orthogonal(params: optax.Params, factor: chex.Numeric, mode: str = "rows", mask: Mask = None) -> jax.Array:
+    """``factor * mean_{i != j} |<u_i, u_j>|`` over the L2-normalized rows (or columns) of each 2-D leaf.
+
+    Keras 3's ``regularizers.OrthogonalRegularizer(factor, mode)``: zero when the rows
+    (``mode="rows"``) or the columns (``mode="columns"``) are orthogonal, at most
+    ``factor`` when they are parallel, whatever their lengths. The rows are normalized as
+    ``keras.ops.normalize`` does (``1 / ||row||`` capped at ``1e7``, so an all-zero row
+    stays zero and counts as orthogonal to every other), the Gram matrix of the unit rows
+    is formed, and ``factor`` times the mean absolute value of its ``n (n - 1)``
+    off-diagonal entries is returned, Keras' ``factor * 0.5 * sum|off-diagonal| /
+    (n (n - 1) / 2)``. Where Keras differs: its gradient is NaN at an all-zero row
+    (``rsqrt(0)`` is infinite; seen on its JAX backend) and its penalty NaN for a single
+    row (0 / 0 pairs); here the gradient there is finite (0 through the zero row, as
+    ``|x|`` has derivative 0 at 0 in this module) and a single row gives 0. Keras takes
+    one tensor; this takes a pytree and sums the penalty over the leaves ``mask`` selects
+    (a lone array is a pytree of one leaf).
+
+    For a ``Dense`` kernel ``(in, out)``, ``mode="columns"`` makes the weight vectors of
+    the ``out`` units (the columns, of length ``in``) orthogonal; ``mode="rows"`` the
+    ``in`` rows, one per input (Keras' example uses rows). A conv kernel ``HWIO`` is not
+    2-D: reshape it to ``(-1, O)`` first, or leave it out with ``mask=``.
+
+    On sown activations (``out, acts = nnx.capture(model, nnx.Intermediate)(x)`` for a
+    :class:`jaxreg.nn.MLP` built with ``record_activations=True``), each array is
+    ``(batch, units)``: ``mode="columns"`` compares units, each seen as its vector of
+    activations over the batch, and so decorrelates the features (the useful case);
+    ``mode="rows"`` compares examples. Keras' ``activity_regularizer=`` divides the
+    penalty by the batch size; pass ``factor / batch`` for its numbers. Conv feature
+    maps ``(batch, H, W, C)`` need a reshape to ``(-1, C)`` first.
+
+    Args:
+      params: a pytree of 2-D arrays (NNX ``State`` works too), or one 2-D array.
+      factor: coefficient >= 0 (Keras' default is 0.01).
+      mode: ``"rows"`` or ``"columns"``: the vectors that should be orthogonal.
+      mask: pytree of bools or callable ``params -> mask``; True where it applies. Every
+        selected leaf must be 2-D.
+
+    Returns:
+      A float32 scalar.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxreg
+      >>> jaxreg.penalties.orthogonal(jnp.array([[1.0, 0.0], [1.0, 1.0]]), 0.1)
+      Array(0.07071068, dtype=float32)
+    """
+    fn = "orthogonal"
+    _checks.check_nonnegative(fn, "factor", factor)
+    if mode not in ("rows", "columns"):
+        raise ValueError(f"{fn}: mode must be 'rows' or 'columns', got {mode!r}.")
+    paths, leaves, _ = _tree.leaves_with_paths(params)
+    chosen = [(p, x) for p, x, k in zip(paths, leaves, _tree.resolve_mask(fn, mask, params)) if k]
+    for path, x in chosen:
+        if jnp.ndim(x) != 2:
+            raise ValueError(
+                f"{fn}: params{jax.tree_util.keystr(path)} has shape {jnp.shape(x)}, but the penalty needs "
+                "2-D arrays; reshape a conv kernel or feature map to (-1, channels) first, or exclude "
+                "the leaf with mask=."
+            )
+    wide = [jnp.asarray(x).astype(jnp.float32) for _, x in chosen]
+    return factor * _total([_mean_abs_cosine(x if mode == "rows" else x.T) for x in wide])

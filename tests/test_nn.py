@@ -6,10 +6,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import torch
 from flax import nnx
 
 import jaxreg
-from jaxreg.nn import CNN, MLP, GaussianNoise, MultiTaskMLP
+from jaxreg.nn import CNN, MLP, AlphaDropout, GaussianDropout, GaussianNoise, MultiTaskMLP, SpatialDropout
+from jaxreg.nn.layers import RandomLayer
 
 X = jnp.asarray(np.random.default_rng(0).standard_normal((8, 5)), jnp.float32)
 
@@ -33,14 +35,6 @@ def test_train_mode_is_random_and_eval_mode_is_deterministic(kwargs):
     np.testing.assert_allclose(c, plain(X), rtol=1e-6)  # eval mode is the plain network
     model.train()
     assert not np.allclose(model(X), model(X))
-
-
-def test_dropout_is_inverted():
-    layer = nnx.Dropout(0.5, rngs=nnx.Rngs(0))
-    y = layer(jnp.ones((10_000,), jnp.float32))
-    kept = y[y != 0]
-    np.testing.assert_allclose(kept, 2.0)  # kept units scaled by 1 / (1 - rate)
-    assert abs(float(jnp.mean(y)) - 1.0) < 0.05
 
 
 def test_gaussian_noise_statistics_and_dtype():
@@ -132,9 +126,9 @@ TRAINABLE = {
 
 
 def test_every_model_in_jaxreg_nn_is_in_the_jitted_training_test():
-    models = {name for name in jaxreg.nn.__all__ if name != "GaussianNoise"}
-    models = {name for name in models if isinstance(getattr(jaxreg.nn, name), type)}
+    models = {name for name in jaxreg.nn.__all__ if isinstance(getattr(jaxreg.nn, name), type)}
     models = {name for name in models if issubclass(getattr(jaxreg.nn, name), nnx.Module)}
+    models = {name for name in models if not issubclass(getattr(jaxreg.nn, name), RandomLayer)}
     assert models == set(TRAINABLE)
 
 
@@ -242,6 +236,14 @@ def test_update_model_passes_extra_args_to_the_transforms_that_read_them():
             r"task_weights must name the same tasks",
         ),
         (lambda: GaussianNoise(-0.1), r"GaussianNoise: stddev must be a non-negative number, got -0.1"),
+        (lambda: SpatialDropout(1.0), r"SpatialDropout: rate must lie in \[0, 1\), got 1.0"),
+        (lambda: GaussianDropout(-0.1), r"GaussianDropout: rate must lie in \[0, 1\), got -0.1"),
+        (lambda: AlphaDropout(float("nan")), r"AlphaDropout: rate must lie in \[0, 1\), got nan"),
+        (
+            lambda: SpatialDropout(0.5, deterministic=True)(jnp.ones((2, 4))),
+            r"SpatialDropout: expected inputs of shape \(batch, \*spatial, channels\), got \(2, 4\)",
+        ),
+        (lambda: AlphaDropout(0.5)(X), r"AlphaDropout: training mode needs rngs=nnx.Rngs"),
         (
             lambda: MLP(5, [16], 3, rngs=nnx.Rngs(0))(jnp.ones((2, 4))),
             r"MLP: expected inputs of shape \(batch, 5\), got \(2, 4\)",
@@ -255,3 +257,92 @@ def test_update_model_passes_extra_args_to_the_transforms_that_read_them():
 def test_bad_input(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+# --- SpatialDropout, GaussianDropout, AlphaDropout ----------------------------------------
+
+DROPOUTS = {"SpatialDropout": SpatialDropout, "GaussianDropout": GaussianDropout, "AlphaDropout": AlphaDropout}
+IMAGES = jnp.asarray(np.random.default_rng(2).standard_normal((4, 3, 3, 6)), jnp.float32)
+
+
+@pytest.mark.parametrize("name", sorted(DROPOUTS))
+def test_dropouts_are_the_identity_in_eval_mode_and_at_rate_zero(name):
+    layer = DROPOUTS[name](0.5, rngs=nnx.Rngs(0))
+    assert not np.allclose(layer(IMAGES), IMAGES)
+    assert layer(IMAGES, deterministic=True) is IMAGES
+    layer.eval()
+    assert layer(IMAGES) is IMAGES
+    assert nnx.view(layer, deterministic=False)(IMAGES) is not IMAGES
+    layer.train()
+    assert nnx.view(layer, deterministic=True)(IMAGES) is IMAGES
+    # A zero rate draws nothing: no "dropout" stream needed.
+    assert DROPOUTS[name](0.0, rngs=nnx.Rngs(params=0))(IMAGES) is IMAGES
+    # A key at the call replaces the layer's stream.
+    key = jax.random.key(3)
+    np.testing.assert_array_equal(DROPOUTS[name](0.5)(IMAGES, rngs=key), layer(IMAGES, rngs=key))
+
+
+@pytest.mark.parametrize("shape", [(64, 5, 32), (64, 3, 3, 32), (64, 2, 2, 2, 32)], ids=["1d", "2d", "3d"])
+def test_spatial_dropout_zeroes_whole_channels(shape):
+    y = np.asarray(SpatialDropout(0.25, rngs=nnx.Rngs(0))(jnp.ones(shape, jnp.bfloat16)).astype(jnp.float32))
+    per_channel = y.reshape(shape[0], -1, shape[-1])
+    assert np.all(per_channel == per_channel[:, :1]), "a channel is kept or dropped as a whole"
+    assert set(np.unique(per_channel)) == {0.0, float(jnp.asarray(1 / 0.75, jnp.bfloat16))}
+    assert abs(np.mean(per_channel[:, 0] == 0) - 0.25) < 0.04
+    assert abs(y.mean() - 1.0) < 0.06
+
+
+def test_gaussian_dropout_noise_has_mean_one_and_dropouts_variance():
+    y = GaussianDropout(0.2, rngs=nnx.Rngs(0))(jnp.full((200_000,), 2.0, jnp.bfloat16))
+    assert y.dtype == jnp.bfloat16
+    noise = np.asarray(y.astype(jnp.float32)) / 2.0
+    assert abs(noise.mean() - 1.0) < 0.01
+    assert abs(noise.var() - 0.2 / 0.8) < 0.01  # nnx.Dropout(0.2)'s factor mask / 0.8 has this variance
+
+
+def torch_alpha_dropout(x, rate):
+    torch.manual_seed(0)
+    return torch.nn.functional.alpha_dropout(torch.from_numpy(np.array(x)), rate, training=True).numpy()
+
+
+def kept(y):
+    """Where ``y`` is not the dropped units' common value (the most frequent one)."""
+    values, counts = np.unique(y, return_counts=True)
+    return y != values[np.argmax(counts)]
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.5])
+def test_alpha_dropout_keeps_zero_mean_unit_variance_as_torch(rate):
+    x = jnp.asarray(np.random.default_rng(3).standard_normal(200_000), jnp.float32)
+    y = np.asarray(nnx.jit(lambda layer, x: layer(x))(AlphaDropout(rate, rngs=nnx.Rngs(0)), x))
+    want = torch_alpha_dropout(x, rate)
+    for out in (y, want):
+        assert abs(out.mean()) < 0.01 and abs(out.var() - 1.0) < 0.01
+        assert abs(np.mean(kept(out)) - (1 - rate)) < 0.01
+    # Where both keep or both drop a unit, the numbers are torch's.
+    same = kept(y) == kept(want)
+    assert same.mean() > 0.4
+    np.testing.assert_allclose(y[same], want[same], rtol=1e-6, atol=1e-6)
+    assert not np.allclose(y[~same], want[~same], atol=0.1)  # the masks differ elsewhere
+    dropout = np.asarray(nnx.Dropout(rate, rngs=nnx.Rngs(0))(x))
+    assert abs(dropout.var() - 1 / (1 - rate)) < 0.05  # plain dropout would not keep the variance
+
+
+def test_dropouts_in_a_model_under_jit_follow_train_and_eval():
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.linear = nnx.Linear(6, 6, rngs=rngs)
+            self.spatial = SpatialDropout(0.5, rngs=rngs)
+            self.gaussian = GaussianDropout(0.3, rngs=rngs)
+            self.alpha = AlphaDropout(0.2, rngs=rngs)
+
+        def __call__(self, x):
+            return self.alpha(self.gaussian(nnx.selu(self.spatial(self.linear(x)))))
+
+    model = Net(nnx.Rngs(0))
+    loss = nnx.jit(nnx.value_and_grad(lambda m: jnp.mean(m(IMAGES) ** 2)))
+    (a, grads), (b, _) = loss(model), loss(model)
+    assert a != b, "each call draws new masks and noise"
+    assert np.isfinite(float(a)) and all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
+    model.eval()
+    np.testing.assert_array_equal(model(IMAGES), nnx.selu(model.linear(IMAGES)))
