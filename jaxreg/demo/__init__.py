@@ -48,12 +48,13 @@ LEVELS = (0.0, 0.5, 0.8, 0.9, 0.95, 0.98)  # one-shot pruning sparsities
 MAX_SEED = 2**32 - 1  # the largest seed NumPy's RandomState (scikit-learn's random_state) takes
 EARLY_STOPPING = "early stopping"
 WATCHED = "no regularization"  # the runs early stopping watches
+L1 = "L1 prox"
 
 CONFIGURATIONS = (
     Config(WATCHED),
     Config("coupled L2 (Adam + L2)", l2=1e-3),
     Config("decoupled decay (AdamW)", weight_decay=0.1),
-    Config("L1 prox", l1=0.2),
+    Config(L1, l1=0.2),
     Config("dropout + noise", dropout_rate=0.3, input_noise_std=0.1, hidden_noise_std=0.1),
 )
 
@@ -264,9 +265,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help=f"a quick run with the same message: one hidden layer of {FAST_HIDDEN[0]}, Adam lr {FAST_LEARNING_RATE}",
     )
-    parser.add_argument(
-        "--seed", type=int, default=0, help="seed of the split and of the runs' keys (default 0)"
-    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split and of the runs' keys (default 0)")
     parser.add_argument(
         "--seeds", type=int, default=DEFAULT_SEEDS, help=f"runs per configuration (default {DEFAULT_SEEDS})"
     )
@@ -321,7 +320,7 @@ def main(argv: Sequence[str] | None = None) -> Results:
         print(f"{seconds:5.1f} s (compilation included): {', '.join(names)}, {lanes} as lanes of one vmapped program")
     from jaxreg.demo.plots import write_plots
 
-    figures = write_plots(results.outcomes, results.levels, args.out)
+    figures = write_plots(results.outcomes, results.levels, (WATCHED, L1), args.out)
     print(f"figures written to {args.out.absolute()}/: {', '.join(figures)}")
     print(f"total time {time.perf_counter() - start:.1f} s (compilation included)")
     return results

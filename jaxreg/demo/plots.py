@@ -42,40 +42,58 @@ def _band(ax: Axes, x: np.ndarray, runs: np.ndarray, label: str, style: dict, ma
     ax.plot(x, mean, label=label, linewidth=1.8, markersize=5, markevery=markevery, **style)
 
 
-def accuracy_vs_sparsity(outcomes: Sequence[Outcome], levels: Sequence[float]) -> Figure:
+def accuracy_vs_sparsity(outcomes: Sequence[Outcome], levels: Sequence[float], focus: Sequence[str]) -> Figure:
     """Test accuracy after one-shot magnitude pruning, against the fraction of kernel weights pruned.
 
-    The x axis shows the fraction of weights *kept* on a log scale (labelled by
-    sparsity), so that 90%, 95% and 98% are spread out where the curves fall.
+    The left panel compares the configurations named in ``focus`` (with a dotted
+    vertical line where each already had that many exact zeros of its own), the right
+    panel shows every configuration. The x axis shows the fraction of weights *kept* on
+    a log scale (labelled by sparsity), so that 90%, 95% and 98% are spread out where
+    the curves fall.
 
     Args:
       outcomes: the configurations' results.
       levels: the pruned fractions, as in ``Outcome.pruned_accuracy``.
+      focus: names of the outcomes of the left panel.
 
     Returns:
       The figure.
     """
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(9, 5))
-    ax = fig.subplots()
+    fig = Figure(figsize=(13, 5.2))
+    ax_focus, ax_all = fig.subplots(1, 2, sharey=True)
     kept = 1.0 - np.asarray(levels)
     for i, o in enumerate(outcomes):
-        _band(ax, kept, o.pruned_accuracy, o.name, _style(i))
-    ax.axhline(0.1, color="0.4", linestyle=":", linewidth=1)
-    ax.text(kept[-1], 0.11, "chance (10 classes)", fontsize=8, color="0.3", ha="right", va="bottom")
-    ax.set_xscale("log")
-    ax.set_xlim(kept[0] * 1.15, kept[-1] / 1.15)  # inverted: sparsity grows to the right
-    ax.set_xticks(kept, [f"{s:.0%}" for s in levels])
-    ax.minorticks_off()
-    ax.set_ylim(0, 1.02)
-    ax.set(
-        xlabel="sparsity: fraction of kernel weights pruned by magnitude (one shot, no retraining)",
-        ylabel="test accuracy",
-        title="Where does pruning start to hurt, and does training with L1 first move that point?",
-    )
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left", title=f"mean ± std over {len(outcomes[0].test_accuracy)} seeds")
+        _band(ax_all, kept, o.pruned_accuracy, o.name, _style(i))
+        if o.name in focus:
+            _band(ax_focus, kept, o.pruned_accuracy, o.name, _style(i))
+            zeros = float(o.sparsity.mean())
+            if zeros > 0:
+                ax_focus.axvline(1 - zeros, color=_style(i)["color"], linestyle=":", linewidth=1.2)
+                ax_focus.annotate(
+                    f"{o.name}: {zeros:.0%} of its weights\nwere already exactly zero",
+                    (1 - zeros, 0.3),
+                    xytext=(6, 0),
+                    textcoords="offset points",
+                    fontsize=8,
+                    color=_style(i)["color"],
+                )
+    seeds = len(outcomes[0].test_accuracy)
+    titles = (f"{' vs '.join(focus)}", "every configuration")
+    for ax, title in zip((ax_focus, ax_all), titles):
+        ax.axhline(0.1, color="0.4", linestyle=":", linewidth=1)
+        ax.text(kept[2], 0.09, "chance (10 classes)", fontsize=8, color="0.3", ha="center", va="top")
+        ax.set_xscale("log")
+        ax.set_xlim(kept[0] * 1.15, kept[-1] / 1.15)  # inverted: sparsity grows to the right
+        ax.set_xticks(kept, [f"{s:.0%}" for s in levels])
+        ax.minorticks_off()
+        ax.set_ylim(0, 1.02)
+        ax.set(title=title, xlabel="sparsity: fraction of kernel weights pruned (smallest magnitude first)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower left", title=f"mean ± std over {seeds} seeds", title_fontsize=8)
+    ax_focus.set_ylabel("test accuracy after one-shot pruning (no retraining)")
+    fig.suptitle("Where does magnitude pruning start to hurt, and does training with L1 first move that point?")
     fig.tight_layout()
     return fig
 
@@ -96,8 +114,8 @@ def loss_curves(outcomes: Sequence[Outcome]) -> Figure:
     """
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(12, 4.8))
-    ax_train, ax_val = fig.subplots(1, 2, sharey=True)
+    fig = Figure(figsize=(13, 5.6))
+    ax_train, ax_val = fig.subplots(1, 2)
     epochs = np.arange(1, outcomes[0].train_loss.shape[1] + 1)
     every = max(1, len(epochs) // 12)
     for i, o in enumerate(outcomes):
@@ -108,7 +126,13 @@ def loss_curves(outcomes: Sequence[Outcome]) -> Figure:
             continue
         stop, kept = o.epochs, o.kept_epoch
         ax_val.axvspan(stop.mean() - stop.std(), stop.mean() + stop.std(), color=style["color"], alpha=0.12)
-        ax_val.axvline(stop.mean(), color=style["color"], linestyle="--", linewidth=1.5, label=f"{o.name}: stopped")
+        ax_val.axvline(
+            stop.mean(),
+            color=style["color"],
+            linestyle="--",
+            linewidth=1.5,
+            label=f"{o.name}: stopped here (mean ± std)",
+        )
         seeds = np.arange(len(kept))
         ax_val.plot(
             kept,
@@ -118,15 +142,19 @@ def loss_curves(outcomes: Sequence[Outcome]) -> Figure:
             markersize=13,
             color=style["color"],
             markeredgecolor="black",
-            label=f"{o.name}: weights kept",
+            label=f"{o.name}: each seed's best epoch (weights kept)",
         )
-    for ax, title in ((ax_train, "training loss (training mode)"), (ax_val, "validation loss")):
-        ax.set(title=title, xlabel="epoch", yscale="log")
+    ax_train.set(title="training loss (in training mode: with dropout and noise)", yscale="log")
+    # The first epochs span a decade; the differences between regularizers lie near the minimum.
+    low = min(float(o.val_loss.mean(axis=0).min()) for o in outcomes)
+    ax_val.set(title="validation loss (zoomed on the lowest values)", ylim=(0.8 * low, 2.5 * low))
+    for ax in ax_train, ax_val:
+        ax.set(xlabel="epoch", ylabel="cross-entropy")
         ax.grid(alpha=0.3, which="both")
-    ax_train.set_ylabel("cross-entropy")
-    ax_val.legend(fontsize=8)
+    handles, labels = ax_val.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=9)
     fig.suptitle("Which regularizer keeps the validation loss down, and where does early stopping stop?")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.11, 1, 1))
     return fig
 
 
@@ -164,12 +192,15 @@ def weight_histograms(outcomes: Sequence[Outcome]) -> Figure:
     return fig
 
 
-def write_plots(outcomes: Sequence[Outcome], levels: Sequence[float], out: Path) -> dict[str, Figure]:
+def write_plots(
+    outcomes: Sequence[Outcome], levels: Sequence[float], focus: Sequence[str], out: Path
+) -> dict[str, Figure]:
     """Draws the three figures and writes them as PNG files into ``out`` (created if missing).
 
     Args:
       outcomes: the configurations' results.
       levels: the pruned fractions of ``Outcome.pruned_accuracy``.
+      focus: the names compared on their own in ``accuracy_vs_sparsity.png``.
       out: the output folder.
 
     Returns:
@@ -180,7 +211,7 @@ def write_plots(outcomes: Sequence[Outcome], levels: Sequence[float], out: Path)
     figures = {
         "loss_curves.png": loss_curves(outcomes),
         "weight_histograms.png": weight_histograms(outcomes),
-        "accuracy_vs_sparsity.png": accuracy_vs_sparsity(outcomes, levels),
+        "accuracy_vs_sparsity.png": accuracy_vs_sparsity(outcomes, levels, focus),
     }
     for name, fig in figures.items():
         fig.savefig(out / name, dpi=DPI)

@@ -115,7 +115,9 @@ def _logits(graphdef: nnx.GraphDef, params: Any, rest: Any, x: jax.Array, train:
     return logits, nnx.split(model, nnx.Param, ...)[2]
 
 
-def _evaluate(graphdef: nnx.GraphDef, params: Any, rest: Any, x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _evaluate(
+    graphdef: nnx.GraphDef, params: Any, rest: Any, x: jax.Array, y: jax.Array
+) -> tuple[jax.Array, jax.Array]:
     logits, _ = _logits(graphdef, params, rest, x, train=False)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
     return loss, jnp.mean((jnp.argmax(logits, axis=-1) == y).astype(jnp.float32))
