@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from jaxreg import demo
-from jaxreg.demo import plots
 
 NAMES = [c.name for c in demo.CONFIGURATIONS] + [demo.EARLY_STOPPING]
 FOCUS = (demo.WATCHED, demo.L1)
@@ -19,13 +18,30 @@ SEED = 3
 
 
 @pytest.fixture(scope="module")
-def fast(tmp_path_factory):
-    """(results, printed output, --out folder) of one ``--fast`` run."""
+def fast_run(tmp_path_factory):
+    """(results, figures, printed output, --out folder) of one ``--fast`` run.
+
+    ``matplotlib.use`` fails the run: the figures are drawn without switching the backend.
+    """
+    import matplotlib
+
     out = tmp_path_factory.mktemp("demo") / "figures"
     printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        results = demo.main(["--fast", "--seed", str(SEED), "--out", str(out)])
-    return results, printed.getvalue(), out
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
+        patch.setattr(matplotlib, "use", lambda *args, **kwargs: pytest.fail("the demo switched the backend"))
+        results, figures = demo.main(["--fast", "--seed", str(SEED), "--out", str(out)])
+    return results, figures, printed.getvalue(), out
+
+
+@pytest.fixture(scope="module")
+def fast(fast_run):
+    results, _, printed, out = fast_run
+    return results, printed, out
+
+
+@pytest.fixture(scope="module")
+def figures(fast_run):
+    return fast_run[1]
 
 
 @pytest.fixture(scope="module")
@@ -123,9 +139,10 @@ def test_the_same_seed_gives_the_same_tables(fast):
         np.testing.assert_array_equal(a.train_loss, b.train_loss)
 
 
-def test_the_figures_are_written(fast):
+def test_the_figures_are_written(fast, figures):
     _, printed, out = fast
-    for png in ("loss_curves.png", "weight_histograms.png", "accuracy_vs_sparsity.png"):
+    assert list(figures) == ["loss_curves.png", "weight_histograms.png", "accuracy_vs_sparsity.png"]
+    for png in figures:
         path = out / png
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 30_000
     assert f"figures written to {out}" in printed
@@ -136,9 +153,9 @@ def _curves(ax):
     return {line.get_label(): line for line in ax.get_lines() if line.get_marker() not in (None, "None", "")}
 
 
-def test_accuracy_vs_sparsity_draws_a_band_per_configuration(fast):
+def test_accuracy_vs_sparsity_draws_a_band_per_configuration(fast, figures):
     results = fast[0]
-    fig = plots.accuracy_vs_sparsity(results.outcomes, results.levels, FOCUS)
+    fig = figures["accuracy_vs_sparsity.png"]
     ax_focus, ax_all = fig.axes
     assert "?" in fig._suptitle.get_text() and ax_all.get_xlabel() and ax_focus.get_ylabel()
     assert list(_curves(ax_focus)) == list(FOCUS) and list(_curves(ax_all)) == NAMES
@@ -151,8 +168,8 @@ def test_accuracy_vs_sparsity_draws_a_band_per_configuration(fast):
     assert len(styles) == len(NAMES)  # every curve tells itself apart
 
 
-def test_loss_curves_mark_where_early_stopping_stopped(fast, by_name):
-    fig = plots.loss_curves(fast[0].outcomes)
+def test_loss_curves_mark_where_early_stopping_stopped(figures, by_name):
+    fig = figures["loss_curves.png"]
     ax_train, ax_val = fig.axes
     assert "early stopping" in fig._suptitle.get_text() and ax_val.get_xlabel() == "epoch"
     trained = [n for n in NAMES if n != demo.EARLY_STOPPING]
@@ -166,22 +183,12 @@ def test_loss_curves_mark_where_early_stopping_stopped(fast, by_name):
     assert low < min(o.val_loss.mean(axis=0).min() for o in by_name.values()) < high
 
 
-def test_weight_histograms_have_one_panel_per_configuration(fast):
-    fig = plots.weight_histograms(fast[0].outcomes)
+def test_weight_histograms_have_one_panel_per_configuration(figures):
+    fig = figures["weight_histograms.png"]
     panels = [ax for ax in fig.axes if ax.axison]
     assert [ax.get_title().split("\n")[0] for ax in panels] == NAMES
     assert all(len(ax.patches) == 80 for ax in panels)
     assert "L1" not in panels[0].get_title() and "0% exactly zero" in panels[0].get_title()
-
-
-def test_plotting_leaves_the_matplotlib_backend_alone(fast, tmp_path, monkeypatch):
-    import matplotlib
-
-    monkeypatch.setattr(matplotlib, "use", lambda *args, **kwargs: pytest.fail("the demo switched the backend"))
-    results = fast[0]
-    figures = plots.write_plots(results.outcomes[:2], results.levels, FOCUS[:1], tmp_path)
-    assert list(figures) == ["loss_curves.png", "weight_histograms.png", "accuracy_vs_sparsity.png"]
-    assert all((tmp_path / name).read_bytes()[:4] == b"\x89PNG" for name in figures)
 
 
 def test_missing_scikit_learn_is_explained(monkeypatch):

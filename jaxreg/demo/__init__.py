@@ -279,14 +279,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> Results:
+def main(argv: Sequence[str] | None = None) -> tuple[Results, dict[str, Any]]:
     """Runs the demo: trains, prints the tables, writes the figures.
 
     Args:
       argv: command-line arguments (None: ``sys.argv[1:]``).
 
     Returns:
-      The :class:`Results`.
+      The :class:`Results` and the ``matplotlib.figure.Figure`` objects written, by file name.
     """
     args = parse_args(argv)
     epochs = args.epochs or (FAST_EPOCHS if args.fast else DEFAULT_EPOCHS)
@@ -323,4 +323,4 @@ def main(argv: Sequence[str] | None = None) -> Results:
     figures = write_plots(results.outcomes, results.levels, (WATCHED, L1), args.out)
     print(f"figures written to {args.out.absolute()}/: {', '.join(figures)}")
     print(f"total time {time.perf_counter() - start:.1f} s (compilation included)")
-    return results
+    return results, figures
