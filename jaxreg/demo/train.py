@@ -1,8 +1,9 @@
-"""The demo's training program: one configuration, every seed a lane of one ``jax.vmap``.
+"""The demo's training program: every (configuration, seed) pair a lane of one ``jax.vmap``.
 
 A whole run (initialization, shuffled minibatch epochs, validation, early stopping,
-test, one-shot magnitude pruning) is one pure function of a PRNG key, so ``vmap`` over
-keys trains all seeds at once and ``jit`` compiles it once per configuration. Unlike
+test, one-shot magnitude pruning) is one pure function of a PRNG key and the
+optimizer's strengths, so ``vmap`` over them trains all seeds of all configurations at
+once, and ``jit`` compiles it once per set of model options (dropout, noise). Unlike
 :func:`jaxreg.training.fit`, which steps an ``nnx.Optimizer`` epoch by epoch from
 Python, the epochs here are a ``lax.scan``: there is no progress bar, and a lane that
 early stopping halts keeps training while its ``EarlyStoppingState`` holds the best
@@ -92,7 +93,6 @@ class Lanes(NamedTuple):
 
     train_loss: jax.Array  # (seeds, epochs): mean minibatch loss, training mode
     val_loss: jax.Array  # (seeds, epochs)
-    val_accuracy: jax.Array  # (seeds, epochs)
     test_loss: jax.Array  # (seeds,) of the final parameters
     test_accuracy: jax.Array  # (seeds,)
     sparsity: jax.Array  # (seeds,) fraction of kernel weights exactly zero
@@ -133,11 +133,15 @@ def _evaluate_all(graphdef, params, rest, data: Data, levels: Sequence[float]) -
     test_loss, test_acc = _evaluate(graphdef, params, rest, data.x_test, data.y_test)
     kernels = _kernel_leaves(params)
     zeros = sum(jnp.sum(k == 0) for k in kernels) / sum(k.size for k in kernels)
-    pruned = []
-    for level in levels:  # each kernel pruned on its own (torch.nn.utils.prune.l1_unstructured per layer)
+
+    def pruned_accuracy(level: jax.Array) -> jax.Array:
+        # Each kernel pruned on its own (torch.nn.utils.prune.l1_unstructured on every layer).
         keep = pruning.magnitude_mask(params, level, where=jaxreg.masks.weights_only)
-        pruned.append(_evaluate(graphdef, pruning.apply_mask(params, keep), rest, data.x_test, data.y_test)[1])
-    return test_loss, test_acc, zeros.astype(jnp.float32), jnp.stack(pruned), kernels
+        return _evaluate(graphdef, pruning.apply_mask(params, keep), rest, data.x_test, data.y_test)[1]
+
+    # The sparsity is traced: one compiled mask search serves every level.
+    pruned = jax.vmap(pruned_accuracy)(jnp.asarray(levels, jnp.float32))
+    return test_loss, test_acc, zeros.astype(jnp.float32), pruned, kernels
 
 
 @functools.lru_cache(maxsize=16)
@@ -203,12 +207,12 @@ def program(
             (params, rest, opt_state), losses = jax.lax.scan(
                 step, (params, rest, opt_state), (data.x_train[order], data.y_train[order])
             )
-            val_loss, val_acc = _evaluate(graphdef, params, rest, data.x_val, data.y_val)
+            val_loss, _ = _evaluate(graphdef, params, rest, data.x_val, data.y_val)
             stop_state = stopper.update(stop_state, val_loss, params)
-            return (params, rest, opt_state, stop_state), (losses.mean(), val_loss, val_acc)
+            return (params, rest, opt_state, stop_state), (losses.mean(), val_loss)
 
         carry = (params, rest, tx.init(params), stopper.init(params))
-        (params, rest, _, stop_state), (train_loss, val_loss, val_acc) = jax.lax.scan(
+        (params, rest, _, stop_state), (train_loss, val_loss) = jax.lax.scan(
             epoch, carry, jax.random.split(shuffle_key, epochs)
         )
         final = _evaluate_all(graphdef, params, rest, data, levels)
@@ -216,7 +220,6 @@ def program(
         return Lanes(
             train_loss,
             val_loss,
-            val_acc,
             *final,
             jnp.where(stop_state.should_stop, stop_state.evaluations, epochs),
             stop_state.best_step + 1,
