@@ -304,6 +304,8 @@ def main(argv: Sequence[str] | None = None) -> tuple[Results, dict[str, Any]]:
         f"jaxreg demo: scikit-learn digits, MLP 64-{'-'.join(map(str, hidden))}-10, Adam lr={lr}, "
         f"batch {BATCH_SIZE}, {epochs} epochs, {args.seeds} seeds from seed {args.seed}"
     )
+    programs = len({c.model_options for c in CONFIGURATIONS})
+    print(f"training {len(CONFIGURATIONS)} configurations x {args.seeds} seeds in {programs} vmapped programs ...")
     start = time.perf_counter()
     results = run(epochs, hidden, args.seed, lr, args.seeds)
     print(f"\nmean ± std over {args.seeds} seeds:\n")
