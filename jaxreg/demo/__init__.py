@@ -79,7 +79,7 @@ class Results(NamedTuple):
 
     outcomes: list[Outcome]
     levels: tuple[float, ...]  # the columns of ``Outcome.pruned_accuracy``
-    timings: list[tuple[str, float]]  # (configurations of one program, seconds with compilation)
+    timings: list[tuple[list[str], float]]  # (names of one program's configurations, seconds with compilation)
 
 
 def _require(module: str, purpose: str) -> Any:
