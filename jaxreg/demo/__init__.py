@@ -311,7 +311,7 @@ def main(argv: Sequence[str] | None = None) -> tuple[Results, dict[str, Any]]:
     print(f"\nmean ± std over {args.seeds} seeds:\n")
     print(format_table(results.outcomes))
     print(
-        f"\nzeros: kernel weights exactly 0.0. {EARLY_STOPPING} watches the {WATCHED} runs (validation loss, "
+        f"\nzeros: kernel weights exactly 0.0. {EARLY_STOPPING} watches the '{WATCHED}' runs (validation loss, "
         f"patience {max(2, epochs // 6)}): epochs is where it stopped; the weights it keeps are the best epoch's."
     )
     print("\ntest accuracy (%) after one-shot magnitude pruning of every kernel, no retraining:\n")
