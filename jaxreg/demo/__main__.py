@@ -1,0 +1,5 @@
+"""``python -m jaxreg.demo``."""
+
+from jaxreg.demo import main
+
+main()
