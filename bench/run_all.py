@@ -7,10 +7,16 @@ import json
 import pathlib
 
 from bench import compile as compile_bench
-from bench import harness, pruning, sweep, update_step
+from bench import harness, pruning, sweep, train_step, update_step
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
-MODULES = {"update_step": update_step, "sweep": sweep, "compile": compile_bench, "pruning": pruning}
+MODULES = {
+    "update_step": update_step,
+    "sweep": sweep,
+    "compile": compile_bench,
+    "pruning": pruning,
+    "train_step": train_step,
+}
 TABLES = {
     "update_step": ["params", "impl", "median_s", "speedup_vs_optax", "speedup_vs_torch_fused", "roofline"],
     "sweep": ["runs", "steps", "impl", "median_s", "speedup_vs_sequential"],
@@ -25,6 +31,19 @@ TABLES = {
         "peak_extra_over_params",
     ],
     "pruning_many_leaves": ["leaves", "impl", "median_s", "trace_s", "compile_s", "ratio_to_adam"],
+    "train_step": [
+        "model",
+        "batch",
+        "params",
+        "impl",
+        "median_s",
+        "update_share",
+        "ratio_to_sgd",
+        "speedup_vs_optax",
+        "extra_over_sgd_ms",
+        "compulsory_ms",
+        "note",
+    ],
 }
 
 

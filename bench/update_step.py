@@ -93,10 +93,10 @@ def _jax_runner(step, carry: list, *args) -> Callable[[], None]:
     return run
 
 
-def jax_chain_runner(tx: optax.GradientTransformation, shapes, fused: bool = False) -> Callable[[], None]:
-    """A jitted, donated update step of ``tx``: ``tx.update`` then ``optax.apply_updates``,
-    or with ``fused`` :func:`jaxreg.apply_step` (one pass when ``tx`` is a ``jaxreg.chain``)."""
-    params, grads = _random_tree(shapes, 0, 0.1), _random_tree(shapes, 1)
+def update_fn(tx: optax.GradientTransformation, fused: bool = False) -> Callable:
+    """``(params, state, grads) -> (params, state)``: ``tx.update`` then
+    ``optax.apply_updates``, or with ``fused`` :func:`jaxreg.apply_step` (one pass when
+    ``tx`` is a ``jaxreg.chain``)."""
 
     def step(params, state, grads):
         if fused:
@@ -104,7 +104,14 @@ def jax_chain_runner(tx: optax.GradientTransformation, shapes, fused: bool = Fal
         updates, state = tx.update(grads, state, params)
         return optax.apply_updates(params, updates), state
 
-    return _jax_runner(jax.jit(step, donate_argnums=(0, 1)), [params, tx.init(params)], grads)
+    return step
+
+
+def jax_chain_runner(tx: optax.GradientTransformation, shapes, fused: bool = False) -> Callable[[], None]:
+    """:func:`update_fn` of ``tx`` jitted with donated buffers, on random trees of ``shapes``."""
+    params, grads = _random_tree(shapes, 0, 0.1), _random_tree(shapes, 1)
+    step = jax.jit(update_fn(tx, fused), donate_argnums=(0, 1))
+    return _jax_runner(step, [params, tx.init(params)], grads)
 
 
 def one_expression_step(params, mu, nu, count, grads):
@@ -142,12 +149,9 @@ def one_expression_runner(shapes) -> Callable[[], None]:
     return _jax_runner(jax.jit(one_expression_step, donate_argnums=(0, 1, 2)), carry, grads)
 
 
-def torch_runner(shapes, fused: bool) -> Callable[[], None]:
-    """clip_grad_norm_ + AdamW + prox + clamp in PyTorch."""
-    gen = torch.Generator().manual_seed(0)
-    params = [torch.nn.Parameter(0.1 * torch.randn(s, generator=gen)) for s in shapes]
-    for p in params:
-        p.grad = torch.randn(p.shape, generator=gen)
+def torch_update(params: list[torch.nn.Parameter], fused: bool) -> Callable[[], None]:
+    """The chain in PyTorch on ``params`` (their ``.grad`` set): clip_grad_norm_ +
+    AdamW (``fused=True``, or ``foreach``) + prox + clamp, in place."""
     opt = torch.optim.AdamW(params, lr=LR, weight_decay=WD, foreach=not fused, fused=fused)
     threshold = LR * L1
 
@@ -160,6 +164,15 @@ def torch_runner(shapes, fused: bool) -> Callable[[], None]:
                 p.clamp_(-BOX, BOX)
 
     return run
+
+
+def torch_runner(shapes, fused: bool) -> Callable[[], None]:
+    """:func:`torch_update` on random parameters of ``shapes`` with random gradients."""
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(0.1 * torch.randn(s, generator=gen)) for s in shapes]
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen)
+    return torch_update(params, fused)
 
 
 def bandwidth_runner(size: int) -> tuple[Callable[[], None], int]:

@@ -197,6 +197,12 @@ def _differentiable(tx: FusedChain, plan: _plan.Plan):
     return step
 
 
+# A gradient of this many elements or more gets a norm call of its own: in a training
+# step each such call can run as soon as the backward pass has written its gradient
+# (still in cache, beside the matmuls still running), not after all of them.
+OWN_NORM_CALL = 1 << 18
+
+
 def _norms(plan: _plan.Plan, g_leaves: list[jax.Array]) -> jax.Array | None:
     """The gradient norm the first member reads: the global norm over the leaves it selects,
     or each leaf's norm; None when it reads none."""
@@ -204,14 +210,20 @@ def _norms(plan: _plan.Plan, g_leaves: list[jax.Array]) -> jax.Array | None:
     if not (first.global_norm or first.leaf_norms):
         return None
     n = len(g_leaves)
-    out = jax.ffi.ffi_call("jaxreg_sumsq", jax.ShapeDtypeStruct((2 * n,), jnp.float32), vmap_method="sequential")(
-        *g_leaves
-    )
-    sums, norms = out[:n], out[n:]
+    large = [leaf for leaf in range(n) if np.size(g_leaves[leaf]) >= OWN_NORM_CALL]
+    rest = [leaf for leaf in range(n) if np.size(g_leaves[leaf]) < OWN_NORM_CALL]
+    sums, norms = [], []
+    for group in [[leaf] for leaf in large] + ([rest] if rest else []):
+        out = jax.ffi.ffi_call(
+            "jaxreg_sumsq", jax.ShapeDtypeStruct((2 * len(group),), jnp.float32), vmap_method="sequential"
+        )(*[g_leaves[leaf] for leaf in group])
+        sums.append(out[: len(group)])
+        norms.append(out[len(group) :])
+    order = np.argsort(np.asarray(large + rest, np.int64))  # back to the leaves' order
     if first.leaf_norms:
-        return norms
-    picked = [leaf for leaf in range(n) if plan.selected[0][leaf]]
-    return jnp.sqrt(jnp.sum(sums[np.asarray(picked, np.int64)])) if picked else jnp.zeros([], jnp.float32)
+        return jnp.concatenate(norms)[order]
+    picked = np.asarray([leaf for leaf in range(n) if plan.selected[0][leaf]], np.int64)
+    return jnp.sqrt(jnp.sum(jnp.concatenate(sums)[order][picked])) if picked.size else jnp.zeros([], jnp.float32)
 
 
 def _single_pass(plan: _plan.Plan, grads: Any, state: Any, params: Any) -> tuple[Any, Any]:

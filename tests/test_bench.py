@@ -11,11 +11,12 @@ from bench import run_all
 @pytest.mark.slow
 def test_all_benchmarks_run_at_tiny_size(tmp_path):
     with jax.numpy_dtype_promotion("standard"):  # optax.adam is not strict-promotion clean
-        stem = run_all.main(["--size", "tiny", "--out", str(tmp_path)])
+        others = sorted(set(run_all.MODULES) - {"train_step"})  # train_step: its own test below, one model
+        stem = run_all.main(["--size", "tiny", "--out", str(tmp_path), "--only", *others])
     records = [json.loads(line) for line in stem.with_suffix(".json").read_text().splitlines()]
     impls = {(r["bench"], r["impl"]) for r in records}
     assert {("update_step", i) for i in ("jaxreg", "optax", "torch_fused", "torch_foreach", "bandwidth")} <= impls
-    assert {("sweep", "vmap"), ("sweep", "sequential")} <= impls
+    assert {("sweep", i) for i in ("vmap", "sequential", "vmap_fused", "sequential_fused")} <= impls
     assert {("pruning", i) for i in ("jaxreg", "jnp_sort", "torch")} <= impls
     assert all(r["peak_extra_mb"] >= 0 for r in records if r["bench"] == "pruning")
     assert all(r["median_s"] > 0 for r in records)
@@ -57,3 +58,15 @@ def test_update_step_implementations_compute_the_same_step():
     for other in results[1:]:
         for key in params:
             np.testing.assert_allclose(other[key], results[0][key], rtol=1e-6, atol=1e-7)
+
+
+def test_train_step_runs_at_tiny_size():
+    from bench import train_step
+
+    with jax.numpy_dtype_promotion("standard"):
+        records = train_step.run("tiny", 1, models=("mlp",))
+    impls = {r["impl"] for r in records}
+    assert {"fwd_bwd", "sgd", "optax", "jaxreg", "jaxreg_pruned", "torch_fwd_bwd", "torch_eager"} == impls
+    assert all(r["median_s"] > 0 and r["params"] == records[0]["params"] for r in records)
+    steps = [r for r in records if "fwd_bwd" not in r["impl"]]
+    assert all(r["compulsory_ms"] > 0 and "update_share" in r for r in steps)

@@ -242,6 +242,26 @@ def test_value_clips_count_over_every_chunk_and_thread():
         assert 0.05 < float(got[1][member].clipped_fraction) < 0.95
 
 
+@pytest.mark.parametrize("clip", [jaxreg.clip_by_global_norm, jaxreg.clip_by_leaf_norm])
+def test_large_gradients_get_norm_calls_of_their_own(clip):
+    # Leaves of OWN_NORM_CALL elements or more are summed in calls of their own, the
+    # others in one call; the norms come back in the leaves' order, as the unfused chain's.
+    shapes = [(600, 500), (64,), (300, 1000), (3,)]
+    assert sum(np.prod(s) >= fused.OWN_NORM_CALL for s in shapes) == 2
+
+    def members():
+        return (clip(1.0), jaxreg.adam(1e-2))
+
+    tx = jaxreg.chain(*members())
+    params, grads = _tree(11, 0.1, shapes), [_tree(110 + k, 1.0, shapes) for k in range(2)]
+    with jax.numpy_dtype_promotion("standard"):
+        lowered = _fused(tx).lower(params, tx.init(params), grads[0]).as_text()
+        got = _run(_fused(tx), tx, params, grads)
+        want = _run(_unfused(optax.chain(*members())), optax.chain(*members()), params, grads)
+    assert lowered.count("jaxreg_sumsq") == 3
+    chex.assert_trees_all_close(got, want, rtol=1e-6, atol=1e-7)
+
+
 def test_pruned_weights_stay_exactly_zero_in_the_single_pass():
     # The mask is read next to g, w and the moments, chunk by chunk, on big leaves.
     def members():

@@ -72,7 +72,12 @@ def kernel_source(
             *scalars,
             *(leaf_scalars if stage0 else []),
             *(f"  float* __restrict m{k} = slots[{k}];" for k in range(slot_base[-1]) if stage0),
-            *(f"  const bool* __restrict k{j} = inputs[{j}];" for j in range(input_base[-1] if stage0 else 0)),
+            # The masks are read as bytes: GCC 12 does not vectorize a float loop that loads
+            # a bool (the pruned step ran 5x slower), and XLA's bools are the bytes 0 and 1.
+            *(
+                f"  const unsigned char* __restrict k{j} = reinterpret_cast<const unsigned char*>(inputs[{j}]);"
+                for j in range(input_base[-1] if stage0 else 0)
+            ),
             *(f"  int32_t c{k} = 0;" for k in counters),
             f"  {loop} {{",
             *(f"    {line}" for line in first),
