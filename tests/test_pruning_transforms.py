@@ -81,6 +81,22 @@ def test_keep_pruned_passes_kept_updates_unchanged():
     assert isinstance(state[1], pruning.KeepPrunedState)
 
 
+@pytest.mark.parametrize("wrap", [False, True], ids=["last", "inner"])
+def test_keep_pruned_holds_complex_leaves_at_zero(wrap):
+    # A complex weight is pruned like a real one: its update is -p, its gradient hidden.
+    params = {"z": jnp.asarray([1 + 2j, 3 - 1j, -2 + 0.5j], jnp.complex64), "w": jnp.ones(3)}
+    keep = {"z": np.array([True, False, True]), "w": np.array([False, True, True])}
+    tx = pruning.keep_pruned(keep, inner=optax.sgd(1.0) if wrap else None)
+    grads = {"z": jnp.full(3, 0.5 - 0.5j, jnp.complex64), "w": jnp.full(3, 0.25)}
+    out, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+    new = optax.apply_updates(params, out)
+    sign = -1.0 if wrap else 1.0  # sgd(1.0) negates the gradient
+    np.testing.assert_array_equal(
+        new["z"], [params["z"][0] + sign * grads["z"][0], 0.0, params["z"][2] + sign * grads["z"][2]]
+    )
+    np.testing.assert_array_equal(new["w"], [0.0, 1.0 + sign * 0.25, 1.0 + sign * 0.25])
+
+
 def test_keep_pruned_skips_integer_leaves_and_needs_params():
     params = {"w": jnp.ones((2, 2)), "count": jnp.arange(3)}
     tx = pruning.keep_pruned({"w": np.array([[True, False], [True, True]]), "count": True})

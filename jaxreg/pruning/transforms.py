@@ -43,15 +43,16 @@ class PruneState(NamedTuple):
     inner: optax.OptState = optax.EmptyState()  # the wrapped optimizer's state, if any
 
 
-def _floating(x: Any) -> bool:
-    return jnp.issubdtype(jnp.result_type(x), jnp.floating)
+def _inexact(x: Any) -> bool:
+    """Float or complex: the leaves a mask holds (integer leaves are never pruned)."""
+    return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
 
 
 def _hold_pruned(us: Sequence[Any], ps: Sequence[Any], keeps: Sequence[Any]) -> list[Any]:
-    """``where(keep, u, -p)`` on floating leaves: pruned weights land on exact zeros."""
+    """``where(keep, u, -p)`` on float and complex leaves: pruned weights land on exact zeros."""
     out = []
     for u, p, k in zip(us, ps, keeps):
-        if _floating(p) and _floating(u):
+        if _inexact(p) and _inexact(u):
             u = jnp.asarray(u)
             out.append(jnp.where(k, u, (-jnp.asarray(p)).astype(u.dtype)))
         else:
@@ -80,9 +81,7 @@ def _inner_updates(
     """The wrapped optimizer's updates, as leaves, for gradients with pruned entries zeroed."""
     if inner is None:
         return u_leaves, state
-    masked = [
-        jnp.where(k, g, jnp.zeros((), jnp.result_type(g))) if _floating(g) else g for g, k in zip(u_leaves, keeps)
-    ]
+    masked = [jnp.where(k, g, jnp.zeros((), jnp.result_type(g))) if _inexact(g) else g for g, k in zip(u_leaves, keeps)]
     updates, state = inner.update(treedef.unflatten(masked), state, params, **extra_args)
     return _tree.match_tree(fn, "updates", updates, params, broadcast=False), state
 
@@ -244,7 +243,7 @@ def prune_during_training(
             # The params this step lands on, pruned ones at zero: what the score sees.
             ws = [
                 jnp.where(k, (p + u).astype(jnp.result_type(p)), jnp.zeros((), jnp.result_type(p)))
-                if _floating(p) and _floating(u)
+                if _inexact(p) and _inexact(u)
                 else p
                 for u, p, k in zip(u_leaves, p_leaves, old)
             ]
