@@ -230,6 +230,7 @@ def _sample_probes(
     n_groups: int,
     sizes: Sequence[int],
     counts: jax.Array,
+    alive: Sequence[jax.Array] | None = None,
 ) -> tuple[jax.Array, jax.Array] | None:
     """Two probes per large group around its threshold key, read off a sorted sample of its keys.
 
@@ -238,15 +239,18 @@ def _sample_probes(
     four spreads (plus a few) on either side bracket it unless the sample is very
     atypical, and then the search simply goes on from wherever they landed. Returns
     ``(high, low)`` per group (ignored for groups under ``_DENSE``), or None when no
-    group is that large.
+    group is that large. Entries not ``alive`` (stacked as ``stacks``) are sampled with
+    the largest key: sorted last, they leave the ``k``-th alive key near index ``q * m``.
     """
     if any(_on_mesh(x) for x in stacks):
         return None  # a strided sample of a sharded leaf would be gathered
     keys, ids, lengths = [], [], [0] * n_groups
-    for stack, batch in zip(stacks, batches):
+    for j, (stack, batch) in enumerate(zip(stacks, batches)):
         stride = _sample_stride(sizes[groups[batch[0]]])
         if sizes[groups[batch[0]]] >= _DENSE:
             sample = key_fn(stack.reshape(len(batch), -1)[:, ::stride])
+            if alive is not None:
+                sample = jnp.where(alive[j].reshape(len(batch), -1)[:, ::stride], sample, INT32_MAX)
             keys.append(sample.reshape(-1))
             ids.append(jnp.repeat(jnp.asarray([groups[i] for i in batch], jnp.int32), sample.shape[1]))
             for i in batch:
@@ -277,6 +281,7 @@ def lowest(
     key_fn: KeyFn,
     groups: Sequence[int],
     counts: jax.Array,
+    alive: Sequence[jax.Array] | None = None,
 ) -> list[jax.Array]:
     """Marks, in each group of arrays, the ``counts[g]`` entries of lowest ``(key, position)``.
 
@@ -305,11 +310,15 @@ def lowest(
         ranked together, in the order they are given. A group holds fewer than 2**31
         entries.
       counts: int32 array of shape ``(G,)``, the number of entries to mark per group,
-        in ``[0, group size]`` (it may be traced).
+        in ``[0, group size]`` (it may be traced); with ``alive``, in ``[0, alive
+        entries of the group]``.
+      alive: None, or one bool array per leaf, shaped like it: only its True entries
+        take part (are ranked, counted and marked); positions stay those of the whole
+        arrays, so the alive entries keep their order.
 
     Returns:
       One bool array per leaf, True on the marked (lowest) entries; exactly
-      ``counts[g]`` are True in group ``g``.
+      ``counts[g]`` are True in group ``g`` (all of them alive).
     """
     groups = list(groups)
     n_groups = int(counts.shape[0])
@@ -322,6 +331,7 @@ def lowest(
     index = runtime_range(len(leaves))
     batches = _batches(leaves, groups, sizes)
     stacks = [_stacked(leaves, batch, index) for batch in batches]
+    alive_stacks = None if alive is None else [_stacked(alive, batch, index) for batch in batches]
     group_of = jnp.asarray(groups, jnp.int32)
     offset_of = jnp.asarray(offsets, jnp.int32)
     segment_ids = jnp.asarray([groups[i] for batch in batches for i in batch], jnp.int32)
@@ -348,12 +358,12 @@ def lowest(
         # which then computes their keys and positions inside each counting pass instead
         # of hoisting them out of the loop as full-size arrays (that would triple the
         # extra memory).
-        tied, tied_offsets, _ = lax.optimization_barrier((stacks, offset_of, step))
+        tied, tied_alive, tied_offsets, _ = lax.optimization_barrier((stacks, alive_stacks, offset_of, step))
         per_leaf_args = [a[group_of] for a in args]
-        rows = [
-            count_rows(predicate(stack, *[of_batch(batch, v) for v in (tied_offsets, *per_leaf_args)]))
-            for stack, batch in zip(tied, batches)
-        ]
+        rows = []
+        for j, (stack, batch) in enumerate(zip(tied, batches)):
+            flags = predicate(stack, *[of_batch(batch, v) for v in (tied_offsets, *per_leaf_args)])
+            rows.append(count_rows(flags if tied_alive is None else flags & tied_alive[j]))
         return jax.ops.segment_sum(jnp.concatenate(rows), segment_ids, num_segments=n_groups)
 
     def at_most(xs: jax.Array, offsets: jax.Array, key: jax.Array) -> jax.Array:
@@ -363,7 +373,9 @@ def lowest(
     # The threshold key T of a group: the least key with count(key <= T) >= counts[g].
     # Search state per group: T lies in [lo, hi], with below = count(key < lo) < counts
     # <= count(key <= hi) = at_hi. Each pass counts the keys <= one probe per group.
-    sampled = _sample_probes(stacks, batches, key_fn, groups, n_groups, sizes, counts)
+    sampled = _sample_probes(stacks, batches, key_fn, groups, n_groups, sizes, counts, alive_stacks)
+    # count(key <= INT32_MAX): every entry, or every alive one.
+    total = sizes_arr if alive is None else count(jnp.zeros([], jnp.int32), lambda xs, offsets: jnp.ones_like(xs, bool))
     dense = jnp.asarray([size >= _DENSE for size in sizes])
 
     def probe(i: jax.Array, lo: jax.Array, hi: jax.Array, below: jax.Array, at_hi: jax.Array, halve: jax.Array):
@@ -421,9 +433,9 @@ def lowest(
         jnp.full((n_groups,), INT32_MIN, jnp.int32),
         jnp.full((n_groups,), INT32_MAX, jnp.int32),
         jnp.zeros((n_groups,), jnp.int32),
-        sizes_arr,
+        total,
         jnp.zeros((n_groups,), jnp.bool_),
-        sizes_arr,
+        total,
     )
     _, _, threshold, _, at_threshold, _, _ = lax.while_loop(
         lambda bounds: jnp.any(bounds[1] < bounds[2]) & (bounds[0] < _MAX_PASSES), narrow, start
@@ -445,10 +457,6 @@ def lowest(
     start = (jnp.zeros([], jnp.int32), jnp.zeros((n_groups,), jnp.int32), sizes_arr)
     _, _, position = lax.while_loop(ties_left, halve_positions, start)
     cut = jnp.where(at_threshold > counts, position, sizes_arr)
-    # The marks, leaf by leaf: each leaf reads its offset, threshold and cut at a runtime
-    # index, so that its kernel is the same as that of every leaf of its shape (and
-    # compiled once); stacked marks would have to be copied out to the leaves by
-    # kernels that differ from leaf to leaf.
     # The marks, leaf by leaf (stacks of them would all be made at once, a copy of every
     # small leaf): each leaf reads its offset, threshold and cut at a runtime index, so
     # that its kernel is that of every leaf of its shape (see runtime_range).
@@ -456,5 +464,6 @@ def lowest(
     marks = []
     for j, x in enumerate(leaves):
         offset, key, position = entry(table, index[j])
-        marks.append(below(x[None], offset[None], key[None], position[None])[0])
+        mark = below(x[None], offset[None], key[None], position[None])[0]
+        marks.append(mark if alive is None else mark & alive[j])
     return marks
