@@ -263,15 +263,17 @@ def magnitude_mask(
     order ``(|w|, position)``; see the module docstring for the tie rule, which makes
     the count exact where ``torch.topk`` leaves ties to chance.
 
-    Unlike both, the ranking never concatenates or sorts the parameters: the threshold
-    is searched on the float bit pattern, with one count per leaf per pass (32 halvings
-    for a small tree; for 2**20 weights or more, a start from a sorted sample of 2**16
-    of them and interpolation, typically 10-15 passes; more only for ties at the
-    threshold; a few scalars of search state per leaf; partial sums that become
-    all-reduces on sharded arrays). Besides
-    the bool output, the extra memory is a one-byte-per-weight counting buffer on CPU,
-    which XLA reuses from leaf to leaf. ``sparsity`` may be traced (``jit``/``vmap``
-    over it compile once).
+    Unlike both, the ranking never sorts the parameters: the threshold is searched on
+    the float bit pattern, with one count per stack of same-shaped leaves per pass (32
+    halvings for a small tree; for 2**20 weights or more, a start from a sorted sample
+    of 2**16 of them and interpolation, typically 10-15 passes; more only for ties at
+    the threshold; a few scalars of search state per leaf; partial sums that become
+    all-reduces on sharded arrays). Leaves of fewer than 2**20 weights are stacked by
+    shape, up to 16 together, so that the compiled program grows with the number of
+    stacks, not of leaves (docs/pruning.md gives compile times); larger leaves are
+    counted in place. Besides the bool output, the extra memory is those stacks (a
+    copy of the small leaves), their marks and a counting buffer, one byte per weight
+    each on CPU. ``sparsity`` may be traced (``jit``/``vmap`` over it compile once).
 
     Iterative pruning: with ``previous=mask`` (a mask an earlier round returned) only
     the weights ``mask`` keeps are ranked, and the amount is of those: ``sparsity=s``
