@@ -287,8 +287,8 @@ def lowest(
     have no ties, so that second search rarely runs. A last pass writes the marks.
 
     Leaves of fewer than ``_BATCH`` entries are stacked by shape (at most ``_BATCH``
-    entries per stack) and counted stack by stack; the others are counted on their
-    own. Every pass, and the marks, run stack by stack: the program holds a fixed
+    entries and ``_STACK_LEAVES`` leaves per stack) and counted stack by stack; the
+    others are counted on their own. Every pass, and the marks, run stack by stack: the program holds a fixed
     number of operations per stack and none per leaf but the stacking and the slicing
     of the marks. The extra memory is the stacks (a copy of the stacked leaves), a
     one-byte counting buffer of the largest stack or leaf, the marks of the stacks and
