@@ -10,11 +10,11 @@ keys are recomputed inside every count instead of being stored. (XLA's CPU backe
 materializes the operand of a reduction; :func:`count_rows` makes that one byte per
 entry, and XLA reuses the buffer from one array to the next.)
 
-The compiled program grows with the number of distinct leaf shapes, not of leaves, so
-that a model with a thousand leaves compiles about as fast as one with a dozen: small
-leaves of one shape are stacked and counted together, and every per-leaf kernel reads
-its leaf's numbers at a runtime index (:func:`runtime_range`), which makes the kernels
-of all leaves of a shape one kernel that XLA compiles once.
+The compiled program grows with the number of stacks, not of leaves: leaves of one
+shape are stacked (a copy, at most ``_BATCH`` entries per stack) and every counting
+pass and the marks run stack by stack, so that a model with a thousand leaves of a
+dozen shapes holds about as many operations as one with a dozen leaves. What remains
+per leaf is its place in a concatenation and the copy of its marks out of the stack.
 
 The order is total, which is what makes the counts exact: entries are ranked by
 ``(score, position)``, where the position of an entry is its row-major (flat) index
@@ -166,46 +166,36 @@ def _sample_stride(size: int) -> int:
 
 
 def _batches(leaves: Sequence[jax.Array], groups: Sequence[int], sizes: Sequence[int]) -> list[list[int]]:
-    """The leaves counted together, as lists of indices: small leaves of one shape, dtype and sample stride.
+    """The leaves counted together, as lists of indices: leaves of one shape, dtype and sample stride.
 
     A batch is stacked once and counted by one reduction per pass, so that the program
-    grows with the number of distinct shapes of the small leaves, not with their
-    number. Only leaves of fewer than ``_SMALL`` entries are stacked, at most ``_BATCH``
-    entries together, and at most ``_STACKED`` of all entries (the stacks are a copy);
-    every other leaf, and every leaf on a mesh (stacking leaves split differently would
-    move them between devices), is a batch of its own.
+    grows with the number of stacks (about the number of distinct leaf shapes, plus one
+    per ``_BATCH`` entries or ``_STACK_LEAVES`` leaves), a fraction of the number of
+    leaves. Leaves of fewer than ``_BATCH`` entries are stacked, at most ``_BATCH``
+    entries and ``_STACK_LEAVES`` leaves together (the stacks are a copy); a larger
+    leaf, and every leaf on a mesh (stacking leaves split differently would move them
+    between devices), is a batch of its own.
     """
-    budget = _STACKED * sum(x.size for x in leaves)
     batches: list[list[int]] = []
     open_batch: dict[Any, int] = {}
     for i, x in enumerate(leaves):
-        if _on_mesh(x) or x.size >= _SMALL or x.size > budget:
+        if _on_mesh(x) or x.size >= _BATCH:
             batches.append([i])
             continue
-        budget -= x.size
         kind = (x.shape, x.dtype, _sample_stride(sizes[groups[i]]))
         b = open_batch.get(kind)
-        if b is None or (len(batches[b]) + 1) * x.size > _BATCH:
+        if b is None or (len(batches[b]) + 1) * x.size > _BATCH or len(batches[b]) == _STACK_LEAVES:
             open_batch[kind] = b = len(batches)
             batches.append([])
         batches[b].append(i)
     return batches
 
 
-def _stacked(leaves: Sequence[jax.Array], batch: Sequence[int], index: Sequence[jax.Array]) -> jax.Array:
-    """The leaves of ``batch`` stacked on a new first axis.
-
-    Written one by one into a buffer at runtime indices (see :func:`runtime_range`): the
-    writes of all leaves of a shape are one kernel, where a concatenation compiles code
-    for every operand.
-    """
-    first = leaves[batch[0]]
+def _stacked(leaves: Sequence[jax.Array], batch: Sequence[int]) -> jax.Array:
+    """The leaves of ``batch`` stacked on a new first axis: one concatenation (a leaf alone is not copied)."""
     if len(batch) == 1:
-        return first[None]
-    stack = jnp.zeros((len(batch), *first.shape), first.dtype)
-    for j, i in enumerate(batch):
-        stack = lax.dynamic_update_index_in_dim(stack, leaves[i], index[j], axis=0)
-    return stack
+        return leaves[batch[0]][None]
+    return jnp.stack([leaves[i] for i in batch])
 
 
 # Probes before every group's [lo, hi] is one key: 2 from the sample, at most 32
@@ -216,10 +206,11 @@ _MAX_PASSES = 2 + 3 * 32 + 2 * 16
 # would be gathered), and interpolation probes after: their counts look continuous.
 _DENSE = 1 << 20
 _SAMPLE = 1 << 16
-# Leaves of fewer entries are stacked by shape, at most _BATCH entries together (see _batches).
-_SMALL = 1 << 18
+# Leaves of fewer entries are stacked by shape, at most _BATCH entries and _STACK_LEAVES
+# leaves together (see _batches): XLA's CPU compile time grows with the square of the
+# number of slices taken out of one array.
 _BATCH = 1 << 20
-_STACKED = 0.5
+_STACK_LEAVES = 16
 
 
 def _sample_probes(
@@ -230,6 +221,7 @@ def _sample_probes(
     n_groups: int,
     sizes: Sequence[int],
     counts: jax.Array,
+    alive: Sequence[jax.Array] | None = None,
 ) -> tuple[jax.Array, jax.Array] | None:
     """Two probes per large group around its threshold key, read off a sorted sample of its keys.
 
@@ -238,15 +230,18 @@ def _sample_probes(
     four spreads (plus a few) on either side bracket it unless the sample is very
     atypical, and then the search simply goes on from wherever they landed. Returns
     ``(high, low)`` per group (ignored for groups under ``_DENSE``), or None when no
-    group is that large.
+    group is that large. Entries not ``alive`` (stacked as ``stacks``) are sampled with
+    the largest key: sorted last, they leave the ``k``-th alive key near index ``q * m``.
     """
     if any(_on_mesh(x) for x in stacks):
         return None  # a strided sample of a sharded leaf would be gathered
     keys, ids, lengths = [], [], [0] * n_groups
-    for stack, batch in zip(stacks, batches):
+    for j, (stack, batch) in enumerate(zip(stacks, batches)):
         stride = _sample_stride(sizes[groups[batch[0]]])
         if sizes[groups[batch[0]]] >= _DENSE:
             sample = key_fn(stack.reshape(len(batch), -1)[:, ::stride])
+            if alive is not None:
+                sample = jnp.where(alive[j].reshape(len(batch), -1)[:, ::stride], sample, INT32_MAX)
             keys.append(sample.reshape(-1))
             ids.append(jnp.repeat(jnp.asarray([groups[i] for i in batch], jnp.int32), sample.shape[1]))
             for i in batch:
@@ -277,6 +272,7 @@ def lowest(
     key_fn: KeyFn,
     groups: Sequence[int],
     counts: jax.Array,
+    alive: Sequence[jax.Array] | None = None,
 ) -> list[jax.Array]:
     """Marks, in each group of arrays, the ``counts[g]`` entries of lowest ``(key, position)``.
 
@@ -290,10 +286,13 @@ def lowest(
     passes find the position up to which the ties at ``T`` are taken. Continuous scores
     have no ties, so that second search rarely runs. A last pass writes the marks.
 
-    Leaves of fewer than ``_SMALL`` entries are stacked by shape (at most ``_BATCH``
-    entries per stack, ``_STACKED`` of all entries in all) and counted stack by stack;
-    the others are counted on their own. The extra memory is the stacks, a one-byte
-    counting buffer of the largest stack or leaf, and the bool output.
+    Leaves of fewer than ``_BATCH`` entries are stacked by shape (at most ``_BATCH``
+    entries and ``_STACK_LEAVES`` leaves per stack) and counted stack by stack; the
+    others are counted on their own. Every pass, and the marks, run stack by stack: the program holds a fixed
+    number of operations per stack and none per leaf but the stacking and the slicing
+    of the marks. The extra memory is the stacks (a copy of the stacked leaves), a
+    one-byte counting buffer of the largest stack or leaf, the marks of the stacks and
+    the bool output.
 
     Args:
       leaves: the arrays.
@@ -305,11 +304,15 @@ def lowest(
         ranked together, in the order they are given. A group holds fewer than 2**31
         entries.
       counts: int32 array of shape ``(G,)``, the number of entries to mark per group,
-        in ``[0, group size]`` (it may be traced).
+        in ``[0, group size]`` (it may be traced); with ``alive``, in ``[0, alive
+        entries of the group]``.
+      alive: None, or one bool array per leaf, shaped like it: only its True entries
+        take part (are ranked, counted and marked); positions stay those of the whole
+        arrays, so the alive entries keep their order.
 
     Returns:
       One bool array per leaf, True on the marked (lowest) entries; exactly
-      ``counts[g]`` are True in group ``g``.
+      ``counts[g]`` are True in group ``g`` (all of them alive).
     """
     groups = list(groups)
     n_groups = int(counts.shape[0])
@@ -319,19 +322,17 @@ def lowest(
         sizes[g] += x.size
     sizes_arr = jnp.asarray(sizes, jnp.int32)
 
-    index = runtime_range(len(leaves))
     batches = _batches(leaves, groups, sizes)
-    stacks = [_stacked(leaves, batch, index) for batch in batches]
+    # Behind a barrier, XLA cannot sink the stacking into the loops (once per pass).
+    stacks = [_stacked(leaves, batch) for batch in batches]
+    alive_stacks = None if alive is None else [_stacked(alive, batch) for batch in batches]
+    stacks, alive_stacks = lax.optimization_barrier((stacks, alive_stacks))
     group_of = jnp.asarray(groups, jnp.int32)
     offset_of = jnp.asarray(offsets, jnp.int32)
     segment_ids = jnp.asarray([groups[i] for batch in batches for i in batch], jnp.int32)
 
     def of_batch(batch: Sequence[int], per_leaf: jax.Array) -> jax.Array:
-        # The entries of a per-leaf vector for the leaves of a batch. A leaf alone reads
-        # its entry at a runtime index, so that its kernels are those of every leaf of its
-        # shape (see runtime_range).
-        if len(batch) == 1:
-            return entry(per_leaf, index[batch[0]])[None]
+        # The entries of a per-leaf vector for the leaves of a batch.
         return per_leaf[np.asarray(batch)]
 
     def below(xs: jax.Array, offsets: jax.Array, key: jax.Array, position: jax.Array) -> jax.Array:
@@ -348,12 +349,12 @@ def lowest(
         # which then computes their keys and positions inside each counting pass instead
         # of hoisting them out of the loop as full-size arrays (that would triple the
         # extra memory).
-        tied, tied_offsets, _ = lax.optimization_barrier((stacks, offset_of, step))
+        tied, tied_alive, tied_offsets, _ = lax.optimization_barrier((stacks, alive_stacks, offset_of, step))
         per_leaf_args = [a[group_of] for a in args]
-        rows = [
-            count_rows(predicate(stack, *[of_batch(batch, v) for v in (tied_offsets, *per_leaf_args)]))
-            for stack, batch in zip(tied, batches)
-        ]
+        rows = []
+        for j, (stack, batch) in enumerate(zip(tied, batches)):
+            flags = predicate(stack, *[of_batch(batch, v) for v in (tied_offsets, *per_leaf_args)])
+            rows.append(count_rows(flags if tied_alive is None else flags & tied_alive[j]))
         return jax.ops.segment_sum(jnp.concatenate(rows), segment_ids, num_segments=n_groups)
 
     def at_most(xs: jax.Array, offsets: jax.Array, key: jax.Array) -> jax.Array:
@@ -363,7 +364,9 @@ def lowest(
     # The threshold key T of a group: the least key with count(key <= T) >= counts[g].
     # Search state per group: T lies in [lo, hi], with below = count(key < lo) < counts
     # <= count(key <= hi) = at_hi. Each pass counts the keys <= one probe per group.
-    sampled = _sample_probes(stacks, batches, key_fn, groups, n_groups, sizes, counts)
+    sampled = _sample_probes(stacks, batches, key_fn, groups, n_groups, sizes, counts, alive_stacks)
+    # count(key <= INT32_MAX): every entry, or every alive one.
+    total = sizes_arr if alive is None else count(jnp.zeros([], jnp.int32), lambda xs, offsets: jnp.ones_like(xs, bool))
     dense = jnp.asarray([size >= _DENSE for size in sizes])
 
     def probe(i: jax.Array, lo: jax.Array, hi: jax.Array, below: jax.Array, at_hi: jax.Array, halve: jax.Array):
@@ -421,9 +424,9 @@ def lowest(
         jnp.full((n_groups,), INT32_MIN, jnp.int32),
         jnp.full((n_groups,), INT32_MAX, jnp.int32),
         jnp.zeros((n_groups,), jnp.int32),
-        sizes_arr,
+        total,
         jnp.zeros((n_groups,), jnp.bool_),
-        sizes_arr,
+        total,
     )
     _, _, threshold, _, at_threshold, _, _ = lax.while_loop(
         lambda bounds: jnp.any(bounds[1] < bounds[2]) & (bounds[0] < _MAX_PASSES), narrow, start
@@ -445,16 +448,24 @@ def lowest(
     start = (jnp.zeros([], jnp.int32), jnp.zeros((n_groups,), jnp.int32), sizes_arr)
     _, _, position = lax.while_loop(ties_left, halve_positions, start)
     cut = jnp.where(at_threshold > counts, position, sizes_arr)
-    # The marks, leaf by leaf: each leaf reads its offset, threshold and cut at a runtime
-    # index, so that its kernel is the same as that of every leaf of its shape (and
-    # compiled once); stacked marks would have to be copied out to the leaves by
-    # kernels that differ from leaf to leaf.
-    # The marks, leaf by leaf (stacks of them would all be made at once, a copy of every
-    # small leaf): each leaf reads its offset, threshold and cut at a runtime index, so
-    # that its kernel is that of every leaf of its shape (see runtime_range).
-    table = jnp.stack([offset_of, threshold[group_of], cut[group_of]], axis=1)
-    marks = []
-    for j, x in enumerate(leaves):
-        offset, key, position = entry(table, index[j])
-        marks.append(below(x[None], offset[None], key[None], position[None])[0])
-    return marks
+    # The marks, stack by stack, then sliced out leaf by leaf. Written in a loop that
+    # runs once (a count XLA cannot see through), so that XLA cannot fuse the marks into
+    # each slice: every leaf's kernel is then a copy, not a different compare kernel.
+    per_leaf = (offset_of, threshold[group_of], cut[group_of])
+
+    def write_marks(carry: tuple[jax.Array, list[jax.Array]]) -> tuple[jax.Array, list[jax.Array]]:
+        step, _ = carry
+        marks = []
+        for j, (stack, batch) in enumerate(zip(stacks, batches)):
+            mark = below(stack, *[of_batch(batch, v) for v in per_leaf])
+            marks.append(mark if alive_stacks is None else mark & alive_stacks[j])
+        return step + 1, marks
+
+    once = lax.optimization_barrier(jnp.zeros([], jnp.int32))
+    blank = [jnp.zeros_like(stack, dtype=jnp.bool_) for stack in stacks]  # sharded as the stacks
+    _, marks = lax.while_loop(lambda carry: carry[0] < 1, write_marks, (once, blank))
+    out: list[Any] = [None] * len(leaves)
+    for mark, batch in zip(marks, batches):
+        for row, i in enumerate(batch):
+            out[i] = mark[row]
+    return out

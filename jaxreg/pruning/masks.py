@@ -108,23 +108,30 @@ def amount_of(fn: str, sparsity: Any, keep_ratio: Any = None, num_pruned: Any = 
     return next(iter(given.items()))
 
 
-def prune_count(amount: tuple[str, Any], n: int, fn: str = "", path: _tree.KeyPath | None = None) -> jax.Array:
+def prune_count(
+    amount: tuple[str, Any], n: int | jax.Array, fn: str = "", path: _tree.KeyPath | None = None, alive: bool = False
+) -> jax.Array:
     """How many of ``n`` to prune, as int32: ``round(s * n)``, ``n - round(r * n)`` or the count.
 
-    Rounds half to even with Python's ``round`` when the amount is known, else in
-    float32. A known ``num_pruned`` above ``n`` raises; a traced one is clipped to ``n``.
+    ``n`` is an int, or a traced int32 count (of the weights still kept by a traced
+    ``previous``; ``alive`` says that ``n`` counts those, for the messages). Rounds half
+    to even with Python's ``round`` when the amount and ``n`` are known, else in
+    float32. A known ``num_pruned`` above a known ``n`` raises; else it is clipped to ``n``.
     """
     name, value = amount
     arr = _checks.concrete(value)
+    known = isinstance(n, int)
     if name == "num_pruned":
-        if arr is not None and int(arr) > n:
+        if arr is not None and known and int(arr) > n:
             where = "the selected tree" if path is None else f"params{jax.tree_util.keystr(path)}"
-            raise ValueError(f"{fn}: num_pruned={int(arr)} exceeds the {n} weights of {where}.")
+            still = " still kept in previous" if alive else ""
+            raise ValueError(f"{fn}: num_pruned={int(arr)} exceeds the {n} weights of {where}{still}.")
         return jnp.clip(jnp.asarray(value), 0, n).astype(jnp.int32)
-    if arr is not None:
+    if arr is not None and known:
         kept = round(float(arr) * n)
         return jnp.asarray(min(n - kept if name == "keep_ratio" else kept, n), jnp.int32)
-    rounded = jnp.clip(jnp.round(jnp.asarray(value).astype(jnp.float32) * n), 0, n).astype(jnp.int32)
+    n_float = jnp.asarray(n).astype(jnp.float32)
+    rounded = jnp.clip(jnp.round(jnp.asarray(value).astype(jnp.float32) * n_float), 0, n_float).astype(jnp.int32)
     return n - rounded if name == "keep_ratio" else rounded
 
 
@@ -148,6 +155,41 @@ def _check_size(fn: str, what: str, size: int) -> None:
         )
 
 
+def previous_leaves(fn: str, previous: Any, params: Any) -> list[jax.Array] | None:
+    """The leaves of the mask ``previous`` as bool arrays aligned with the params' leaves; None if not given.
+
+    Each must have its leaf's shape and hold bools, or numbers that are all 0 or 1
+    (PyTorch's masks; checked when they are known, read as ``!= 0`` when traced).
+    Anything else raises an error naming the leaf.
+    """
+    if previous is None:
+        return None
+    paths, leaves, _ = _tree.leaves_with_paths(params)
+    out = []
+    for path, x, k in zip(paths, leaves, match_keep(fn, previous, params, arg="previous", broadcast=False)):
+        what = f"{fn}: previous for params{jax.tree_util.keystr(path)}"
+        if jnp.shape(k) != jnp.shape(x):
+            raise ValueError(
+                f"{what} has shape {jnp.shape(k)}, but the parameter has shape {jnp.shape(x)}; give the mask "
+                "that the previous round returned for these params."
+            )
+        dtype = jnp.result_type(k)
+        if dtype.kind not in "biuf":
+            raise TypeError(f"{what} has dtype {dtype}; a pruning mask holds bools (or 1/0, as PyTorch's).")
+        arr = _checks.concrete(k)
+        if arr is not None and dtype.kind != "b" and not np.isin(arr, (0, 1)).all():
+            bad = arr[~np.isin(arr, (0, 1))].flat[0].item()
+            raise ValueError(f"{what} holds {bad!r}; a pruning mask holds only True/False or 1/0.")
+        out.append(jnp.asarray(k) if dtype.kind == "b" else jnp.asarray(k) != 0)
+    return out
+
+
+def alive_count(keep: jax.Array) -> int | jax.Array:
+    """How many True entries ``keep`` holds: an int when it is known, else a traced int32."""
+    arr = _checks.concrete(keep)
+    return int(np.count_nonzero(arr)) if arr is not None else jnp.sum(keep, dtype=jnp.int32)
+
+
 def rank_keep(
     fn: str,
     params: Any,
@@ -157,18 +199,23 @@ def rank_keep(
     key_fn: _select.KeyFn,
     prepare: Callable[[int, jax.Array], jax.Array] | None = None,
     kind: Callable[[Any], bool] = _prunable,
+    previous: Any = None,
 ) -> Any:
     """Keeps all but the lowest-ranked weights, per leaf or over the tree.
 
     ``amount`` is ``(name, value)`` from :func:`amount_of`. ``prepare(i, leaf)`` gives
     the array to rank for leaf ``i`` (default: the leaf), and ``key_fn`` maps it to
     int32 keys inside each counting pass. ``kind(leaf)`` says which leaves may be
-    pruned (default: floating-point arrays with at least one dimension).
+    pruned (default: floating-point arrays with at least one dimension). With a mask
+    ``previous``, only the weights it keeps are ranked and the amount is of those; the
+    result keeps a subset of them (all of them on the leaves not pruned).
     """
     _checks.check_scope(fn, scope)
     paths, leaves, treedef = _tree.leaves_with_paths(params)
     picked = [i for i, c in enumerate(_candidates(fn, where, params, leaves, kind)) if c]
     sizes = [int(np.prod(jnp.shape(leaves[i]), dtype=np.int64)) for i in picked]
+    old = previous_leaves(fn, previous, params)
+    alive = sizes if old is None else [alive_count(old[i]) for i in picked]
     if scope == "global":
         name, value = amount
         if jax.tree.structure(_tree.unbox(value)).num_nodes != 1:
@@ -176,20 +223,23 @@ def rank_keep(
         _check_amount(fn, name, value, None, _AMOUNTS[name])
         _check_size(fn, "the selected tree", sum(sizes))
         groups = [0] * len(picked)
-        counts = [prune_count(amount, sum(sizes), fn)]
+        counts = [prune_count(amount, sum(alive), fn, alive=old is not None)]
     else:
         per_leaf = _per_leaf_amount(fn, amount, params, paths)
         for i, size in zip(picked, sizes):
             _check_size(fn, f"params{jax.tree_util.keystr(paths[i])}", size)
         groups = list(range(len(picked)))
-        counts = [prune_count(per_leaf[i], size, fn, paths[i]) for i, size in zip(picked, sizes)]
-    keep = [jnp.ones_like(x, dtype=jnp.bool_) for x in leaves]
+        counts = [prune_count(per_leaf[i], n, fn, paths[i], old is not None) for i, n in zip(picked, alive)]
+    keep = [jnp.ones_like(x, dtype=jnp.bool_) for x in leaves] if old is None else list(old)
     if picked:
         prepare = prepare or (lambda i, x: jnp.asarray(x))
         ranked = [prepare(i, leaves[i]) for i in picked]
-        pruned = _select.lowest(ranked, key_fn=key_fn, groups=tuple(groups), counts=jnp.stack(counts))
+        ranked_alive = None if old is None else [old[i] for i in picked]
+        pruned = _select.lowest(
+            ranked, key_fn=key_fn, groups=tuple(groups), counts=jnp.stack(counts), alive=ranked_alive
+        )
         for i, p in zip(picked, pruned):
-            keep[i] = ~p
+            keep[i] = ~p if old is None else old[i] & ~p
     return treedef.unflatten(keep)
 
 
@@ -201,6 +251,7 @@ def magnitude_mask(
     *,
     keep_ratio: chex.Numeric | Any = None,
     num_pruned: int | Any = None,
+    previous: Any = None,
 ) -> Any:
     """Prunes the weights of smallest magnitude ``|w|``, exactly ``round(s * n)`` of them.
 
@@ -212,15 +263,26 @@ def magnitude_mask(
     order ``(|w|, position)``; see the module docstring for the tie rule, which makes
     the count exact where ``torch.topk`` leaves ties to chance.
 
-    Unlike both, the ranking never concatenates or sorts the parameters: the threshold
-    is searched on the float bit pattern, with one count per leaf per pass (32 halvings
-    for a small tree; for 2**20 weights or more, a start from a sorted sample of 2**16
-    of them and interpolation, typically 10-15 passes; more only for ties at the
-    threshold; a few scalars of search state per leaf; partial sums that become
-    all-reduces on sharded arrays). Besides
-    the bool output, the extra memory is a one-byte-per-weight counting buffer on CPU,
-    which XLA reuses from leaf to leaf. ``sparsity`` may be traced (``jit``/``vmap``
-    over it compile once).
+    Unlike both, the ranking never sorts the parameters: the threshold is searched on
+    the float bit pattern, with one count per stack of same-shaped leaves per pass (32
+    halvings for a small tree; for 2**20 weights or more, a start from a sorted sample
+    of 2**16 of them and interpolation, typically 10-15 passes; more only for ties at
+    the threshold; a few scalars of search state per leaf; partial sums that become
+    all-reduces on sharded arrays). Leaves of fewer than 2**20 weights are stacked by
+    shape, up to 16 together, so that the compiled program grows with the number of
+    stacks, not of leaves (docs/pruning.md gives compile times); larger leaves are
+    counted in place. Besides the bool output, the extra memory is those stacks (a
+    copy of the small leaves), their marks and a counting buffer, one byte per weight
+    each on CPU. ``sparsity`` may be traced (``jit``/``vmap`` over it compile once).
+
+    Iterative pruning: with ``previous=mask`` (a mask an earlier round returned) only
+    the weights ``mask`` keeps are ranked, and the amount is of those: ``sparsity=s``
+    prunes ``round(s * m)`` of the ``m`` weights still kept (per leaf, or in the tree
+    with ``scope="global"``), ``num_pruned=k`` prunes ``k`` of them. The result keeps a
+    subset of ``mask`` (leaves not pruned keep ``mask``'s entries). This is what
+    repeated ``torch.nn.utils.prune.l1_unstructured`` (or ``global_unstructured``)
+    calls on one module compute through their ``PruningContainer``. When ``previous``
+    is traced, ``m`` is known only at run time and ``s * m`` is formed in float32.
 
     Args:
       params: a pytree of arrays (NNX ``Variable`` boxes are unwrapped).
@@ -234,6 +296,9 @@ def magnitude_mask(
         ``n - round(r * n)`` are pruned.
       num_pruned: instead of ``sparsity``, how many to prune, an int in ``[0, n]``
         (``torch.nn.utils.prune``'s int ``amount``).
+      previous: a pruning mask from an earlier round (True = keep): prune only among
+        the weights it keeps, ``sparsity``/``keep_ratio`` as a fraction and
+        ``num_pruned`` as a count of those (see *Iterative pruning* above).
 
     Returns:
       A pytree of bool arrays with the params' structure and shapes, True = keep.
@@ -244,7 +309,7 @@ def magnitude_mask(
       {'w': Array([False,  True, False,  True], dtype=bool)}
     """
     amount = amount_of("magnitude_mask", sparsity, keep_ratio, num_pruned)
-    return rank_keep("magnitude_mask", params, amount, scope, where, _select.magnitude_key)
+    return rank_keep("magnitude_mask", params, amount, scope, where, _select.magnitude_key, previous=previous)
 
 
 def mask_from_scores(
@@ -255,6 +320,7 @@ def mask_from_scores(
     *,
     keep_ratio: chex.Numeric | Any = None,
     num_pruned: int | Any = None,
+    previous: Any = None,
 ) -> Any:
     """Prunes the weights of lowest score, exactly ``round(s * n)`` of them.
 
@@ -277,6 +343,9 @@ def mask_from_scores(
         ``n - round(r * n)`` are pruned.
       num_pruned: instead of ``sparsity``, how many to prune, an int in ``[0, n]``
         (``torch.nn.utils.prune``'s int ``amount``).
+      previous: a pruning mask from an earlier round (True = keep): prune only among
+        the weights it keeps, ``sparsity``/``keep_ratio`` as a fraction and
+        ``num_pruned`` as a count of those (as in :func:`magnitude_mask`).
 
     Returns:
       A pytree of bool arrays with the scores' structure and shapes, True = keep.
@@ -290,7 +359,7 @@ def mask_from_scores(
                 f"{fn}: the scores at scores{jax.tree_util.keystr(path)} are {jnp.result_type(x)}; scores are "
                 "real numbers (float, int or bool), so rank e.g. their absolute values."
             )
-    return rank_keep(fn, scores, amount, scope, where, _select.order_key, kind=_rankable)
+    return rank_keep(fn, scores, amount, scope, where, _select.order_key, kind=_rankable, previous=previous)
 
 
 def random_mask(
@@ -302,6 +371,7 @@ def random_mask(
     *,
     keep_ratio: chex.Numeric | Any = None,
     num_pruned: int | Any = None,
+    previous: Any = None,
 ) -> Any:
     """Prunes weights chosen uniformly at random, exactly ``round(s * n)`` of them.
 
@@ -323,6 +393,9 @@ def random_mask(
         ``n - round(r * n)`` are pruned.
       num_pruned: instead of ``sparsity``, how many to prune, an int in ``[0, n]``
         (``torch.nn.utils.prune``'s int ``amount``).
+      previous: a pruning mask from an earlier round (True = keep): prune only among
+        the weights it keeps, ``sparsity``/``keep_ratio`` as a fraction and
+        ``num_pruned`` as a count of those (as in :func:`magnitude_mask`).
 
     Returns:
       A pytree of bool arrays with the params' structure and shapes, True = keep.
@@ -332,7 +405,7 @@ def random_mask(
     amount = amount_of(fn, sparsity, keep_ratio, num_pruned)
     leaves = jax.tree.leaves(_tree.unbox(params))
     draws = uniform_draws(key, leaves, _candidates(fn, where, params, leaves))
-    return rank_keep(fn, params, amount, scope, where, _select.order_key, lambda i, x: draws[i])
+    return rank_keep(fn, params, amount, scope, where, _select.order_key, lambda i, x: draws[i], previous=previous)
 
 
 def threshold_mask(params: optax.Params, threshold: chex.Numeric | Any, where: Mask = None) -> Any:
@@ -399,6 +472,7 @@ def structured_mask(
     *,
     keep_ratio: chex.Numeric | Any = None,
     num_pruned: int | Any = None,
+    previous: Any = None,
 ) -> Any:
     """Prunes whole units (neurons, filters, channels): those of smallest Ln norm.
 
@@ -426,6 +500,9 @@ def structured_mask(
         ``u - round(r * u)`` of a leaf's ``u`` units are pruned.
       num_pruned: instead of ``sparsity``, how many units to prune per leaf, an int in ``[0, u]``
         (``torch.nn.utils.prune``'s int ``amount``).
+      previous: a pruning mask from an earlier round (True = keep): prune only among
+        the units it keeps (a unit with any kept weight), ``sparsity``/``keep_ratio``
+        as a fraction and ``num_pruned`` as a count of those.
 
     Returns:
       A pytree of bool arrays with the params' structure and shapes, True = keep;
@@ -438,21 +515,37 @@ def structured_mask(
     picked = [i for i, c in enumerate(_candidates(fn, where, params, leaves)) if c]
     _tree.check_axis(fn, axis, [paths[i] for i in picked], [leaves[i] for i in picked], selector="where")
     per_leaf = _per_leaf_amount(fn, amount_of(fn, sparsity, keep_ratio, num_pruned), params, paths)
-    keep = [jnp.ones_like(x, dtype=jnp.bool_) for x in leaves]
+    old = previous_leaves(fn, previous, params)
+    keep = [jnp.ones_like(x, dtype=jnp.bool_) for x in leaves] if old is None else list(old)
     if not picked:
         return treedef.unflatten(keep)
     scores = scores_for(fn, score, params, paths, leaves)
-    units = [unit_norm(jnp.asarray(scores[i]), axis=axis, ord=ord) for i in picked]
-    counts = [prune_count(per_leaf[i], jnp.shape(leaves[i])[axis], fn, paths[i]) for i in picked]
+    if old is None:
+        units = [unit_norm(jnp.asarray(scores[i]), axis=axis, ord=ord) for i in picked]
+        counts = [prune_count(per_leaf[i], jnp.shape(leaves[i])[axis], fn, paths[i]) for i in picked]
+        alive = None
+    else:
+        # As torch's masked weight: the weights already pruned score zero in their unit.
+        zero = [jnp.zeros((), jnp.result_type(scores[i])) for i in picked]
+        units = [unit_norm(jnp.where(old[i], scores[i], z), axis=axis, ord=ord) for i, z in zip(picked, zero)]
+        alive = [_any_but(old[i], axis).reshape(-1) for i in picked]
+        counts = [prune_count(per_leaf[i], alive_count(a), fn, paths[i], True) for i, a in zip(picked, alive)]
     pruned = _select.lowest(
         [u.reshape(-1) for u in units],
         key_fn=_select.order_key,
         groups=tuple(range(len(picked))),
         counts=jnp.stack(counts),
+        alive=alive,
     )
     for i, u, p in zip(picked, units, pruned):
-        keep[i] = ~p.reshape(u.shape) & jnp.ones_like(leaves[i], dtype=jnp.bool_)  # the leaf's shape and sharding
+        keep[i] = ~p.reshape(u.shape) & keep[i]  # the leaf's shape and sharding
     return treedef.unflatten(keep)
+
+
+def _any_but(keep: jax.Array, axis: int) -> jax.Array:
+    """Whether each unit along ``axis`` keeps any weight, with every other axis of length 1."""
+    axis = axis % keep.ndim
+    return jnp.any(keep, axis=tuple(a for a in range(keep.ndim) if a != axis), keepdims=True)
 
 
 def _check_n_m(fn: str, n: Any, m: Any) -> tuple[int, int]:
@@ -473,6 +566,8 @@ def n_m_mask(
     axis: int = -1,
     score: Score = magnitude_score,
     where: Mask = None,
+    *,
+    previous: Any = None,
 ) -> Any:
     """N:M semi-structured sparsity: keeps the ``n`` highest scores of every ``m`` in a row.
 
@@ -493,10 +588,14 @@ def n_m_mask(
       axis: the axis along which blocks run.
       score: a function ``params -> per-weight scores``; default ``|w|``.
       where: selector; True where pruning is considered.
+      previous: a pruning mask from an earlier round (True = keep): each block keeps
+        the ``n`` highest scores among the weights ``previous`` keeps there (all of them
+        if fewer), so that the result keeps a subset of ``previous``.
 
     Returns:
       A pytree of bool arrays with the params' structure and shapes, True = keep;
-      exactly ``n`` of every ``m`` are True in each pruned leaf.
+      exactly ``n`` of every ``m`` are True in each pruned leaf (at most ``n`` with
+      ``previous``).
     """
     fn = "n_m_mask"
     n, m = _check_n_m(fn, n, m)
@@ -512,12 +611,13 @@ def n_m_mask(
                 f"params{jax.tree_util.keystr(paths[i])} with shape {jnp.shape(leaves[i])}; "
                 "leave that leaf out with where= or choose another m or axis."
             )
-    keep = [jnp.ones_like(x, dtype=jnp.bool_) for x in leaves]
+    old = previous_leaves(fn, previous, params)
+    keep = [jnp.ones_like(x, dtype=jnp.bool_) for x in leaves] if old is None else list(old)
     if picked:
         scores = scores_for(fn, score, params, paths, leaves)
         for i in picked:
             _check_blocks_within_shards(fn, m, axis, paths[i], scores[i])
-            keep[i] = _keep_n_of_m(jnp.asarray(scores[i]), n=n, m=m, axis=axis)
+            keep[i] = _keep_n_of_m(jnp.asarray(scores[i]), keep[i], n=n, m=m, axis=axis)
     return treedef.unflatten(keep)
 
 
@@ -547,16 +647,21 @@ def _check_blocks_within_shards(fn: str, m: int, axis: int, path: _tree.KeyPath,
 
 
 @functools.partial(jax.jit, static_argnames=("n", "m", "axis"))
-def _keep_n_of_m(score: jax.Array, n: int, m: int, axis: int) -> jax.Array:
+def _keep_n_of_m(score: jax.Array, alive: jax.Array, n: int, m: int, axis: int) -> jax.Array:
+    # Ranked by (alive, score, position): the weights pruned before rank lowest.
     moved = jnp.moveaxis(score, axis, -1)
-    keys = _select.order_key(moved).reshape(*moved.shape[:-1], moved.shape[-1] // m, m)
+    blocks = (*moved.shape[:-1], moved.shape[-1] // m, m)
+    keys = _select.order_key(moved).reshape(blocks)
+    live = jnp.moveaxis(alive, axis, -1).reshape(blocks)
     position = jax.lax.broadcasted_iota(jnp.int32, keys.shape, keys.ndim - 1)
     # below[i]: how many of its block rank under weight i; the m - n lowest are pruned.
     below = jnp.zeros(keys.shape, jnp.int32)
     for j in range(m):
-        kj = keys[..., j : j + 1]
-        below = below + ((kj < keys) | ((kj == keys) & (position > j))).astype(jnp.int32)
-    keep = (below >= m - n).reshape(moved.shape)
+        kj, lj = keys[..., j : j + 1], live[..., j : j + 1]
+        same = lj == live
+        under = (lj < live) | (same & (kj < keys)) | (same & (kj == keys) & (position > j))
+        below = below + under.astype(jnp.int32)
+    keep = ((below >= m - n) & live).reshape(moved.shape)
     return jnp.moveaxis(keep, -1, axis)
 
 
@@ -585,33 +690,33 @@ def apply_mask(params: optax.Params, keep: Any) -> Any:
     return treedef.unflatten(out)
 
 
-def match_keep(fn: str, keep: Any, params: Any) -> list[Any]:
-    """The leaves of the pruning mask ``keep``, aligned with the params' leaves.
+def match_keep(fn: str, keep: Any, params: Any, arg: str = "keep", broadcast: bool = True) -> list[Any]:
+    """The leaves of the pruning mask ``keep`` (the argument ``arg``), aligned with the params' leaves.
 
     A mismatch raises the ``ValueError`` of the other tree arguments; when the mask has
     the params' leaf paths but is a pure dict where the params are an NNX ``State`` (or
     the reverse), the message also says how to convert it.
     """
     try:
-        return _tree.match_tree(fn, "keep", keep, params)
+        return _tree.match_tree(fn, arg, keep, params, broadcast=broadcast)
     except ValueError as error:
-        convert = _state_conversion(keep, params)
+        convert = _state_conversion(keep, params, arg)
         if convert is None:
             raise
         raise ValueError(f"{error} {convert}") from None
 
 
-def _state_conversion(keep: Any, params: Any) -> str | None:
+def _state_conversion(keep: Any, params: Any, arg: str) -> str | None:
     """How to turn a pure-dict mask into the params' ``nnx.State`` (or the reverse); None if that is not the fix."""
     keep_is_state, params_is_state = isinstance(keep, nnx.State), isinstance(params, nnx.State)
     same_paths = _tree.leaves_with_paths(keep)[0] == _tree.leaves_with_paths(params)[0]
     if keep_is_state == params_is_state or not same_paths:
         return None
     if keep_is_state:
-        return "Convert the mask with keep = nnx.to_pure_dict(keep)."
+        return f"Convert the mask with {arg} = nnx.to_pure_dict({arg})."
     return (
         "Convert the mask into a copy of the params' State: state = jax.tree.map(lambda x: x, params); "
-        "nnx.replace_by_pure_dict(state, keep); then give state as keep."
+        f"nnx.replace_by_pure_dict(state, {arg}); then give state as {arg}."
     )
 
 

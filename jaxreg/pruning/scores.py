@@ -66,7 +66,8 @@ def uniform_draws(key: jax.Array, leaves: Sequence[Any], picked: Sequence[bool] 
 
     Leaves of one shape are drawn together, one threefry vmapped over their keys, and
     each reads its row at a runtime index (:func:`~jaxreg.pruning._select.runtime_range`):
-    the program holds one threefry per shape, not one per leaf. Each is drawn flat (XLA
+    the program holds one threefry per shape, not one per leaf, and one kernel per shape
+    that copies a row out. Each is drawn flat (XLA
     compiles a 1-D threefry much faster than one of the leaf's rank); leaves with
     explicit mesh axes are drawn on their own devices (:func:`uniform_leaf`).
 
@@ -85,7 +86,7 @@ def uniform_draws(key: jax.Array, leaves: Sequence[Any], picked: Sequence[bool] 
         if picked is not None and not picked[i]:
             continue
         if _tree.explicit_sharding(leaf) is not None:
-            draws[i] = uniform_leaf(jax.random.fold_in(key, index[i]), leaf)
+            draws[i] = uniform_leaf(jax.random.fold_in(key, i), leaf)
         else:
             by_shape.setdefault(tuple(jnp.shape(leaf)), []).append(i)
     for shape, members in by_shape.items():
