@@ -1,13 +1,17 @@
-"""MixUp and CutMix: torchvision's formulas (transcribed in NumPy), label rows that sum to 1, Beta draws, jit, vmap."""
+"""MixUp and CutMix: torchvision's formulas (transcribed in NumPy), label rows that sum to 1, Beta draws, jit, vmap, fit(mix=)."""
 
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
+from flax import nnx
 
-from jaxreg.training import cutmix, mixup
+import jaxreg
+from jaxreg.training import cutmix, fit, mixup
 from jaxreg.training import mixing as mixing_module
 
 RNG = np.random.default_rng(0)
@@ -124,3 +128,37 @@ def test_traced_alpha_dtypes_and_vmap():
 def test_bad_input(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def _fit_digits(**kwargs):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((192, 8)).astype(np.float32)
+    y = (x[:, 0] + x[:, 1] > 0).astype(np.int32)
+
+    def loss_fn(model, xb, yb):
+        logits = model(xb)
+        if yb.ndim == 1:  # unmixed: integer labels
+            return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+        return optax.softmax_cross_entropy(logits, yb).mean()
+
+    model = jaxreg.nn.MLP(8, [16], 2, rngs=nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
+    history = fit(
+        model, optimizer, loss_fn, (x[:128], y[:128]), (x[128:], y[128:]),
+        key=jax.random.key(0), epochs=3, batch_size=32, progress=False, **kwargs,
+    )  # fmt: skip
+    return history, nnx.state(model, nnx.Param)
+
+
+def test_fit_mixes_each_training_batch():
+    plain, plain_params = _fit_digits()
+    # A mix that changes nothing trains exactly as no mix: the labels reach loss_fn as given.
+    same, same_params = _fit_digits(mix=lambda key, x, y: (x, y))
+    np.testing.assert_array_equal(same.train_loss, plain.train_loss)
+    jax.tree.map(np.testing.assert_array_equal, same_params, plain_params)
+    # MixUp with one-hot labels changes the training batches (so the training loss), not validation's data.
+    mixed, _ = _fit_digits(mix=functools.partial(mixup, alpha=0.4, num_classes=2))
+    assert not np.allclose(mixed.train_loss, plain.train_loss)
+    assert np.all(np.isfinite(mixed.val_loss))
+    with pytest.raises(TypeError, match=r"fit: mix must be a callable \(key, x_batch, y_batch\)"):
+        _fit_digits(mix="mixup")

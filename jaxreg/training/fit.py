@@ -99,7 +99,7 @@ def _slice(tree: Any, start: int, stop: int) -> Any:
     return jax.tree.map(lambda a: a[start:stop], tree)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "loss_fn", "wrt", "augment", "average", "batch_size"))
+@functools.partial(jax.jit, static_argnames=("graphdef", "loss_fn", "wrt", "augment", "mix", "average", "batch_size"))
 def _train_epoch(
     state: Any,
     averaging: AveragingState | None,
@@ -111,6 +111,7 @@ def _train_epoch(
     loss_fn: Callable[..., jax.Array],
     wrt: Any,
     augment: Callable[[jax.Array, Any], Any] | None,
+    mix: Callable[[jax.Array, Any, Any], tuple[Any, Any]] | None,
     average: WeightAveraging | None,
     batch_size: int,
 ) -> tuple[Any, AveragingState | None, jax.Array]:
@@ -128,6 +129,8 @@ def _train_epoch(
         xb, yb = _take(x, idx), _take(y, idx)
         if augment is not None:
             xb = augment(step_key, xb)
+        if mix is not None:  # a key of its own, so adding mix leaves augment's draws as they were
+            xb, yb = mix(jax.random.fold_in(step_key, 1), xb, yb)
         loss, grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, wrt))(model, xb, yb)
         loss = jnp.asarray(loss, jnp.float32)
         # value= reaches the transforms that read the loss (optax.contrib.reduce_on_plateau);
@@ -193,6 +196,7 @@ def fit(
     monitor: str = "val_loss",
     restore_best: bool = True,
     augment: Callable[[jax.Array, Any], Any] | None = None,
+    mix: Callable[[jax.Array, Any, Any], tuple[Any, Any]] | None = None,
     average: WeightAveraging | None = None,
     eval_batch_size: int | None = None,
     checkpoint_dir: str | Path | None = None,
@@ -205,7 +209,8 @@ def fit(
 
     Each epoch: shuffle the ``n`` training samples with ``fold_in(key, epoch)``, take the
     ``n // batch_size`` full minibatches (the remainder is dropped, a different one each
-    epoch), apply ``augment`` to each batch's inputs, and take one optimizer step per
+    epoch), apply ``augment`` to each batch's inputs and ``mix`` to its inputs and
+    labels, and take one optimizer step per
     batch on ``loss_fn`` in training mode (``model.train()``: dropout and noise on).
     Then evaluate ``loss_fn`` and ``metric_fn`` on ``val_data`` in evaluation mode
     (``model.eval()``), update ``early_stopping`` with the ``monitor`` score, call
@@ -231,13 +236,13 @@ def fit(
         ``optax.contrib.reduce_on_plateau`` and other ``GradientTransformationExtraArgs``
         expect.
       loss_fn: ``(model, x, y) -> scalar`` mean loss of a batch (a jaxreg penalty may
-        be part of it). It, ``metric_fn`` and ``augment`` are static arguments of the
+        be part of it). It, ``metric_fn``, ``augment`` and ``mix`` are static arguments of the
         compiled epoch (hashable; a later fit with the same ones, the same model
         architecture and the same ``tx`` object reuses the compilation).
       train_data: ``(x, y)``, arrays (or pytrees of arrays) with the samples along the
         first axis.
       val_data: ``(x, y)`` for validation, or None.
-      key: PRNG key for the shuffles and ``augment``; the model's own ``nnx.Rngs``
+      key: PRNG key for the shuffles, ``augment`` and ``mix``; the model's own ``nnx.Rngs``
         drive dropout and noise.
       epochs: total number of epochs (counting those restored from a checkpoint), >= 1.
       batch_size: samples per step, ``1 <= batch_size <= n``.
@@ -253,6 +258,11 @@ def fit(
         optimizer keep their last state.
       augment: ``(key, x_batch) -> x_batch`` applied to every training batch inside the
         compiled step (e.g. :class:`~jaxreg.training.ImageAugmentation`), or None.
+      mix: ``(key, x_batch, y_batch) -> (x_batch, y_batch)`` applied to every training
+        batch after ``augment``, for the transforms that change the labels too, e.g.
+        ``functools.partial(jaxreg.training.mixup, alpha=0.2, num_classes=10)`` or
+        :func:`~jaxreg.training.cutmix`; ``loss_fn`` then gets soft labels (use
+        ``optax.softmax_cross_entropy``). Validation sees the data unmixed. Or None.
       average: a :func:`~jaxreg.training.ema` or :func:`~jaxreg.training.swa` of the
         trained variables (the optimizer's ``wrt``), updated after every optimizer step
         inside the compiled epoch, or None. Training is unchanged (the optimizer steps
@@ -295,6 +305,7 @@ def fit(
         early_stopping=early_stopping,
         monitor=monitor,
         average=average,
+        mix=mix,
         eval_batch_size=eval_batch_size,
         checkpoint_every=checkpoint_every,
         max_checkpoints=max_checkpoints,
@@ -311,6 +322,7 @@ def fit(
             loss_fn=loss_fn,
             wrt=optimizer.wrt,
             augment=augment,
+            mix=mix,
             average=average,
             batch_size=args.batch_size,
         ),
@@ -432,6 +444,7 @@ def _check_arguments(
     early_stopping: Any,
     monitor: Any,
     average: Any,
+    mix: Any,
     eval_batch_size: Any,
     checkpoint_every: Any,
     max_checkpoints: Any,
@@ -457,6 +470,11 @@ def _check_arguments(
         raise TypeError(f"{fn}: early_stopping must be a jaxreg.training.EarlyStopping, got {early_stopping!r}.")
     if average is not None and not isinstance(average, WeightAveraging):
         raise TypeError(f"{fn}: average must be a jaxreg.training.ema(...) or swa(...), got {average!r}.")
+    if mix is not None and not callable(mix):
+        raise TypeError(
+            f"{fn}: mix must be a callable (key, x_batch, y_batch) -> (x_batch, y_batch), such as "
+            f"functools.partial(jaxreg.training.mixup, alpha=0.2, num_classes=10); got {mix!r}."
+        )
     if early_stopping is not None and monitor != "train_loss" and val is None:
         raise ValueError(f"{fn}: monitor={monitor!r} needs val_data; give val_data or monitor='train_loss'.")
     if early_stopping is not None and monitor == "val_metric" and metric_fn is None:
