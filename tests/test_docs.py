@@ -57,7 +57,9 @@ jaxreg_docs = _load("jaxreg_docs", DOCS / "_ext" / "jaxreg_docs.py")
 docs_check = _load("docs_check", ROOT / "scripts" / "docs_check.py")
 
 ALL_MODULES = [jaxreg] + [
-    importlib.import_module(info.name) for info in pkgutil.walk_packages(jaxreg.__path__, "jaxreg.")
+    importlib.import_module(info.name)
+    for info in pkgutil.walk_packages(jaxreg.__path__, "jaxreg.")
+    if not info.name.endswith(".__main__")  # a command line, not an API
 ]
 
 
