@@ -1,4 +1,4 @@
-"""MixUp and CutMix: torchvision's formulas (transcribed in NumPy), label rows that sum to 1, Beta draws, jit, vmap, fit(mix=)."""
+"""MixUp and CutMix: torchvision's formulas (in NumPy), label rows that sum to 1, Beta draws, jit, vmap, fit(mix=)."""
 
 import functools
 import math
