@@ -39,7 +39,9 @@ by :func:`apply_step` (which replaces ``tx.update`` + ``optax.apply_updates``) w
 
 Before the custom call, every gradient, state slot and mask is checked against its
 parameter (at trace time: the checks cost nothing per step); one that does not fit
-raises a ``ValueError`` naming the leaf. ``jax.vmap`` runs the pass once per lane, and
+raises a ``ValueError`` naming the leaf. Under ``jax.vmap`` (over strengths, seeds or
+lanes of parameters, nested or not) one call runs every lane, each with its own scalars,
+norms and counters (``vmap_method="broadcast_all"``: what is not batched is broadcast), and
 ``jax.grad`` / ``jax.jvp`` differentiate the unfused chain (the pass has no derivative
 of its own).
 
@@ -215,7 +217,7 @@ def _norms(plan: _plan.Plan, g_leaves: list[jax.Array]) -> jax.Array | None:
     sums, norms = [], []
     for group in [[leaf] for leaf in large] + ([rest] if rest else []):
         out = jax.ffi.ffi_call(
-            "jaxreg_sumsq", jax.ShapeDtypeStruct((2 * len(group),), jnp.float32), vmap_method="sequential"
+            "jaxreg_sumsq", jax.ShapeDtypeStruct((2 * len(group),), jnp.float32), vmap_method="broadcast_all"
         )(*[g_leaves[leaf] for leaf in group])
         sums.append(out[: len(group)])
         norms.append(out[len(group) :])
@@ -276,7 +278,7 @@ def _single_pass(plan: _plan.Plan, grads: Any, state: Any, params: Any) -> tuple
                 results.append(jax.ShapeDtypeStruct(np.shape(x), jnp.float32))
             operands += [g_leaves[leaf], p_leaves[leaf], *leaf_slots, *leaf_inputs]
         results.append(jax.ShapeDtypeStruct((max(n_counters, 1),), jnp.float32))  # the counters' totals
-        out = jax.ffi.ffi_call("jaxreg_step", results, input_output_aliases=aliases, vmap_method="sequential")(
+        out = jax.ffi.ffi_call("jaxreg_step", results, input_output_aliases=aliases, vmap_method="broadcast_all")(
             *operands,
             variants=np.asarray([plan.per_leaf[leaf] for leaf in leaves], np.int64),
             units=np.asarray([plan.layouts[leaf][0] for leaf in leaves], np.int64),

@@ -361,6 +361,57 @@ def test_a_vmapped_sweep_over_strengths_runs_each_lane():
     chex.assert_trees_all_close(got, want, rtol=1e-6, atol=1e-7)
 
 
+# Lanes of leaves cut into several chunks each (the (700, 130) leaf) and of one element.
+LANE_SHAPES = [(700, 130), (64,), (3, 4, 5), (1,)]
+LANE_CHAINS = {
+    "value clips, counted": CHAINS["value clips, counted"],
+    "leaf-norm clip": CHAINS["leaf-norm clip"],
+    "pruned, broadcast masks": CHAINS["pruned, broadcast masks"],
+    "max-norm rows, then group lasso rows": UNIT_CHAINS["max-norm rows, then group lasso rows"],
+    "per-leaf balls, then a global ball": UNIT_CHAINS["per-leaf balls, then a global ball"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(LANE_CHAINS))
+def test_vmapped_lanes_run_in_one_call_with_the_unfused_numbers(name):
+    # Two nested vmaps, the outer one over axis 1: 2 x 3 lanes, each with its own
+    # parameters, gradients and state, so its own norms, counters, unit sums and global
+    # ball; a mask that is not batched is the same on every lane.
+    rng = np.random.default_rng(5)
+    lanes = {f"p{i}": jnp.asarray(rng.standard_normal((2, 3, *s)), jnp.float32) for i, s in enumerate(LANE_SHAPES)}
+    grads = jax.tree.map(lambda x: jnp.asarray(rng.standard_normal(x.shape), jnp.float32), lanes)
+    scales = jnp.asarray([0.05, 0.3, 2.0], jnp.float32)  # lanes far apart: clipped or not, inside the ball or not
+
+    def run(fused_step):
+        tx = jaxreg.chain(*LANE_CHAINS[name]())
+
+        def two_steps(p, g, scale):
+            p = jax.tree.map(lambda x: scale * x, p)
+            state = tx.init(p)
+            for _ in range(2):
+                if fused_step:
+                    p, state = jaxreg.apply_step(tx, g, state, p)
+                else:
+                    updates, state = tx.update(g, state, p)
+                    p = optax.apply_updates(p, updates)
+            return p, state
+
+        swept = jax.jit(jax.vmap(jax.vmap(two_steps, in_axes=(0, 0, None)), in_axes=(1, 1, 0)))
+        return swept, swept(lanes, grads, scales), jax.jit(two_steps)
+
+    with jax.numpy_dtype_promotion("standard"):
+        swept, got, one_lane = run(True)
+        _, want, _ = run(False)
+        lowered = swept.lower(lanes, grads, scales).as_text()
+        for a, b in np.ndindex(2, 3):  # each lane exactly as the step on that lane alone
+            alone = one_lane(*[jax.tree.map(lambda x, i=(a, b): x[i], t) for t in (lanes, grads)], scales[b])
+            chex.assert_trees_all_equal(jax.tree.map(lambda x, i=(b, a): x[i], got), alone)
+    assert lowered.count("@jaxreg_step") == 2  # one call per step for all six lanes, no loop over them
+    assert "stablehlo.while" not in lowered
+    # The unfused chain sums the squares of units in another order than the pass.
+    chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     "make, reason",
     [

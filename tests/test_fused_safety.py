@@ -82,6 +82,58 @@ def test_arguments_that_do_not_fit_raise_instead_of_crashing():
     assert all(line.endswith("ValueError True") for line in lines), lines
 
 
+def test_custom_calls_whose_lanes_do_not_fit_raise_instead_of_crashing():
+    # Under vmap the calls take the number of lanes from their results; every operand
+    # must then hold that many blocks of its leaf, or the call refuses to run.
+    result = _run_python(
+        """
+        import re
+        import jax, jax.numpy as jnp, numpy as np, jaxreg
+        jax.config.update("jax_numpy_dtype_promotion", "standard")
+        tx = jaxreg.chain(jaxreg.sgd(0.1))
+        p = {"w": jnp.ones(6)}
+        text = jax.jit(lambda p, s: jaxreg.apply_step(tx, p, s, p)).lower(p, tx.init(p)).as_text()
+        kernel = re.search(r'kernel = "([0-9a-f]+)"', text).group(1)
+        one = dict(kernel=kernel, variants=np.zeros(1, np.int64), n_slots=np.int64(0), n_inputs=np.int64(0),
+                   n_counters=np.int64(0), n_leaf_scalars=np.int64(0), stages=np.zeros(1, np.int64),
+                   units=np.ones(1, np.int64), inner=np.ones(1, np.int64), joint=np.zeros(0, np.int64))
+
+        def step(totals, table, g, w):
+            results = [jax.ShapeDtypeStruct((w,), jnp.float32), jax.ShapeDtypeStruct((totals,), jnp.float32)]
+            call = jax.ffi.ffi_call("jaxreg_step", results, input_output_aliases={3: 0})
+            return call(jnp.ones(table), jnp.zeros(table), jnp.ones(g), jnp.ones(w), **one)
+
+        def sumsq(result, *leaves):
+            call = jax.ffi.ffi_call("jaxreg_sumsq", jax.ShapeDtypeStruct((result,), jnp.float32))
+            return call(*[jnp.arange(n, dtype=jnp.float32) for n in leaves])
+
+        cases = {
+            "leaf not a whole number of lanes": lambda: step(2, 2, 7, 7),
+            "gradient of other lanes": lambda: step(2, 2, 12, 6),
+            "scalars of other lanes": lambda: step(3, 2, 6, 6),
+            "no counters row": lambda: step(0, 1, 6, 6),
+            "sums not a whole number of lanes": lambda: sumsq(5, 6),
+            "leaf not a whole number of sums lanes": lambda: sumsq(6, 7),
+            "sums of no leaves": lambda: sumsq(2),
+        }
+        for name, call in cases.items():
+            try:
+                jax.block_until_ready(jax.jit(call)())
+                print(name, "ran")
+            except Exception as error:
+                print(name, type(error).__name__, "jaxreg_s" in str(error))
+        print("lanes", np.asarray(sumsq(8, 4, 2), np.float64).round(3).tolist())
+        """
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 8, lines
+    assert all(line.endswith("True") and " ran" not in line for line in lines[:-1]), lines
+    # Two lanes of the leaves [0, 1, 2, 3] and [0, 1]: lane 0 holds [0, 1] and [0], lane 1
+    # [2, 3] and [1]; each lane's row is its sums of squares, then its norms.
+    assert lines[-1] == "lanes [1.0, 0.0, 1.0, 0.0, 13.0, 1.0, 3.606, 1.0]", lines[-1]
+
+
 def test_a_broadcastable_gradient_gets_the_unfused_numbers():
     tx = jaxreg.chain(jaxreg.clip_by_global_norm(1.0), jaxreg.adam(1e-2))
     params, grads = {"w": jnp.arange(4.0)}, {"w": jnp.full((1,), 0.5)}

@@ -18,6 +18,11 @@
 // after the k-th such member (parameter-space ones: they read only the new value),
 // one more read and write of w per stage.
 //
+// Under `jax.vmap` both calls see every operand and result with leading batch axes
+// (`vmap_method="broadcast_all"`): they take the number of lanes from their results
+// (one result row per lane) and run every lane's leaves as leaves of their own, with that
+// lane's scalars and counters, in the same tasks; a global norm or a global ball is per lane.
+//
 // The work is cut into tasks over all leaves together, so every core of XLA's intra-op
 // pool stays busy whatever the leaf sizes. A leaf without stages is cut into chunks of
 // kChunk elements. A leaf with stages is viewed as rows of `units * inner` columns
@@ -36,6 +41,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -67,6 +73,15 @@ struct Task {
 // The chunks of a leaf of `size` elements, in kChunk pieces.
 void add_tasks(int64_t leaf, int64_t size, std::vector<Task>& tasks) {
   for (int64_t b = 0; b < size; b += kChunk) tasks.push_back({leaf, b, std::min(size, b + kChunk)});
+}
+
+// How many helper threads `tasks` are worth: one per chunk of elements (a group of a leaf
+// with stages counts as a chunk), so that tiny leaves (say, many lanes of a small model
+// under vmap) run on the calling thread instead of waking threads for microseconds of work.
+int64_t helpers_for(const std::vector<Task>& tasks) {
+  int64_t elements = 0;
+  for (const Task& t : tasks) elements += t.group < 0 ? t.end - t.begin : kChunk;
+  return elements / kChunk;
 }
 
 // Sum of squares of x[0..n). Its range is cut into four parts read in lockstep: one
@@ -101,11 +116,12 @@ double sum_squares(const float* x, int64_t n) {
   return total;
 }
 
-// Runs work(t) for every task on the calling thread and on XLA's intra-op pool. The
-// caller waits only for tasks that were claimed, never for a helper to start (the caller
-// may itself hold a pool thread); a helper that starts late finds nothing left.
+// Runs work(t) for every task on the calling thread and on at most `max_helpers` threads
+// of XLA's intra-op pool. The caller waits only for tasks that were claimed, never for a
+// helper to start (the caller may itself hold a pool thread); a helper that starts late
+// finds nothing left.
 template <typename Work>
-void parallel_for(ffi::ThreadPool& pool, int64_t n_tasks, const Work& work) {
+void parallel_for(ffi::ThreadPool& pool, int64_t n_tasks, int64_t max_helpers, const Work& work) {
   struct Shared {
     std::atomic<int64_t> next{0}, done{0};
     std::mutex mu;
@@ -124,7 +140,7 @@ void parallel_for(ffi::ThreadPool& pool, int64_t n_tasks, const Work& work) {
       }
     }
   };
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), n_tasks - 1);
+  const int64_t helpers = std::min<int64_t>({pool.num_threads(), n_tasks - 1, max_helpers});
   for (int64_t h = 0; h < helpers; ++h) pool.Schedule([shared, drain]() { drain(*shared); });
   drain(*shared);
   std::unique_lock<std::mutex> lock(shared->mu);
@@ -133,32 +149,43 @@ void parallel_for(ffi::ThreadPool& pool, int64_t n_tasks, const Work& work) {
 
 // Returns each leaf's sum of squares, then each leaf's 2-norm: the sqrt of the sum rounded
 // to float, as the unfused chain computes it (a sum past float's range is inf there too).
+// Under vmap, lane b's values are row b of the result, and each leaf holds its lanes one
+// after the other.
 ffi::Error SumSquares(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Result<ffi::Buffer<ffi::F32>> sums) {
-  const size_t n_leaves = args.size();
-  if (sums->element_count() != 2 * n_leaves)
-    return ffi::Error::InvalidArgument("jaxreg_sumsq: the result must hold two values per leaf");
-  std::vector<const float*> data(n_leaves);
-  std::vector<int64_t> sizes(n_leaves);
-  for (size_t l = 0; l < n_leaves; ++l) {
+  const int64_t n_leaves = static_cast<int64_t>(args.size());
+  const int64_t count = static_cast<int64_t>(sums->element_count());
+  if (n_leaves == 0 || count == 0 || count % (2 * n_leaves) != 0)
+    return ffi::Error::InvalidArgument("jaxreg_sumsq: the result must hold two values per leaf and lane");
+  const int64_t lanes = count / (2 * n_leaves);
+  std::vector<const float*> data(lanes * n_leaves);  // lane b's leaf l at b * n_leaves + l
+  std::vector<int64_t> sizes(lanes * n_leaves);
+  for (int64_t l = 0; l < n_leaves; ++l) {
     auto buf = args.get<ffi::AnyBuffer>(l);
     if (buf.has_error()) return buf.error();
     if (buf->element_type() != ffi::DataType::F32) return ffi::Error::InvalidArgument("jaxreg_sumsq: float32 only");
-    data[l] = static_cast<const float*>(buf->untyped_data());
-    sizes[l] = static_cast<int64_t>(buf->element_count());
+    const int64_t size = static_cast<int64_t>(buf->element_count());
+    if (size % lanes != 0)
+      return ffi::Error::InvalidArgument("jaxreg_sumsq: a leaf does not hold the same number of lanes as the result");
+    for (int64_t b = 0; b < lanes; ++b) {
+      data[b * n_leaves + l] = static_cast<const float*>(buf->untyped_data()) + b * (size / lanes);
+      sizes[b * n_leaves + l] = size / lanes;
+    }
   }
   std::vector<Task> tasks;
-  for (size_t l = 0; l < n_leaves; ++l) add_tasks(static_cast<int64_t>(l), sizes[l], tasks);
+  for (int64_t v = 0; v < lanes * n_leaves; ++v) add_tasks(v, sizes[v], tasks);
   std::vector<double> partial(tasks.size());
-  parallel_for(pool, static_cast<int64_t>(tasks.size()), [&](int64_t t) {
+  parallel_for(pool, static_cast<int64_t>(tasks.size()), helpers_for(tasks), [&](int64_t t) {
     const Task& task = tasks[t];
     partial[t] = sum_squares(data[task.leaf] + task.begin, task.end - task.begin);
   });
-  std::vector<double> per_leaf(n_leaves, 0.0);
+  std::vector<double> per_leaf(lanes * n_leaves, 0.0);
   for (size_t t = 0; t < tasks.size(); ++t) per_leaf[tasks[t].leaf] += partial[t];
   float* out = sums->typed_data();
-  for (size_t l = 0; l < n_leaves; ++l) {
-    out[l] = static_cast<float>(per_leaf[l]);
-    out[n_leaves + l] = std::sqrt(out[l]);
+  for (int64_t v = 0; v < lanes * n_leaves; ++v) {
+    float* row = out + (v / n_leaves) * 2 * n_leaves;
+    const int64_t l = v % n_leaves;
+    row[l] = static_cast<float>(per_leaf[v]);
+    row[n_leaves + l] = std::sqrt(row[l]);
   }
   return ffi::Error::Success();
 }
@@ -175,7 +202,8 @@ struct Group {
 // stages, its layout (rows of `cols = units * inner` columns) and groups.
 struct Leaf {
   const float* g = nullptr;
-  const float* scalars = nullptr;  // its row of the leaf table
+  const float* table = nullptr;    // its lane's shared scalars
+  const float* scalars = nullptr;  // its row of its lane's leaf table
   float* w = nullptr;
   float* slots[jaxreg::kMaxSlots] = {};
   const bool* inputs[jaxreg::kMaxInputs] = {};  // read-only masks, one byte per element
@@ -226,7 +254,8 @@ void add_squares(const Leaf& leaf, Group& group, const float* x, int64_t n, int6
 // Stage k (0: the members before the first rescaling; k >= 1: the k-th rescaling and the
 // members after it) on elements [begin, begin + n) of one row, from column c.
 void run_piece(Leaf& leaf, int64_t k, int64_t begin, int64_t n, int64_t c, int64_t n_slots, int64_t n_inputs,
-               const float* table, int64_t* counts) {
+               int64_t* counts) {
+  const float* table = leaf.table;
   if (k == 0) {
     float* slots[jaxreg::kMaxSlots];
     const bool* inputs[jaxreg::kMaxInputs];
@@ -249,10 +278,9 @@ void run_piece(Leaf& leaf, int64_t k, int64_t begin, int64_t n, int64_t c, int64
 
 // Stage k of one task: a chunk of a leaf without stages, or a group of a leaf with them;
 // for a group, then its sums of squares when another stage follows.
-void run_task(Leaf& leaf, const Task& task, int64_t k, int64_t n_slots, int64_t n_inputs, const float* table,
-              int64_t* counts) {
+void run_task(Leaf& leaf, const Task& task, int64_t k, int64_t n_slots, int64_t n_inputs, int64_t* counts) {
   if (task.group < 0) {
-    run_piece(leaf, k, task.begin, task.end - task.begin, 0, n_slots, n_inputs, table, counts);
+    run_piece(leaf, k, task.begin, task.end - task.begin, 0, n_slots, n_inputs, counts);
     return;
   }
   Group& group = leaf.groups[task.group];
@@ -262,7 +290,7 @@ void run_task(Leaf& leaf, const Task& task, int64_t k, int64_t n_slots, int64_t 
     for (int64_t r = 0; r < leaf.rows; ++r)
       for (int64_t c = task.begin; c < task.end; c += kChunk) {
         const int64_t n = std::min(kChunk, task.end - c), at = r * leaf.cols + c;
-        run_piece(leaf, k, at, n, c, n_slots, n_inputs, table, counts);
+        run_piece(leaf, k, at, n, c, n_slots, n_inputs, counts);
         if (reduce) add_squares(leaf, group, leaf.w + at, n, c);
       }
     return;
@@ -273,11 +301,11 @@ void run_task(Leaf& leaf, const Task& task, int64_t k, int64_t n_slots, int64_t 
     const int64_t n_rows = std::min(per_block, task.end - r);
     const int64_t at = r * leaf.cols;
     if (k == 0) {
-      run_piece(leaf, 0, at, n_rows * leaf.cols, 0, n_slots, n_inputs, table, counts);
+      run_piece(leaf, 0, at, n_rows * leaf.cols, 0, n_slots, n_inputs, counts);
     } else if (leaf.inner > 1) {
-      for (int64_t q = 0; q < n_rows; ++q) run_piece(leaf, k, at + q * leaf.cols, leaf.cols, 0, 0, 0, table, nullptr);
+      for (int64_t q = 0; q < n_rows; ++q) run_piece(leaf, k, at + q * leaf.cols, leaf.cols, 0, 0, 0, nullptr);
     } else {
-      reinterpret_cast<Rows>(leaf.fns[3 * k - 1])(leaf.w + at, table, n_rows, leaf.cols, leaf.cols,
+      reinterpret_cast<Rows>(leaf.fns[3 * k - 1])(leaf.w + at, leaf.table, n_rows, leaf.cols, leaf.cols,
                                                   leaf.factors.data());
     }
     if (!reduce) continue;
@@ -302,19 +330,19 @@ std::vector<double> unit_sums(const Leaf& leaf) {
 }
 
 // Stage k's factors of a leaf whose units are its own.
-void unit_factors(Leaf& leaf, int64_t k, const float* table) {
+void unit_factors(Leaf& leaf, int64_t k) {
   const std::vector<double> sums = unit_sums(leaf);
   leaf.factors.assign(sums.begin(), sums.end());
-  reinterpret_cast<Factor>(leaf.fns[3 * k - 2])(leaf.factors.data(), table, leaf.units);
+  reinterpret_cast<Factor>(leaf.fns[3 * k - 2])(leaf.factors.data(), leaf.table, leaf.units);
 }
 
-// Stage k's factor of the leaves `group` that make one unit together (a global ball):
-// from the sum of their sums of squares, computed once.
-void joint_factor(std::vector<Leaf>& leaves, const std::vector<int64_t>& group, int64_t k, const float* table) {
+// Stage k's factor of the leaves `group` (of one lane) that make one unit together (a
+// global ball): from the sum of their sums of squares, computed once.
+void joint_factor(std::vector<Leaf>& leaves, const std::vector<int64_t>& group, int64_t k) {
   double total = 0.0;
   for (int64_t l : group) total += unit_sums(leaves[l])[0];
   float f = static_cast<float>(total);
-  reinterpret_cast<Factor>(leaves[group[0]].fns[3 * k - 2])(&f, table, 1);
+  reinterpret_cast<Factor>(leaves[group[0]].fns[3 * k - 2])(&f, leaves[group[0]].table, 1);
   for (int64_t l : group) leaves[l].factors.assign(1, f);
 }
 
@@ -365,98 +393,118 @@ ffi::Error Step(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRet
     return ffi::Error::InvalidArgument("jaxreg_step: joint does not list every stage of every variant");
   if (n_fns != static_cast<int64_t>(fns.size()))
     return ffi::Error::InvalidArgument("jaxreg_step: the kernel's functions do not match the variants' stages");
+  // One row of counter totals per lane: the number of lanes, which every other buffer
+  // must hold as many times.
+  auto totals = rets.get<ffi::AnyBuffer>(n_leaves * (1 + n_slots));
+  if (totals.has_error()) return totals.error();
+  const int64_t per_lane_totals = std::max<int64_t>(n_counters, 1);
+  const int64_t total_count = static_cast<int64_t>((*totals)->element_count());
+  if ((*totals)->element_type() != ffi::DataType::F32 || total_count == 0 || total_count % per_lane_totals != 0)
+    return ffi::Error::InvalidArgument("jaxreg_step: the counters' result must hold one row per lane");
+  const int64_t lanes = total_count / per_lane_totals;
   auto scalars = args.get<ffi::AnyBuffer>(0);
   if (scalars.has_error()) return scalars.error();
-  if (scalars->element_type() != ffi::DataType::F32)
-    return ffi::Error::InvalidArgument("jaxreg_step: the scalars must be float32");
-  const float* table = static_cast<const float*>(scalars->untyped_data());
+  if (scalars->element_type() != ffi::DataType::F32 || static_cast<int64_t>(scalars->element_count()) % lanes != 0)
+    return ffi::Error::InvalidArgument("jaxreg_step: the scalars must be float32, one row per lane");
+  const int64_t table_stride = static_cast<int64_t>(scalars->element_count()) / lanes;
   auto leaf_table = args.get<ffi::AnyBuffer>(1);
   if (leaf_table.has_error()) return leaf_table.error();
-  if (n_leaf_scalars < 0 || leaf_table->element_type() != ffi::DataType::F32 ||
-      static_cast<int64_t>(leaf_table->element_count()) < n_leaves * n_leaf_scalars)
+  const int64_t leaf_table_count = static_cast<int64_t>(leaf_table->element_count());
+  if (n_leaf_scalars < 0 || leaf_table->element_type() != ffi::DataType::F32 || leaf_table_count % lanes != 0 ||
+      leaf_table_count / lanes < n_leaves * n_leaf_scalars)
     return ffi::Error::InvalidArgument("jaxreg_step: the leaf table is too small");
+  const int64_t leaf_table_stride = leaf_table_count / lanes;
   const int64_t max_groups = 4 * (pool.num_threads() + 1);
-  std::vector<Leaf> leaves(n_leaves);
+  std::vector<Leaf> leaves(lanes * n_leaves);  // lane b's leaf l at b * n_leaves + l
   std::vector<Task> tasks;
   int64_t max_stages = 0;
   for (int64_t l = 0; l < n_leaves; ++l) {
-    Leaf& leaf = leaves[l];
     if (variants[l] < 0 || variants[l] >= static_cast<int64_t>(stages.size()))
       return ffi::Error::InvalidArgument("jaxreg_step: variant out of range");
     const int64_t base = 2 + l * per_leaf;
     auto wl = args.get<ffi::AnyBuffer>(base + 1);
     if (wl.has_error()) return wl.error();
-    leaf.size = static_cast<int64_t>(wl->element_count());
+    const int64_t all_lanes = static_cast<int64_t>(wl->element_count());
+    if (all_lanes % lanes != 0)
+      return ffi::Error::InvalidArgument("jaxreg_step: a parameter does not hold one block per lane");
+    const int64_t size = all_lanes / lanes;
+    const float* g = nullptr;
     for (int64_t s = 0; s <= n_slots; ++s) {  // g, then each slot: float32, the parameter's size
       auto in = args.get<ffi::AnyBuffer>(s == 0 ? base : base + 1 + s);
       if (in.has_error()) return in.error();
-      if (!fits(*in, leaf.size))
+      if (!fits(*in, all_lanes))
         return ffi::Error::InvalidArgument("jaxreg_step: a gradient or state slot does not match its parameter");
-      if (s == 0) leaf.g = static_cast<const float*>(in->untyped_data());
+      if (s == 0) g = static_cast<const float*>(in->untyped_data());
     }
-    leaf.fns = fns.data() + offsets[variants[l]];
-    leaf.joint = joint.begin() + joint_offsets[variants[l]];
-    leaf.scalars = static_cast<const float*>(leaf_table->untyped_data()) + l * n_leaf_scalars;
+    const bool* inputs[jaxreg::kMaxInputs] = {};
     for (int64_t s = 0; s < n_inputs; ++s) {
       auto in = args.get<ffi::AnyBuffer>(base + 2 + n_slots + s);
       if (in.has_error()) return in.error();
-      if (in->element_type() != ffi::DataType::PRED || static_cast<int64_t>(in->element_count()) != leaf.size)
+      if (in->element_type() != ffi::DataType::PRED || static_cast<int64_t>(in->element_count()) != all_lanes)
         return ffi::Error::InvalidArgument("jaxreg_step: an input is not a bool array of its leaf's size");
-      leaf.inputs[s] = static_cast<const bool*>(in->untyped_data());
+      inputs[s] = static_cast<const bool*>(in->untyped_data());
     }
-    leaf.stages = stages[variants[l]];
+    float* outs[1 + jaxreg::kMaxSlots] = {};  // w, then the slots
     for (int64_t s = 0; s <= n_slots; ++s) {
       auto out = rets.get<ffi::AnyBuffer>(l * (1 + n_slots) + s);
       if (out.has_error()) return out.error();
-      if (!fits(**out, leaf.size))
+      if (!fits(**out, all_lanes))
         return ffi::Error::InvalidArgument("jaxreg_step: a result does not match its parameter");
-      float* data = static_cast<float*>((*out)->untyped_data());
-      if (s == 0) leaf.w = data;
-      else leaf.slots[s - 1] = data;
+      outs[s] = static_cast<float*>((*out)->untyped_data());
     }
-    if (leaf.stages == 0 || leaf.size == 0) {
-      leaf.stages = 0;
-      add_tasks(l, leaf.size, tasks);
-      continue;
-    }
-    leaf.units = units[l];
-    leaf.inner = inner[l];
-    if (leaf.units < 1 || leaf.inner < 1 || leaf.size % (leaf.units * leaf.inner) != 0)
+    if (stages[variants[l]] > 0 && size > 0 &&
+        (units[l] < 1 || inner[l] < 1 || size % (units[l] * inner[l]) != 0))
       return ffi::Error::InvalidArgument("jaxreg_step: a leaf's units do not divide it");
-    add_groups(l, leaf, max_groups, tasks);
-    max_stages = std::max(max_stages, leaf.stages);
+    for (int64_t b = 0; b < lanes; ++b) {
+      const int64_t v = b * n_leaves + l;
+      Leaf& leaf = leaves[v];
+      const int64_t at = b * size;
+      leaf.size = size;
+      leaf.g = g + at;
+      leaf.w = outs[0] + at;
+      for (int64_t s = 0; s < n_slots; ++s) leaf.slots[s] = outs[1 + s] + at;
+      for (int64_t s = 0; s < n_inputs; ++s) leaf.inputs[s] = inputs[s] + at;
+      leaf.fns = fns.data() + offsets[variants[l]];
+      leaf.joint = joint.begin() + joint_offsets[variants[l]];
+      leaf.table = static_cast<const float*>(scalars->untyped_data()) + b * table_stride;
+      leaf.scalars = static_cast<const float*>(leaf_table->untyped_data()) + b * leaf_table_stride + l * n_leaf_scalars;
+      leaf.stages = size == 0 ? 0 : stages[variants[l]];
+      if (leaf.stages == 0) {
+        add_tasks(v, leaf.size, tasks);
+        continue;
+      }
+      leaf.units = units[l];
+      leaf.inner = inner[l];
+      add_groups(v, leaf, max_groups, tasks);
+      max_stages = std::max(max_stages, leaf.stages);
+    }
   }
-  auto totals = rets.get<ffi::AnyBuffer>(n_leaves * (1 + n_slots));
-  if (totals.has_error()) return totals.error();
-  if ((*totals)->element_type() != ffi::DataType::F32 || static_cast<int64_t>((*totals)->element_count()) < n_counters)
-    return ffi::Error::InvalidArgument("jaxreg_step: the counters' result is too small");
   std::vector<int64_t> counts(tasks.size() * n_counters, 0);  // per task: no sharing between threads
-  parallel_for(pool, static_cast<int64_t>(tasks.size()), [&](int64_t t) {
-    run_task(leaves[tasks[t].leaf], tasks[t], 0, n_slots, n_inputs, table, counts.data() + t * n_counters);
+  parallel_for(pool, static_cast<int64_t>(tasks.size()), helpers_for(tasks), [&](int64_t t) {
+    run_task(leaves[tasks[t].leaf], tasks[t], 0, n_slots, n_inputs, counts.data() + t * n_counters);
   });
   float* total = static_cast<float*>((*totals)->untyped_data());
-  std::fill(total, total + (*totals)->element_count(), 0.0f);
-  for (int64_t c = 0; c < n_counters; ++c) {
-    int64_t sum = 0;
-    for (size_t t = 0; t < tasks.size(); ++t) sum += counts[t * n_counters + c];
-    total[c] = static_cast<float>(sum);
-  }
+  std::vector<int64_t> sums(total_count, 0);
+  for (size_t t = 0; t < tasks.size(); ++t)
+    for (int64_t c = 0; c < n_counters; ++c)
+      sums[tasks[t].leaf / n_leaves * per_lane_totals + c] += counts[t * n_counters + c];
+  for (int64_t i = 0; i < total_count; ++i) total[i] = static_cast<float>(sums[i]);
   for (int64_t k = 1; k <= max_stages; ++k) {
     std::vector<int64_t> staged;
-    std::map<int64_t, std::vector<int64_t>> groups;  // joint member -> its leaves at this stage
-    for (int64_t l = 0; l < n_leaves; ++l) {
-      if (leaves[l].stages < k) continue;
-      if (leaves[l].joint[k - 1] >= 0) groups[leaves[l].joint[k - 1]].push_back(l);
-      else staged.push_back(l);
+    std::map<std::pair<int64_t, int64_t>, std::vector<int64_t>> groups;  // (lane, joint member) -> its leaves
+    for (int64_t v = 0; v < lanes * n_leaves; ++v) {
+      if (leaves[v].stages < k) continue;
+      if (leaves[v].joint[k - 1] >= 0) groups[{v / n_leaves, leaves[v].joint[k - 1]}].push_back(v);
+      else staged.push_back(v);
     }
-    parallel_for(pool, static_cast<int64_t>(staged.size()),
-                 [&](int64_t i) { unit_factors(leaves[staged[i]], k, table); });
-    for (const auto& [member, group] : groups) joint_factor(leaves, group, k, table);
+    parallel_for(pool, static_cast<int64_t>(staged.size()), static_cast<int64_t>(staged.size()),
+                 [&](int64_t i) { unit_factors(leaves[staged[i]], k); });
+    for (const auto& [key, group] : groups) joint_factor(leaves, group, k);
     std::vector<Task> stage_tasks;
     for (const Task& t : tasks)
       if (leaves[t.leaf].stages >= k) stage_tasks.push_back(t);
-    parallel_for(pool, static_cast<int64_t>(stage_tasks.size()), [&](int64_t t) {
-      run_task(leaves[stage_tasks[t].leaf], stage_tasks[t], k, n_slots, n_inputs, table, nullptr);
+    parallel_for(pool, static_cast<int64_t>(stage_tasks.size()), helpers_for(stage_tasks), [&](int64_t t) {
+      run_task(leaves[stage_tasks[t].leaf], stage_tasks[t], k, n_slots, n_inputs, nullptr);
     });
   }
   return ffi::Error::Success();
