@@ -5,10 +5,16 @@ Each run trains a small MLP-sized regression for a fixed number of steps with
 program over a traced ``lam``; the baseline calls one jitted run 16 times with ``lam`` as
 an argument (no recompilation, the fairest sequential baseline). The ``_fused`` rows
 run the same sweep with ``jaxreg.chain(jaxreg.sgd, jaxreg.l1_prox)`` through
-``jaxreg.apply_step``: under ``vmap`` the one-pass custom call runs once per lane.
+``jaxreg.apply_step``: under ``vmap`` one call of the one-pass step runs all 16 lanes.
+The ``step_`` rows sweep the update alone (the same steps on a gradient that moves
+with the parameters, no data): what the regression's matrix products leave of the
+step's own share. All the rows of one size are timed in turns.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -47,31 +53,58 @@ def make_run(samples: int, features: int, steps: int, fused: bool = False):
     return run
 
 
-def _timed(samples: int, features: int, steps: int, repeats: int, fused: bool) -> tuple[float, float]:
-    """Median seconds of the vmapped sweep and of the 16 sequential runs."""
-    one = make_run(samples, features, steps, fused)
+def make_step_run(features: int, steps: int, fused: bool):
+    """The update alone as a run ``lam -> final params``: ``steps`` steps of the same
+    chain on the gradient ``g + 0.01 * w`` (fixed ``g``)."""
+    g = jnp.asarray(np.random.default_rng(1).standard_normal((features, 1)), jnp.float32)
+
+    def run(lam):
+        prox = jaxreg.l1_prox(lam, learning_rate=0.05)
+        tx = jaxreg.chain(jaxreg.sgd(0.05), prox) if fused else optax.chain(optax.sgd(0.05), prox)
+        update = update_step.update_fn(tx, fused)
+        params = {"w": jnp.zeros((features, 1), jnp.float32)}
+
+        def step(carry, _):
+            p, s = carry
+            return update(p, s, {"w": g + 0.01 * p["w"]}), None
+
+        (params, _), _ = jax.lax.scan(step, (params, tx.init(params)), length=steps)
+        return params["w"]
+
+    return run
+
+
+def _runners(one: Callable[[jax.Array], jax.Array]) -> tuple[Callable[[], Any], Callable[[], Any]]:
+    """The vmapped sweep and the 16 sequential runs of ``one``, each blocking until done."""
     swept, single = jax.jit(jax.vmap(one)), jax.jit(one)
     lams = jnp.asarray(LAMBDAS)
-    vmapped_s = harness.median_seconds(lambda: jax.block_until_ready(swept(lams)), repeats)
-    sequential_s = harness.median_seconds(lambda: jax.block_until_ready([single(lam) for lam in lams]), repeats)
-    return vmapped_s, sequential_s
+    return lambda: jax.block_until_ready(swept(lams)), lambda: jax.block_until_ready([single(lam) for lam in lams])
 
 
 def run(size: str, repeats: int) -> list[dict]:
-    """Times both ways of sweeping, unfused and fused; prints and returns the records."""
+    """Times both ways of sweeping, unfused and fused, training and update alone, in turns."""
     samples, features, steps = SIZES[size]
     base = dict(bench="sweep", runs=len(LAMBDAS), samples=samples, features=features, steps=steps)
     base["machine"] = harness.machine_name()
-    records = []
-    for suffix, fused in (("", False), ("_fused", True)):
-        vmapped_s, sequential_s = _timed(samples, features, steps, repeats, fused)
-        records += [
-            harness.emit(dict(base, impl="sequential" + suffix, median_s=sequential_s, speedup_vs_sequential=1.0)),
-            harness.emit(
-                dict(base, impl="vmap" + suffix, median_s=vmapped_s, speedup_vs_sequential=sequential_s / vmapped_s)
-            ),
-        ]
-    return records
+    runs = {}
+    for prefix, make in (
+        ("", lambda fused: make_run(samples, features, steps, fused)),
+        ("step_", lambda fused: make_step_run(features, steps, fused)),
+    ):
+        for suffix, fused in (("", False), ("_fused", True)):
+            runs[f"{prefix}vmap{suffix}"], runs[f"{prefix}sequential{suffix}"] = _runners(make(fused))
+    times = harness.interleaved_medians(runs, repeats)
+    return [
+        harness.emit(
+            dict(
+                base,
+                impl=impl,
+                median_s=seconds,
+                speedup_vs_sequential=times[impl.replace("vmap", "sequential")] / seconds,
+            )
+        )
+        for impl, seconds in times.items()
+    ]
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -3,6 +3,8 @@
 import json
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from bench import run_all
@@ -16,7 +18,8 @@ def test_all_benchmarks_run_at_tiny_size(tmp_path):
     records = [json.loads(line) for line in stem.with_suffix(".json").read_text().splitlines()]
     impls = {(r["bench"], r["impl"]) for r in records}
     assert {("update_step", i) for i in ("jaxreg", "optax", "torch_fused", "torch_foreach", "bandwidth")} <= impls
-    assert {("sweep", i) for i in ("vmap", "sequential", "vmap_fused", "sequential_fused")} <= impls
+    sweeps = ("vmap", "sequential", "vmap_fused", "sequential_fused")
+    assert {("sweep", prefix + i) for i in sweeps for prefix in ("", "step_")} <= impls
     assert {("pruning", i) for i in ("jaxreg", "jnp_sort", "torch")} <= impls
     assert all(r["peak_extra_mb"] >= 0 for r in records if r["bench"] == "pruning")
     assert all(r["median_s"] > 0 for r in records)
@@ -24,11 +27,23 @@ def test_all_benchmarks_run_at_tiny_size(tmp_path):
     assert "| params | impl |" in table and "### sweep" in table and "### pruning" in table
 
 
+def test_sweep_rows_compute_the_same_runs():
+    # The fused rows run the unfused rows' runs, and the vmapped sweep each run's lanes.
+    from bench import sweep
+
+    lams = jnp.asarray(sweep.LAMBDAS[::5])
+    with jax.numpy_dtype_promotion("standard"):
+        for make in (lambda fused: sweep.make_run(64, 8, 20, fused), lambda fused: sweep.make_step_run(8, 20, fused)):
+            unfused, fused = make(False), make(True)
+            swept = jax.jit(jax.vmap(fused))(lams)
+            np.testing.assert_allclose(swept, jax.jit(jax.vmap(unfused))(lams), rtol=1e-6, atol=1e-7)
+            np.testing.assert_allclose(swept[1], jax.jit(fused)(lams[1]), rtol=1e-6, atol=1e-7)
+            assert not np.allclose(swept[0], swept[-1])  # the strengths matter
+
+
 def test_update_step_implementations_compute_the_same_step():
     # The timings compare like with like: jaxreg's chain, optax's and the hand-written
     # one-expression reference give the same params after three steps.
-    import jax.numpy as jnp
-    import numpy as np
     import optax
 
     from bench import harness, update_step
