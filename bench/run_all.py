@@ -42,6 +42,7 @@ TABLES = {
         "speedup_vs_optax",
         "extra_over_sgd_ms",
         "compulsory_ms",
+        "page_faults_per_step",
         "note",
     ],
 }

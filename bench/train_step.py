@@ -26,6 +26,7 @@ are timed in turns, so drift on a shared machine moves them alike.
 from __future__ import annotations
 
 import os
+import resource
 import time
 from collections.abc import Callable
 from typing import Any
@@ -258,19 +259,35 @@ def run(size: str, repeats: int, models: tuple[str, ...] = ("mlp", "cnn", "lm"))
                 {"bandwidth": probe, **{k: v for k, v in runs.items() if k not in failed}}, repeats
             )
             bandwidth = probe_bytes / min(alone, times.pop("bandwidth"))
+            faults = {name: page_faults_per_call(run) for name, run in runs.items() if name not in failed}
             del runs
-            records += _records(model, batch, n, times, failed, bandwidth)
+            records += _records(model, batch, n, times, faults, failed, bandwidth)
     return records
 
 
-def _records(model: str, batch: int, n: int, times: dict, failed: dict, bandwidth: float) -> list[dict]:
+def page_faults_per_call(run: Callable[[], Any], calls: int = 3) -> float:
+    """The minor page faults of one call of ``run`` (after a first call), a mean over ``calls``.
+
+    Memory the allocator maps afresh for a call (glibc serves blocks over 32 MB with
+    ``mmap`` and unmaps them when freed) is faulted in page by page, 4 KiB at a time.
+    """
+    run()
+    start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(calls):
+        run()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start) / calls
+
+
+def _records(model: str, batch: int, n: int, times: dict, faults: dict, failed: dict, bandwidth: float) -> list[dict]:
     base = dict(bench="train_step", model=model, batch=batch, params=n, machine=harness.machine_name())
     compulsory_ms = 1e3 * EXTRA_BYTES_PER_PARAM * n / bandwidth
     sgd, optax_s = times["sgd"], times["optax"]
     out = []
     for impl, seconds in times.items():
         fwd_bwd = times["torch_fwd_bwd" if impl.startswith("torch") else "fwd_bwd"]
-        record = dict(base, impl=impl, median_s=seconds, bandwidth_gb_s=bandwidth / 1e9)
+        record = dict(
+            base, impl=impl, median_s=seconds, bandwidth_gb_s=bandwidth / 1e9, page_faults_per_step=faults[impl]
+        )
         if "fwd_bwd" not in impl:
             record |= dict(
                 update_share=(seconds - fwd_bwd) / seconds,

@@ -85,3 +85,4 @@ def test_train_step_runs_at_tiny_size():
     assert all(r["median_s"] > 0 and r["params"] == records[0]["params"] for r in records)
     steps = [r for r in records if "fwd_bwd" not in r["impl"]]
     assert all(r["compulsory_ms"] > 0 and "update_share" in r for r in steps)
+    assert all(r["page_faults_per_step"] >= 0 for r in records)
