@@ -135,6 +135,28 @@ def prune_count(
     return n - rounded if name == "keep_ratio" else rounded
 
 
+def leaf_counts(
+    fn: str,
+    per_leaf: Sequence[tuple[str, Any]],
+    ns: Sequence[int | jax.Array],
+    paths: Sequence[_tree.KeyPath],
+    alive: bool = False,
+) -> jax.Array:
+    """:func:`prune_count` of each leaf's amount and size, as one int32 vector.
+
+    One traced amount shared by leaves of known sizes is one vector operation, not one
+    per leaf (a model has hundreds of leaves); known counts make a constant.
+    """
+    shared = all(a is per_leaf[0] for a in per_leaf)
+    if per_leaf and shared and _checks.concrete(per_leaf[0][1]) is None and all(isinstance(n, int) for n in ns):
+        return prune_count(per_leaf[0], np.asarray(ns, np.int32), fn)
+    counts = [prune_count(a, n, fn, path, alive) for a, n, path in zip(per_leaf, ns, paths)]
+    known = [_checks.concrete(c) for c in counts]
+    if all(k is not None for k in known):
+        return jnp.asarray(np.asarray(known, np.int32).reshape(-1))
+    return jnp.stack(counts)
+
+
 def _per_leaf_amount(fn: str, amount: tuple[str, Any], params: Any, paths: Sequence[_tree.KeyPath]) -> list[Any]:
     """One checked amount per leaf, from one number or a pytree of them."""
     name, value = amount
@@ -223,21 +245,19 @@ def rank_keep(
         _check_amount(fn, name, value, None, _AMOUNTS[name])
         _check_size(fn, "the selected tree", sum(sizes))
         groups = [0] * len(picked)
-        counts = [prune_count(amount, sum(alive), fn, alive=old is not None)]
+        counts = prune_count(amount, sum(alive), fn, alive=old is not None).reshape(1)
     else:
         per_leaf = _per_leaf_amount(fn, amount, params, paths)
         for i, size in zip(picked, sizes):
             _check_size(fn, f"params{jax.tree_util.keystr(paths[i])}", size)
         groups = list(range(len(picked)))
-        counts = [prune_count(per_leaf[i], n, fn, paths[i], old is not None) for i, n in zip(picked, alive)]
+        counts = leaf_counts(fn, [per_leaf[i] for i in picked], alive, [paths[i] for i in picked], old is not None)
     keep = [jnp.ones_like(x, dtype=jnp.bool_) for x in leaves] if old is None else list(old)
     if picked:
         prepare = prepare or (lambda i, x: jnp.asarray(x))
         ranked = [prepare(i, leaves[i]) for i in picked]
         ranked_alive = None if old is None else [old[i] for i in picked]
-        pruned = _select.lowest(
-            ranked, key_fn=key_fn, groups=tuple(groups), counts=jnp.stack(counts), alive=ranked_alive
-        )
+        pruned = _select.lowest(ranked, key_fn=key_fn, groups=tuple(groups), counts=counts, alive=ranked_alive)
         for i, p in zip(picked, pruned):
             keep[i] = ~p if old is None else old[i] & ~p
     return treedef.unflatten(keep)
@@ -522,19 +542,23 @@ def structured_mask(
     scores = scores_for(fn, score, params, paths, leaves)
     if old is None:
         units = [unit_norm(jnp.asarray(scores[i]), axis=axis, ord=ord) for i in picked]
-        counts = [prune_count(per_leaf[i], jnp.shape(leaves[i])[axis], fn, paths[i]) for i in picked]
+        counts = leaf_counts(
+            fn, [per_leaf[i] for i in picked], [jnp.shape(leaves[i])[axis] for i in picked], [paths[i] for i in picked]
+        )
         alive = None
     else:
         # As torch's masked weight: the weights already pruned score zero in their unit.
         zero = [jnp.zeros((), jnp.result_type(scores[i])) for i in picked]
         units = [unit_norm(jnp.where(old[i], scores[i], z), axis=axis, ord=ord) for i, z in zip(picked, zero)]
         alive = [_any_but(old[i], axis).reshape(-1) for i in picked]
-        counts = [prune_count(per_leaf[i], alive_count(a), fn, paths[i], True) for i, a in zip(picked, alive)]
+        counts = leaf_counts(
+            fn, [per_leaf[i] for i in picked], [alive_count(a) for a in alive], [paths[i] for i in picked], True
+        )
     pruned = _select.lowest(
         [u.reshape(-1) for u in units],
         key_fn=_select.order_key,
         groups=tuple(range(len(picked))),
-        counts=jnp.stack(counts),
+        counts=counts,
         alive=alive,
     )
     for i, u, p in zip(picked, units, pruned):
