@@ -28,7 +28,7 @@ STEP_SOURCE = Path(__file__).with_name("step.cc")
 # The kernel's limits, from the one header both sides read.
 MAX_SLOTS = int(re.search(r"kMaxSlots = (\d+);", cache.abi_text()).group(1))
 MAX_INPUTS = int(re.search(r"kMaxInputs = (\d+);", cache.abi_text()).group(1))
-_TARGETS = ("jaxreg_sumsq", "jaxreg_step")
+_TARGETS = ("jaxreg_sumsq", "jaxreg_step", "jaxreg_select_threshold", "jaxreg_select_mark")
 _LIBRARIES: dict[str, ctypes.CDLL] = {}  # kernel id -> its loaded library, kept alive
 _BROKEN: dict[str, str] = {}  # kernel id -> why it could not be loaded, in this process
 

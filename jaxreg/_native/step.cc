@@ -1,4 +1,5 @@
-// jaxreg's single-pass update step on XLA:CPU: two XLA FFI custom calls and a registry.
+// jaxreg's native XLA:CPU custom calls: the single-pass update step (two calls and a
+// registry) and, at the end of this file, the exact selection behind the pruning masks.
 //
 // `jaxreg_sumsq` returns the sum of squares of every leaf (one read of the gradients),
 // for global- and per-leaf-norm clipping. `jaxreg_step` runs a chain's element-wise rule
@@ -37,6 +38,7 @@
 #include <atomic>
 #include <cmath>
 #include <condition_variable>
+#include <cstring>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -510,6 +512,176 @@ ffi::Error Step(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRet
   return ffi::Error::Success();
 }
 
+// ---------------------------------------------------------------------------------
+// Exact selection for the pruning masks (jaxreg/pruning/_select.py): in each group of
+// arrays, the `counts[g]` entries of lowest (key, position), where an entry's position
+// is its flat index in its group (leaves in the order given) and only `alive` entries
+// take part. Keys are int32 with the order of the scores: `kind` 0 is |x| of a float32
+// (NaNs tie above inf), 1 the order of a float32 (NaN above every number, -0 == +0), 2
+// an int32 as it is. Two calls: `jaxreg_select_threshold` finds each group's threshold
+// key by a radix search on the key (three counting passes of 11, 11 and 10 bits, only
+// over the entries whose higher bits match) and how many of the ties at it each leaf
+// takes (the first ones in position order); `jaxreg_select_mark` writes the marks of a
+// few leaves from that, so that no instruction has more than a few hundred outputs. The
+// only memory is a 2048-entry count per group being searched.
+
+constexpr int64_t kMagnitudeKey = 0, kOrderKey = 1, kIntKey = 2;
+
+// The key of entry i, mapped to uint32 with the same order (the sign bit flipped).
+inline uint32_t select_key(const void* data, int64_t i, int64_t kind) {
+  int32_t key;
+  if (kind == kIntKey) {
+    key = static_cast<const int32_t*>(data)[i];
+  } else {
+    const float x = static_cast<const float*>(data)[i];
+    int32_t bits;
+    std::memcpy(&bits, &x, sizeof bits);
+    if (kind == kMagnitudeKey) key = std::min<int32_t>(bits & 0x7fffffff, 0x7f800001);
+    else if (x != x) key = 0x7fffffff;
+    else key = bits < 0 ? (bits ^ 0x7fffffff) + 1 : bits;
+  }
+  return static_cast<uint32_t>(key) ^ 0x80000000u;
+}
+
+struct SelectLeaf {
+  const void* data = nullptr;
+  const bool* alive = nullptr;  // null: every entry takes part
+  int64_t size = 0, group = 0;
+};
+
+// Reads the leaves (data, then alive ones when `has_alive`) of `args` from `first`,
+// checking each against `kind`; `sizes` (if not empty) are the sizes they must have.
+ffi::Error select_leaves(ffi::RemainingArgs& args, size_t first, size_t n, int64_t kind, bool has_alive,
+                         std::vector<SelectLeaf>& leaves) {
+  if (kind < kMagnitudeKey || kind > kIntKey) return ffi::Error::InvalidArgument("jaxreg_select: unknown key kind");
+  if (args.size() != first + n * (has_alive ? 2 : 1))
+    return ffi::Error::InvalidArgument("jaxreg_select: operands do not match the leaves");
+  leaves.resize(n);
+  for (size_t l = 0; l < n; ++l) {
+    auto data = args.get<ffi::AnyBuffer>(first + l);
+    if (data.has_error()) return data.error();
+    if (data->element_type() != (kind == kIntKey ? ffi::DataType::S32 : ffi::DataType::F32))
+      return ffi::Error::InvalidArgument("jaxreg_select: a leaf is not of its key's dtype");
+    leaves[l].data = data->untyped_data();
+    leaves[l].size = static_cast<int64_t>(data->element_count());
+    if (!has_alive) continue;
+    auto alive = args.get<ffi::AnyBuffer>(first + n + l);
+    if (alive.has_error()) return alive.error();
+    if (alive->element_type() != ffi::DataType::PRED || static_cast<int64_t>(alive->element_count()) != leaves[l].size)
+      return ffi::Error::InvalidArgument("jaxreg_select: an alive mask is not a bool array of its leaf's size");
+    leaves[l].alive = static_cast<const bool*>(alive->untyped_data());
+  }
+  return ffi::Error::Success();
+}
+
+// One group's threshold (as the uint32 key) and each of its leaves' share of the ties.
+void select_group(const std::vector<SelectLeaf>& leaves, const std::vector<int64_t>& members, int64_t count,
+                  int64_t kind, int32_t* threshold, int32_t* takes) {
+  int64_t alive = 0;
+  for (int64_t l : members)
+    for (int64_t i = 0; i < leaves[l].size; ++i) alive += leaves[l].alive == nullptr || leaves[l].alive[i];
+  int64_t need = std::max<int64_t>(0, std::min(count, alive));
+  for (int64_t l : members) takes[l] = 0;
+  *threshold = 0;
+  if (need == 0) return;
+  uint32_t prefix = 0, fixed = 0;  // the threshold's bits found so far, and which they are
+  const int shifts[3] = {21, 10, 0}, widths[3] = {11, 11, 10};
+  std::vector<int64_t> counts(1 << 11);
+  for (int pass = 0; pass < 3; ++pass) {
+    const uint32_t digits = (1u << widths[pass]) - 1;
+    std::fill(counts.begin(), counts.end(), 0);
+    for (int64_t l : members) {
+      const SelectLeaf& leaf = leaves[l];
+      for (int64_t i = 0; i < leaf.size; ++i) {
+        if (leaf.alive != nullptr && !leaf.alive[i]) continue;
+        const uint32_t u = select_key(leaf.data, i, kind);
+        if ((u & fixed) == prefix) ++counts[(u >> shifts[pass]) & digits];
+      }
+    }
+    uint32_t d = 0;
+    while (d < digits && counts[d] < need) need -= counts[d++];  // the counts add up to at least need
+    prefix |= d << shifts[pass];
+    fixed |= digits << shifts[pass];
+  }
+  *threshold = static_cast<int32_t>(prefix);
+  for (int64_t l : members) {  // the ties at the threshold, taken in position order
+    const SelectLeaf& leaf = leaves[l];
+    int64_t ties = 0;
+    for (int64_t i = 0; i < leaf.size && ties < need; ++i)
+      ties += (leaf.alive == nullptr || leaf.alive[i]) && select_key(leaf.data, i, kind) == prefix;
+    takes[l] = static_cast<int32_t>(ties);
+    need -= ties;
+  }
+}
+
+// Operands: counts (int32, one per group), the leaves, then their alive masks (with
+// has_alive). Result: int32, each group's threshold, then each leaf's share of the ties.
+ffi::Error SelectThreshold(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Result<ffi::Buffer<ffi::S32>> out,
+                           ffi::Span<const int64_t> groups, int64_t kind, int64_t has_alive) {
+  auto counts = args.get<ffi::AnyBuffer>(0);
+  if (counts.has_error()) return counts.error();
+  const int64_t n_groups = static_cast<int64_t>(counts->element_count());
+  const int64_t n_leaves = static_cast<int64_t>(groups.size());
+  if (counts->element_type() != ffi::DataType::S32 || static_cast<int64_t>(out->element_count()) != n_groups + n_leaves)
+    return ffi::Error::InvalidArgument("jaxreg_select_threshold: the counts or the result do not match the groups");
+  std::vector<SelectLeaf> leaves;
+  ffi::Error read = select_leaves(args, 1, n_leaves, kind, has_alive != 0, leaves);
+  if (read.failure()) return read;
+  std::vector<std::vector<int64_t>> members(n_groups);
+  for (int64_t l = 0; l < n_leaves; ++l) {
+    if (groups[l] < 0 || groups[l] >= n_groups)
+      return ffi::Error::InvalidArgument("jaxreg_select_threshold: a group out of range");
+    members[groups[l]].push_back(l);
+  }
+  const int32_t* wanted = static_cast<const int32_t*>(counts->untyped_data());
+  int32_t* result = out->typed_data();
+  parallel_for(pool, n_groups, n_groups, [&](int64_t g) {
+    select_group(leaves, members[g], wanted[g], kind, result + g, result + n_groups);
+  });
+  return ffi::Error::Success();
+}
+
+// Operands: the thresholds' call's result, the leaves, then their alive masks. `leaves`
+// are the leaves' indices among all (`n_leaves`), `groups` their groups (`n_groups`).
+// Results: one bool array per leaf, True on the selected entries.
+ffi::Error SelectMark(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRets rets,
+                      ffi::Span<const int64_t> ids, ffi::Span<const int64_t> groups, int64_t n_groups,
+                      int64_t n_leaves, int64_t kind, int64_t has_alive) {
+  auto found = args.get<ffi::AnyBuffer>(0);
+  if (found.has_error()) return found.error();
+  const size_t n = ids.size();
+  if (found->element_type() != ffi::DataType::S32 || n_groups < 0 || n_leaves < 0 ||
+      static_cast<int64_t>(found->element_count()) != n_groups + n_leaves || groups.size() != n || rets.size() != n)
+    return ffi::Error::InvalidArgument("jaxreg_select_mark: operands do not match the leaves and groups");
+  std::vector<SelectLeaf> leaves;
+  ffi::Error read = select_leaves(args, 1, n, kind, has_alive != 0, leaves);
+  if (read.failure()) return read;
+  std::vector<bool*> marks(n);
+  for (size_t l = 0; l < n; ++l) {
+    if (ids[l] < 0 || ids[l] >= n_leaves || groups[l] < 0 || groups[l] >= n_groups)
+      return ffi::Error::InvalidArgument("jaxreg_select_mark: a leaf or group out of range");
+    auto mark = rets.get<ffi::AnyBuffer>(l);
+    if (mark.has_error()) return mark.error();
+    if ((*mark)->element_type() != ffi::DataType::PRED || static_cast<int64_t>((*mark)->element_count()) != leaves[l].size)
+      return ffi::Error::InvalidArgument("jaxreg_select_mark: a result is not a bool array of its leaf's size");
+    marks[l] = static_cast<bool*>((*mark)->untyped_data());
+  }
+  const int32_t* thresholds = static_cast<const int32_t*>(found->untyped_data());
+  parallel_for(pool, static_cast<int64_t>(n), static_cast<int64_t>(n), [&](int64_t l) {
+    const SelectLeaf& leaf = leaves[l];
+    const uint32_t threshold = static_cast<uint32_t>(thresholds[groups[l]]);
+    int64_t take = thresholds[n_groups + ids[l]];
+    for (int64_t i = 0; i < leaf.size; ++i) {
+      const uint32_t u = select_key(leaf.data, i, kind);
+      const bool in = leaf.alive == nullptr || leaf.alive[i];
+      const bool tie = in && u == threshold && take > 0;
+      take -= tie;
+      marks[l][i] = (in && u < threshold) || tie;
+    }
+  });
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 extern "C" void jaxreg_register_kernels(const char* id, void* const* functions, int64_t n) {
@@ -519,6 +691,27 @@ extern "C" void jaxreg_register_kernels(const char* id, void* const* functions, 
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxreg_sumsq, SumSquares,
                               ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().RemainingArgs().Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxreg_select_threshold, SelectThreshold,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .RemainingArgs()
+                                  .Ret<ffi::Buffer<ffi::S32>>()
+                                  .Attr<ffi::Span<const int64_t>>("groups")
+                                  .Attr<int64_t>("kind")
+                                  .Attr<int64_t>("has_alive"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxreg_select_mark, SelectMark,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .RemainingArgs()
+                                  .RemainingRets()
+                                  .Attr<ffi::Span<const int64_t>>("ids")
+                                  .Attr<ffi::Span<const int64_t>>("groups")
+                                  .Attr<int64_t>("n_groups")
+                                  .Attr<int64_t>("n_leaves")
+                                  .Attr<int64_t>("kind")
+                                  .Attr<int64_t>("has_alive"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxreg_step, Step,
                               ffi::Ffi::Bind()

@@ -266,6 +266,56 @@ def _sample_probes(
     return high, low
 
 
+# Marks written per native call: XLA's passes take time quadratic in one instruction's outputs.
+_MARKS_PER_CALL = 128
+
+
+def _native_kind(leaves: Sequence[jax.Array], key_fn: KeyFn) -> int | None:
+    """The kind of key the native selection computes for ``key_fn`` on these leaves, or
+    None where the search below runs instead: on a mesh or several devices, off CPU,
+    without the native library, or for other keys and dtypes."""
+    if jax.default_backend() != "cpu" or jax.device_count() != 1 or any(_on_mesh(x) for x in leaves):
+        return None
+    dtypes = {jnp.result_type(x) for x in leaves}
+    if dtypes == {jnp.dtype(jnp.float32)} and key_fn in (magnitude_key, order_key):
+        kind = 0 if key_fn is magnitude_key else 1
+    elif dtypes == {jnp.dtype(jnp.int32)} and key_fn in (given_key, order_key):
+        kind = 2
+    else:
+        return None
+    from jaxreg import _native  # builds the CPU library on first use
+
+    return kind if _native.available() else None
+
+
+def _native_lowest(
+    leaves: Sequence[jax.Array], kind: int, groups: Sequence[int], counts: jax.Array, alive: Sequence[jax.Array] | None
+) -> list[jax.Array]:
+    """:func:`lowest` as two native calls: the thresholds, then the marks (see ``step.cc``)."""
+    leaves = [lax.stop_gradient(jnp.asarray(x)) for x in leaves]  # a mask has no derivative
+    masks = [] if alive is None else list(alive)
+    n_groups, n_leaves = int(counts.shape[0]), len(leaves)
+    attributes = dict(kind=np.int64(kind), has_alive=np.int64(alive is not None))
+    found = jax.ffi.ffi_call(
+        "jaxreg_select_threshold", jax.ShapeDtypeStruct((n_groups + n_leaves,), jnp.int32), vmap_method="sequential"
+    )(counts.astype(jnp.int32), *leaves, *masks, groups=np.asarray(groups, np.int64), **attributes)
+    out: list[jax.Array] = []
+    for start in range(0, n_leaves, _MARKS_PER_CALL):
+        ids = list(range(start, min(start + _MARKS_PER_CALL, n_leaves)))
+        results = [jax.ShapeDtypeStruct(leaves[i].shape, jnp.bool_) for i in ids]
+        out += jax.ffi.ffi_call("jaxreg_select_mark", results, vmap_method="sequential")(
+            found,
+            *[leaves[i] for i in ids],
+            *[masks[i] for i in ids if masks],
+            ids=np.asarray(ids, np.int64),
+            groups=np.asarray([groups[i] for i in ids], np.int64),
+            n_groups=np.int64(n_groups),
+            n_leaves=np.int64(n_leaves),
+            **attributes,
+        )
+    return out
+
+
 @functools.partial(jax.jit, static_argnames=("key_fn", "groups"))
 def lowest(
     leaves: Sequence[jax.Array],
@@ -315,6 +365,9 @@ def lowest(
       ``counts[g]`` are True in group ``g`` (all of them alive).
     """
     groups = list(groups)
+    kind = _native_kind(leaves, key_fn)
+    if kind is not None:
+        return _native_lowest(leaves, kind, groups, counts, alive)
     n_groups = int(counts.shape[0])
     offsets, sizes = [], [0] * n_groups
     for x, g in zip(leaves, groups):
