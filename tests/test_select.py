@@ -35,14 +35,14 @@ def _lowest(native: bool):
     """``_select.lowest`` through the native calls or the XLA search (compiled apart from
     the library's own cache, once per path)."""
 
-    def run(leaves, key_fn, groups, counts, alive):
+    def run(leaves, key_fn, groups, counts, alive, floor=None):
         if native:
             assert _select._native_kind(leaves, key_fn) is not None
-            return _select.lowest.__wrapped__(leaves, key_fn, groups, counts, alive)
+            return _select.lowest.__wrapped__(leaves, key_fn, groups, counts, alive, floor)
         kind = _select._native_kind
         _select._native_kind = lambda *_: None
         try:
-            return _select.lowest.__wrapped__(leaves, key_fn, groups, counts, alive)
+            return _select.lowest.__wrapped__(leaves, key_fn, groups, counts, alive, floor)
         finally:
             _select._native_kind = kind
 
@@ -66,21 +66,23 @@ def _values(rng, shape, dtype, tied):
     tied=st.booleans(),
     scope=st.sampled_from(["leaf", "global", "pairs"]),
     with_alive=st.booleans(),
+    with_floor=st.booleans(),
 )
-def test_native_calls_mark_what_the_search_marks(seed, key, tied, scope, with_alive):
+def test_native_calls_mark_what_the_search_marks(seed, key, tied, scope, with_alive, with_floor):
     key_fn, dtype = KEYS[key]
     rng = np.random.default_rng(seed)
     leaves = [jnp.asarray(_values(rng, s, dtype, tied)) for s in SHAPES]
     groups = {"leaf": range(len(SHAPES)), "global": [0] * len(SHAPES), "pairs": [i // 2 for i in range(len(SHAPES))]}
     groups = tuple(groups[scope])
     alive = [jnp.asarray(rng.random(s) < 0.7) for s in SHAPES] if with_alive else None
+    floor = [jnp.asarray(rng.random(s) < 0.6) for s in SHAPES] if with_floor else None
     n_groups = max(groups) + 1
     room = np.zeros(n_groups, np.int64)
     for g, x, a in zip(groups, leaves, alive or leaves):
         room[g] += int(np.sum(a)) if with_alive else x.size
     counts = jnp.asarray(rng.integers(0, room + 1), jnp.int32)
-    got = _lowest(True)(leaves, key_fn, groups, counts, alive)
-    want = _lowest(False)(leaves, key_fn, groups, counts, alive)
+    got = _lowest(True)(leaves, key_fn, groups, counts, alive, floor)
+    want = _lowest(False)(leaves, key_fn, groups, counts, alive, floor)
     for g_mark, w_mark in zip(got, want):
         np.testing.assert_array_equal(g_mark, w_mark)
     marked = np.zeros(n_groups, np.int64)
@@ -116,16 +118,17 @@ def test_native_calls_whose_operands_do_not_fit_raise_instead_of_crashing():
         assert native.available()
         i64 = np.int64
 
-        def threshold(out, counts, leaves, groups, kind=0, alive=()):
+        def threshold(out, counts, leaves, groups, kind=0, alive=(), floor=()):
             call = jax.ffi.ffi_call("jaxreg_select_threshold", jax.ShapeDtypeStruct((out,), jnp.int32))
-            return call(counts, *leaves, *alive, groups=np.asarray(groups, i64), kind=i64(kind),
-                        has_alive=i64(bool(alive)))
+            return call(counts, *leaves, *alive, *floor, groups=np.asarray(groups, i64), kind=i64(kind),
+                        has_alive=i64(bool(alive)), has_floor=i64(bool(floor)))
 
         def mark(found, leaves, ids, groups, n_groups, n_leaves, kind=0, sizes=None):
             results = [jax.ShapeDtypeStruct((n,), jnp.bool_) for n in (sizes or [x.size for x in leaves])]
             call = jax.ffi.ffi_call("jaxreg_select_mark", results)
             return call(found, *leaves, ids=np.asarray(ids, i64), groups=np.asarray(groups, i64),
-                        n_groups=i64(n_groups), n_leaves=i64(n_leaves), kind=i64(kind), has_alive=i64(0))
+                        n_groups=i64(n_groups), n_leaves=i64(n_leaves), kind=i64(kind), has_alive=i64(0),
+                        has_floor=i64(0))
 
         f, c = jnp.ones(5, jnp.float32), jnp.asarray([2], jnp.int32)
         cases = {
@@ -134,6 +137,8 @@ def test_native_calls_whose_operands_do_not_fit_raise_instead_of_crashing():
             "unknown key kind": lambda: threshold(2, c, [f], [0], kind=7),
             "int keys of floats": lambda: threshold(2, c, [f], [0], kind=2),
             "alive of another size": lambda: threshold(2, c, [f], [0], alive=[jnp.ones(3, bool)]),
+            "floor of another size": lambda: threshold(2, c, [f], [0], alive=[jnp.ones(5, bool)],
+                                                       floor=[jnp.ones(4, bool)]),
             "counts of floats": lambda: threshold(2, jnp.asarray([2.0]), [f], [0]),
             "thresholds too short": lambda: mark(jnp.zeros(1, jnp.int32), [f], [0], [0], 1, 1),
             "leaf id out of range": lambda: mark(jnp.zeros(2, jnp.int32), [f], [5], [0], 1, 1),
@@ -156,5 +161,5 @@ def test_native_calls_whose_operands_do_not_fit_raise_instead_of_crashing():
     )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.strip().splitlines()
-    assert len(lines) == 9, lines
+    assert len(lines) == 10, lines
     assert all(line.endswith("Error True") for line in lines), lines

@@ -1,4 +1,5 @@
-"""Builds, caches and registers the CPU kernels of jaxreg's one-pass update step.
+"""Builds, caches and registers jaxreg's CPU kernels: the one-pass update step and the
+exact selection behind the pruning masks.
 
 ``step.cc`` (the XLA FFI custom calls) is compiled once per machine with the system's
 C++ compiler against the XLA FFI headers that ship with jaxlib; each fused chain's
@@ -8,7 +9,7 @@ built for this CPU (``-march=native``) and are cached under the rules of
 :mod:`jaxreg._native.cache` (a private, verified cache). Where no compiler is found, a
 build fails or ``JAXREG_NATIVE=0`` is set, :func:`available` is False, the reason is in
 :func:`why_unavailable` and in one warning, and the fused chains run their unfused optax
-chain instead (the same numbers).
+chain instead and the masks search in XLA (the same numbers).
 """
 
 from __future__ import annotations
@@ -66,8 +67,9 @@ def _base() -> ctypes.CDLL | str:
             jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(library, name)), platform="cpu")
     except KernelBuildError as error:
         warnings.warn(
-            f"jaxreg: the native CPU update step is not available ({error}); fused chains run "
-            "their unfused optax chain instead (same numbers, more memory traffic).",
+            f"jaxreg: the native CPU kernels are not available ({error}); fused chains run "
+            "their unfused optax chain and pruning masks search in XLA instead (same numbers, more "
+            "memory traffic, longer compiles).",
             RuntimeWarning,
             stacklevel=4,
         )

@@ -546,15 +546,22 @@ inline uint32_t select_key(const void* data, int64_t i, int64_t kind) {
 struct SelectLeaf {
   const void* data = nullptr;
   const bool* alive = nullptr;  // null: every entry takes part
+  const bool* floor = nullptr;  // null, or False where the key is the lowest but one, whatever the value
   int64_t size = 0, group = 0;
 };
 
-// Reads the leaves (data, then alive ones when `has_alive`) of `args` from `first`,
-// checking each against `kind`; `sizes` (if not empty) are the sizes they must have.
+// The key of entry i of a leaf: a floored entry ranks below every float and every int32
+// but the lowest (the key -2**31 + 1, as the XLA search's BOTTOM_KEY).
+inline uint32_t leaf_key(const SelectLeaf& leaf, int64_t i, int64_t kind) {
+  return leaf.floor != nullptr && !leaf.floor[i] ? 1u : select_key(leaf.data, i, kind);
+}
+
+// Reads the leaves of `args` from `first`: their data, then their alive masks (with
+// `has_alive`), then their floor masks (with `has_floor`), checking each against `kind`.
 ffi::Error select_leaves(ffi::RemainingArgs& args, size_t first, size_t n, int64_t kind, bool has_alive,
-                         std::vector<SelectLeaf>& leaves) {
+                         bool has_floor, std::vector<SelectLeaf>& leaves) {
   if (kind < kMagnitudeKey || kind > kIntKey) return ffi::Error::InvalidArgument("jaxreg_select: unknown key kind");
-  if (args.size() != first + n * (has_alive ? 2 : 1))
+  if (args.size() != first + n * (1 + has_alive + has_floor))
     return ffi::Error::InvalidArgument("jaxreg_select: operands do not match the leaves");
   leaves.resize(n);
   for (size_t l = 0; l < n; ++l) {
@@ -564,12 +571,14 @@ ffi::Error select_leaves(ffi::RemainingArgs& args, size_t first, size_t n, int64
       return ffi::Error::InvalidArgument("jaxreg_select: a leaf is not of its key's dtype");
     leaves[l].data = data->untyped_data();
     leaves[l].size = static_cast<int64_t>(data->element_count());
-    if (!has_alive) continue;
-    auto alive = args.get<ffi::AnyBuffer>(first + n + l);
-    if (alive.has_error()) return alive.error();
-    if (alive->element_type() != ffi::DataType::PRED || static_cast<int64_t>(alive->element_count()) != leaves[l].size)
-      return ffi::Error::InvalidArgument("jaxreg_select: an alive mask is not a bool array of its leaf's size");
-    leaves[l].alive = static_cast<const bool*>(alive->untyped_data());
+    for (int which = 0; which < 2; ++which) {
+      if (!(which == 0 ? has_alive : has_floor)) continue;
+      auto mask = args.get<ffi::AnyBuffer>(first + (which == 0 || !has_alive ? 1 : 2) * n + l);
+      if (mask.has_error()) return mask.error();
+      if (mask->element_type() != ffi::DataType::PRED || static_cast<int64_t>(mask->element_count()) != leaves[l].size)
+        return ffi::Error::InvalidArgument("jaxreg_select: a mask is not a bool array of its leaf's size");
+      (which == 0 ? leaves[l].alive : leaves[l].floor) = static_cast<const bool*>(mask->untyped_data());
+    }
   }
   return ffi::Error::Success();
 }
@@ -594,7 +603,7 @@ void select_group(const std::vector<SelectLeaf>& leaves, const std::vector<int64
       const SelectLeaf& leaf = leaves[l];
       for (int64_t i = 0; i < leaf.size; ++i) {
         if (leaf.alive != nullptr && !leaf.alive[i]) continue;
-        const uint32_t u = select_key(leaf.data, i, kind);
+        const uint32_t u = leaf_key(leaf, i, kind);
         if ((u & fixed) == prefix) ++counts[(u >> shifts[pass]) & digits];
       }
     }
@@ -608,16 +617,17 @@ void select_group(const std::vector<SelectLeaf>& leaves, const std::vector<int64
     const SelectLeaf& leaf = leaves[l];
     int64_t ties = 0;
     for (int64_t i = 0; i < leaf.size && ties < need; ++i)
-      ties += (leaf.alive == nullptr || leaf.alive[i]) && select_key(leaf.data, i, kind) == prefix;
+      ties += (leaf.alive == nullptr || leaf.alive[i]) && leaf_key(leaf, i, kind) == prefix;
     takes[l] = static_cast<int32_t>(ties);
     need -= ties;
   }
 }
 
 // Operands: counts (int32, one per group), the leaves, then their alive masks (with
-// has_alive). Result: int32, each group's threshold, then each leaf's share of the ties.
+// has_alive), then their floor masks (with has_floor). Result: int32, each group's
+// threshold, then each leaf's share of the ties.
 ffi::Error SelectThreshold(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Result<ffi::Buffer<ffi::S32>> out,
-                           ffi::Span<const int64_t> groups, int64_t kind, int64_t has_alive) {
+                           ffi::Span<const int64_t> groups, int64_t kind, int64_t has_alive, int64_t has_floor) {
   auto counts = args.get<ffi::AnyBuffer>(0);
   if (counts.has_error()) return counts.error();
   const int64_t n_groups = static_cast<int64_t>(counts->element_count());
@@ -625,7 +635,7 @@ ffi::Error SelectThreshold(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::R
   if (counts->element_type() != ffi::DataType::S32 || static_cast<int64_t>(out->element_count()) != n_groups + n_leaves)
     return ffi::Error::InvalidArgument("jaxreg_select_threshold: the counts or the result do not match the groups");
   std::vector<SelectLeaf> leaves;
-  ffi::Error read = select_leaves(args, 1, n_leaves, kind, has_alive != 0, leaves);
+  ffi::Error read = select_leaves(args, 1, n_leaves, kind, has_alive != 0, has_floor != 0, leaves);
   if (read.failure()) return read;
   std::vector<std::vector<int64_t>> members(n_groups);
   for (int64_t l = 0; l < n_leaves; ++l) {
@@ -641,12 +651,12 @@ ffi::Error SelectThreshold(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::R
   return ffi::Error::Success();
 }
 
-// Operands: the thresholds' call's result, the leaves, then their alive masks. `leaves`
+// Operands: the thresholds' call's result, the leaves, then their masks as above. `ids`
 // are the leaves' indices among all (`n_leaves`), `groups` their groups (`n_groups`).
 // Results: one bool array per leaf, True on the selected entries.
 ffi::Error SelectMark(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRets rets,
                       ffi::Span<const int64_t> ids, ffi::Span<const int64_t> groups, int64_t n_groups,
-                      int64_t n_leaves, int64_t kind, int64_t has_alive) {
+                      int64_t n_leaves, int64_t kind, int64_t has_alive, int64_t has_floor) {
   auto found = args.get<ffi::AnyBuffer>(0);
   if (found.has_error()) return found.error();
   const size_t n = ids.size();
@@ -654,7 +664,7 @@ ffi::Error SelectMark(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Remain
       static_cast<int64_t>(found->element_count()) != n_groups + n_leaves || groups.size() != n || rets.size() != n)
     return ffi::Error::InvalidArgument("jaxreg_select_mark: operands do not match the leaves and groups");
   std::vector<SelectLeaf> leaves;
-  ffi::Error read = select_leaves(args, 1, n, kind, has_alive != 0, leaves);
+  ffi::Error read = select_leaves(args, 1, n, kind, has_alive != 0, has_floor != 0, leaves);
   if (read.failure()) return read;
   std::vector<bool*> marks(n);
   for (size_t l = 0; l < n; ++l) {
@@ -672,7 +682,7 @@ ffi::Error SelectMark(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Remain
     const uint32_t threshold = static_cast<uint32_t>(thresholds[groups[l]]);
     int64_t take = thresholds[n_groups + ids[l]];
     for (int64_t i = 0; i < leaf.size; ++i) {
-      const uint32_t u = select_key(leaf.data, i, kind);
+      const uint32_t u = leaf_key(leaf, i, kind);
       const bool in = leaf.alive == nullptr || leaf.alive[i];
       const bool tie = in && u == threshold && take > 0;
       take -= tie;
@@ -699,7 +709,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxreg_select_threshold, SelectThreshold,
                                   .Ret<ffi::Buffer<ffi::S32>>()
                                   .Attr<ffi::Span<const int64_t>>("groups")
                                   .Attr<int64_t>("kind")
-                                  .Attr<int64_t>("has_alive"));
+                                  .Attr<int64_t>("has_alive")
+                                  .Attr<int64_t>("has_floor"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxreg_select_mark, SelectMark,
                               ffi::Ffi::Bind()
@@ -711,7 +722,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxreg_select_mark, SelectMark,
                                   .Attr<int64_t>("n_groups")
                                   .Attr<int64_t>("n_leaves")
                                   .Attr<int64_t>("kind")
-                                  .Attr<int64_t>("has_alive"));
+                                  .Attr<int64_t>("has_alive")
+                                  .Attr<int64_t>("has_floor"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxreg_step, Step,
                               ffi::Ffi::Bind()

@@ -3,8 +3,14 @@
 Every rank-based pruning mask in jaxreg (magnitude, random, saliency, whole units)
 comes down to one question: which ``k`` entries of a group of arrays have the lowest
 scores? A sort answers it with full-size temporaries (and a concatenation for a global
-ranking); here the answer is found by bisection on an integer key that orders like the
-float scores, counting per array. The search state is a few scalars per group, the
+ranking). On one CPU device, for float32 scores (or int32 keys), :func:`lowest` runs two
+native calls (``jaxreg/_native/step.cc``): a radix search on the key finds each group's
+threshold in three counting passes, then the marks are written, 128 leaves per call;
+nothing but the bool output is allocated, and the compiled program holds a few
+instructions per 128 leaves. Elsewhere (a mesh, several devices, GPU and TPU, other
+dtypes, no C++ compiler) the answer is found in XLA by bisection on an integer key
+that orders like the float scores, counting per array; both give the same marks (the
+tests hold them equal bit for bit). The search state is a few scalars per group, the
 counts are partial reductions that XLA lowers to all-reduces on sharded arrays, and the
 keys are recomputed inside every count instead of being stored. (XLA's CPU backend
 materializes the operand of a reduction; :func:`count_rows` makes that one byte per
@@ -289,16 +295,27 @@ def _native_kind(leaves: Sequence[jax.Array], key_fn: KeyFn) -> int | None:
 
 
 def _native_lowest(
-    leaves: Sequence[jax.Array], kind: int, groups: Sequence[int], counts: jax.Array, alive: Sequence[jax.Array] | None
+    leaves: Sequence[jax.Array],
+    kind: int,
+    groups: Sequence[int],
+    counts: jax.Array,
+    alive: Sequence[jax.Array] | None,
+    floor: Sequence[jax.Array] | None,
 ) -> list[jax.Array]:
     """:func:`lowest` as two native calls: the thresholds, then the marks (see ``step.cc``)."""
     leaves = [lax.stop_gradient(jnp.asarray(x)) for x in leaves]  # a mask has no derivative
-    masks = [] if alive is None else list(alive)
+    per_leaf_masks = [m for m in (alive, floor) if m is not None]
     n_groups, n_leaves = int(counts.shape[0]), len(leaves)
-    attributes = dict(kind=np.int64(kind), has_alive=np.int64(alive is not None))
+    attributes = dict(kind=np.int64(kind), has_alive=np.int64(alive is not None), has_floor=np.int64(floor is not None))
     found = jax.ffi.ffi_call(
         "jaxreg_select_threshold", jax.ShapeDtypeStruct((n_groups + n_leaves,), jnp.int32), vmap_method="sequential"
-    )(counts.astype(jnp.int32), *leaves, *masks, groups=np.asarray(groups, np.int64), **attributes)
+    )(
+        counts.astype(jnp.int32),
+        *leaves,
+        *[x for m in per_leaf_masks for x in m],
+        groups=np.asarray(groups, np.int64),
+        **attributes,
+    )
     out: list[jax.Array] = []
     for start in range(0, n_leaves, _MARKS_PER_CALL):
         ids = list(range(start, min(start + _MARKS_PER_CALL, n_leaves)))
@@ -306,7 +323,7 @@ def _native_lowest(
         out += jax.ffi.ffi_call("jaxreg_select_mark", results, vmap_method="sequential")(
             found,
             *[leaves[i] for i in ids],
-            *[masks[i] for i in ids if masks],
+            *[m[i] for m in per_leaf_masks for i in ids],
             ids=np.asarray(ids, np.int64),
             groups=np.asarray([groups[i] for i in ids], np.int64),
             n_groups=np.int64(n_groups),
@@ -323,6 +340,7 @@ def lowest(
     groups: Sequence[int],
     counts: jax.Array,
     alive: Sequence[jax.Array] | None = None,
+    floor: Sequence[jax.Array] | None = None,
 ) -> list[jax.Array]:
     """Marks, in each group of arrays, the ``counts[g]`` entries of lowest ``(key, position)``.
 
@@ -359,6 +377,8 @@ def lowest(
       alive: None, or one bool array per leaf, shaped like it: only its True entries
         take part (are ranked, counted and marked); positions stay those of the whole
         arrays, so the alive entries keep their order.
+      floor: None, or one bool array per leaf, shaped like it: its False entries take the
+        key ``BOTTOM_KEY`` (below every other), whatever ``key_fn`` gives them.
 
     Returns:
       One bool array per leaf, True on the marked (lowest) entries; exactly
@@ -367,7 +387,10 @@ def lowest(
     groups = list(groups)
     kind = _native_kind(leaves, key_fn)
     if kind is not None:
-        return _native_lowest(leaves, kind, groups, counts, alive)
+        return _native_lowest(leaves, kind, groups, counts, alive, floor)
+    if floor is not None:
+        leaves = [jnp.where(f, key_fn(x), BOTTOM_KEY) for f, x in zip(floor, leaves)]
+        key_fn = given_key
     n_groups = int(counts.shape[0])
     offsets, sizes = [], [0] * n_groups
     for x, g in zip(leaves, groups):

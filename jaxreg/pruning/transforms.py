@@ -249,12 +249,10 @@ def prune_during_training(
             ]
             w_tree = treedef.unflatten(ws)
             scores = scores_for(fn, score, w_tree, paths, ws)
-
-            def ranked(i: int, _: Any) -> jax.Array:
-                # Pruned weights rank below all others: once pruned, pruned while s rises.
-                return jnp.where(old[i], _select.order_key(scores[i]), _select.BOTTOM_KEY)
-
-            keep = rank_keep(fn, w_tree, ("sparsity", sparsity), scope, where, _select.given_key, ranked)
+            # Pruned weights rank below all others (the floor): once pruned, pruned while s rises.
+            keep = rank_keep(
+                fn, w_tree, ("sparsity", sparsity), scope, where, _select.order_key, lambda i, _: scores[i], floor=old
+            )
             return [k.astype(jnp.bool_) for k in jax.tree.leaves(keep)]
 
         def unchanged() -> list[jax.Array]:
