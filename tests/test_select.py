@@ -118,17 +118,23 @@ def test_native_calls_whose_operands_do_not_fit_raise_instead_of_crashing():
         assert native.available()
         i64 = np.int64
 
-        def threshold(out, counts, leaves, groups, kind=0, alive=(), floor=()):
+        def rows_of(leaves, rows, source):
+            rows = np.asarray(rows or [1] * len(leaves), i64)
+            return rows, np.asarray(source or [(i, 0) for i in range(len(leaves))], i64).reshape(-1)
+
+        def threshold(out, counts, leaves, groups, kind=0, alive=(), floor=(), rows=None, source=None):
+            rows, source = rows_of(leaves, rows, source)
             call = jax.ffi.ffi_call("jaxreg_select_threshold", jax.ShapeDtypeStruct((out,), jnp.int32))
-            return call(counts, *leaves, *alive, *floor, groups=np.asarray(groups, i64), kind=i64(kind),
-                        has_alive=i64(bool(alive)), has_floor=i64(bool(floor)))
+            return call(counts, *leaves, *alive, *floor, groups=np.asarray(groups, i64), rows=rows, source=source,
+                        kind=i64(kind), has_alive=i64(bool(alive)), has_floor=i64(bool(floor)))
 
         def mark(found, leaves, ids, groups, n_groups, n_leaves, kind=0, sizes=None):
             results = [jax.ShapeDtypeStruct((n,), jnp.bool_) for n in (sizes or [x.size for x in leaves])]
+            rows, source = rows_of(leaves, None, None)
             call = jax.ffi.ffi_call("jaxreg_select_mark", results)
-            return call(found, *leaves, ids=np.asarray(ids, i64), groups=np.asarray(groups, i64),
-                        n_groups=i64(n_groups), n_leaves=i64(n_leaves), kind=i64(kind), has_alive=i64(0),
-                        has_floor=i64(0))
+            return call(found, *leaves, ids=np.asarray(ids, i64), groups=np.asarray(groups, i64), rows=rows,
+                        source=source, n_groups=i64(n_groups), n_leaves=i64(n_leaves), kind=i64(kind),
+                        has_alive=i64(0), has_floor=i64(0))
 
         f, c = jnp.ones(5, jnp.float32), jnp.asarray([2], jnp.int32)
         cases = {
@@ -140,6 +146,9 @@ def test_native_calls_whose_operands_do_not_fit_raise_instead_of_crashing():
             "floor of another size": lambda: threshold(2, c, [f], [0], alive=[jnp.ones(5, bool)],
                                                        floor=[jnp.ones(4, bool)]),
             "counts of floats": lambda: threshold(2, jnp.asarray([2.0]), [f], [0]),
+            "rows that do not divide": lambda: threshold(2, c, [f], [0], rows=[2]),
+            "row out of range": lambda: threshold(2, c, [f], [0], source=[(0, 1)]),
+            "operand out of range": lambda: threshold(2, c, [f], [0], source=[(1, 0)]),
             "thresholds too short": lambda: mark(jnp.zeros(1, jnp.int32), [f], [0], [0], 1, 1),
             "leaf id out of range": lambda: mark(jnp.zeros(2, jnp.int32), [f], [5], [0], 1, 1),
             "result of another size": lambda: mark(jnp.zeros(2, jnp.int32), [f], [0], [0], 1, 1, sizes=[9]),
@@ -161,5 +170,5 @@ def test_native_calls_whose_operands_do_not_fit_raise_instead_of_crashing():
     )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.strip().splitlines()
-    assert len(lines) == 10, lines
+    assert len(lines) == 13, lines
     assert all(line.endswith("Error True") for line in lines), lines

@@ -556,24 +556,41 @@ inline uint32_t leaf_key(const SelectLeaf& leaf, int64_t i, int64_t kind) {
   return leaf.floor != nullptr && !leaf.floor[i] ? 1u : select_key(leaf.data, i, kind);
 }
 
-// Reads the leaves of `args` from `first`: their data, then their alive masks (with
-// `has_alive`), then their floor masks (with `has_floor`), checking each against `kind`.
-ffi::Error select_leaves(ffi::RemainingArgs& args, size_t first, size_t n, int64_t kind, bool has_alive,
-                         bool has_floor, std::vector<SelectLeaf>& leaves) {
+// Reads the leaves of `args` from `first`. The data come as `rows.size()` operands, operand
+// o holding `rows[o]` leaves of one size one after the other; leaf l is row
+// `source[2 l + 1]` of operand `source[2 l]`. Then come the leaves' alive masks (with
+// `has_alive`) and floor masks (with `has_floor`), one operand per leaf. Each is checked
+// against `kind` and its leaf's size.
+ffi::Error select_leaves(ffi::RemainingArgs& args, size_t first, ffi::Span<const int64_t> rows,
+                         ffi::Span<const int64_t> source, int64_t kind, bool has_alive, bool has_floor,
+                         std::vector<SelectLeaf>& leaves) {
   if (kind < kMagnitudeKey || kind > kIntKey) return ffi::Error::InvalidArgument("jaxreg_select: unknown key kind");
-  if (args.size() != first + n * (1 + has_alive + has_floor))
+  const size_t n_ops = rows.size(), n = source.size() / 2;
+  if (source.size() % 2 != 0 || args.size() != first + n_ops + n * (has_alive + has_floor))
     return ffi::Error::InvalidArgument("jaxreg_select: operands do not match the leaves");
-  leaves.resize(n);
-  for (size_t l = 0; l < n; ++l) {
-    auto data = args.get<ffi::AnyBuffer>(first + l);
+  std::vector<const char*> bases(n_ops);
+  std::vector<int64_t> row_sizes(n_ops);
+  for (size_t o = 0; o < n_ops; ++o) {
+    auto data = args.get<ffi::AnyBuffer>(first + o);
     if (data.has_error()) return data.error();
     if (data->element_type() != (kind == kIntKey ? ffi::DataType::S32 : ffi::DataType::F32))
       return ffi::Error::InvalidArgument("jaxreg_select: a leaf is not of its key's dtype");
-    leaves[l].data = data->untyped_data();
-    leaves[l].size = static_cast<int64_t>(data->element_count());
+    const int64_t count = static_cast<int64_t>(data->element_count());
+    if (rows[o] < 1 || count % rows[o] != 0)
+      return ffi::Error::InvalidArgument("jaxreg_select: an operand does not hold whole rows");
+    bases[o] = static_cast<const char*>(data->untyped_data());
+    row_sizes[o] = count / rows[o];
+  }
+  leaves.resize(n);
+  for (size_t l = 0; l < n; ++l) {
+    const int64_t o = source[2 * l], r = source[2 * l + 1];
+    if (o < 0 || o >= static_cast<int64_t>(n_ops) || r < 0 || r >= rows[o])
+      return ffi::Error::InvalidArgument("jaxreg_select: a leaf's source is out of range");
+    leaves[l].data = bases[o] + r * row_sizes[o] * 4;  // float32 and int32 alike
+    leaves[l].size = row_sizes[o];
     for (int which = 0; which < 2; ++which) {
       if (!(which == 0 ? has_alive : has_floor)) continue;
-      auto mask = args.get<ffi::AnyBuffer>(first + (which == 0 || !has_alive ? 1 : 2) * n + l);
+      auto mask = args.get<ffi::AnyBuffer>(first + n_ops + (which == 0 || !has_alive ? 0 : 1) * n + l);
       if (mask.has_error()) return mask.error();
       if (mask->element_type() != ffi::DataType::PRED || static_cast<int64_t>(mask->element_count()) != leaves[l].size)
         return ffi::Error::InvalidArgument("jaxreg_select: a mask is not a bool array of its leaf's size");
@@ -623,11 +640,12 @@ void select_group(const std::vector<SelectLeaf>& leaves, const std::vector<int64
   }
 }
 
-// Operands: counts (int32, one per group), the leaves, then their alive masks (with
-// has_alive), then their floor masks (with has_floor). Result: int32, each group's
-// threshold, then each leaf's share of the ties.
+// Operands: counts (int32, one per group), then the leaves and their masks as
+// select_leaves reads them. Result: int32, each group's threshold, then each leaf's
+// share of the ties.
 ffi::Error SelectThreshold(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Result<ffi::Buffer<ffi::S32>> out,
-                           ffi::Span<const int64_t> groups, int64_t kind, int64_t has_alive, int64_t has_floor) {
+                           ffi::Span<const int64_t> groups, ffi::Span<const int64_t> rows,
+                           ffi::Span<const int64_t> source, int64_t kind, int64_t has_alive, int64_t has_floor) {
   auto counts = args.get<ffi::AnyBuffer>(0);
   if (counts.has_error()) return counts.error();
   const int64_t n_groups = static_cast<int64_t>(counts->element_count());
@@ -635,7 +653,9 @@ ffi::Error SelectThreshold(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::R
   if (counts->element_type() != ffi::DataType::S32 || static_cast<int64_t>(out->element_count()) != n_groups + n_leaves)
     return ffi::Error::InvalidArgument("jaxreg_select_threshold: the counts or the result do not match the groups");
   std::vector<SelectLeaf> leaves;
-  ffi::Error read = select_leaves(args, 1, n_leaves, kind, has_alive != 0, has_floor != 0, leaves);
+  if (static_cast<int64_t>(source.size()) != 2 * n_leaves)
+    return ffi::Error::InvalidArgument("jaxreg_select_threshold: the sources do not match the groups");
+  ffi::Error read = select_leaves(args, 1, rows, source, kind, has_alive != 0, has_floor != 0, leaves);
   if (read.failure()) return read;
   std::vector<std::vector<int64_t>> members(n_groups);
   for (int64_t l = 0; l < n_leaves; ++l) {
@@ -651,20 +671,23 @@ ffi::Error SelectThreshold(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::R
   return ffi::Error::Success();
 }
 
-// Operands: the thresholds' call's result, the leaves, then their masks as above. `ids`
-// are the leaves' indices among all (`n_leaves`), `groups` their groups (`n_groups`).
+// Operands: the thresholds' call's result, then the leaves of this call and their masks
+// as select_leaves reads them. `ids` are the leaves' indices among all (`n_leaves`),
+// `groups` their groups (`n_groups`).
 // Results: one bool array per leaf, True on the selected entries.
 ffi::Error SelectMark(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRets rets,
-                      ffi::Span<const int64_t> ids, ffi::Span<const int64_t> groups, int64_t n_groups,
-                      int64_t n_leaves, int64_t kind, int64_t has_alive, int64_t has_floor) {
+                      ffi::Span<const int64_t> ids, ffi::Span<const int64_t> groups, ffi::Span<const int64_t> rows,
+                      ffi::Span<const int64_t> source, int64_t n_groups, int64_t n_leaves, int64_t kind,
+                      int64_t has_alive, int64_t has_floor) {
   auto found = args.get<ffi::AnyBuffer>(0);
   if (found.has_error()) return found.error();
   const size_t n = ids.size();
   if (found->element_type() != ffi::DataType::S32 || n_groups < 0 || n_leaves < 0 ||
-      static_cast<int64_t>(found->element_count()) != n_groups + n_leaves || groups.size() != n || rets.size() != n)
+      static_cast<int64_t>(found->element_count()) != n_groups + n_leaves || groups.size() != n || rets.size() != n ||
+      source.size() != 2 * n)
     return ffi::Error::InvalidArgument("jaxreg_select_mark: operands do not match the leaves and groups");
   std::vector<SelectLeaf> leaves;
-  ffi::Error read = select_leaves(args, 1, n, kind, has_alive != 0, has_floor != 0, leaves);
+  ffi::Error read = select_leaves(args, 1, rows, source, kind, has_alive != 0, has_floor != 0, leaves);
   if (read.failure()) return read;
   std::vector<bool*> marks(n);
   for (size_t l = 0; l < n; ++l) {
@@ -708,6 +731,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxreg_select_threshold, SelectThreshold,
                                   .RemainingArgs()
                                   .Ret<ffi::Buffer<ffi::S32>>()
                                   .Attr<ffi::Span<const int64_t>>("groups")
+                                  .Attr<ffi::Span<const int64_t>>("rows")
+                                  .Attr<ffi::Span<const int64_t>>("source")
                                   .Attr<int64_t>("kind")
                                   .Attr<int64_t>("has_alive")
                                   .Attr<int64_t>("has_floor"));
@@ -719,6 +744,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxreg_select_mark, SelectMark,
                                   .RemainingRets()
                                   .Attr<ffi::Span<const int64_t>>("ids")
                                   .Attr<ffi::Span<const int64_t>>("groups")
+                                  .Attr<ffi::Span<const int64_t>>("rows")
+                                  .Attr<ffi::Span<const int64_t>>("source")
                                   .Attr<int64_t>("n_groups")
                                   .Attr<int64_t>("n_leaves")
                                   .Attr<int64_t>("kind")

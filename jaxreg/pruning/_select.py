@@ -167,6 +167,13 @@ def entry(vector: jax.Array, index: jax.Array) -> jax.Array:
     return lax.dynamic_index_in_dim(vector, index, keepdims=False)
 
 
+def rows_of(stacks: Sequence[jax.Array], sources: Sequence[Any]) -> list[Any]:
+    """Row ``r`` of ``stacks[o]`` reshaped to ``shape``, for each ``(o, r, shape)`` of
+    ``sources`` (None stays None), read at runtime indices: one kernel per stack shape."""
+    index = runtime_range(max((s[1] for s in sources if s is not None), default=-1) + 1)
+    return [None if s is None else entry(stacks[s[0]], index[s[1]]).reshape(s[2]) for s in sources]
+
+
 def _sample_stride(size: int) -> int:
     return max(1, size // _SAMPLE)
 
@@ -295,42 +302,76 @@ def _native_kind(leaves: Sequence[jax.Array], key_fn: KeyFn) -> int | None:
 
 
 def _native_lowest(
-    leaves: Sequence[jax.Array],
+    operands: Sequence[jax.Array],
+    sources: Sequence[tuple[int, int, tuple[int, ...]]],
     kind: int,
     groups: Sequence[int],
     counts: jax.Array,
     alive: Sequence[jax.Array] | None,
     floor: Sequence[jax.Array] | None,
 ) -> list[jax.Array]:
-    """:func:`lowest` as two native calls: the thresholds, then the marks (see ``step.cc``)."""
-    leaves = [lax.stop_gradient(jnp.asarray(x)) for x in leaves]  # a mask has no derivative
+    """:func:`lowest` as two native calls: the thresholds, then the marks (see ``step.cc``).
+
+    Leaf ``i`` is row ``r`` of ``operands[o]`` (flattened), with shape ``s``, where
+    ``sources[i] = (o, r, s)``: a stack of same-sized leaves is one operand.
+    """
+    operands = [lax.stop_gradient(jnp.asarray(x)) for x in operands]  # a mask has no derivative
+    rows = np.asarray([1 if x.ndim == 0 else x.shape[0] for x in operands], np.int64)
     per_leaf_masks = [m for m in (alive, floor) if m is not None]
-    n_groups, n_leaves = int(counts.shape[0]), len(leaves)
-    attributes = dict(kind=np.int64(kind), has_alive=np.int64(alive is not None), has_floor=np.int64(floor is not None))
+    n_groups, n_leaves = int(counts.shape[0]), len(sources)
+    attributes = dict(
+        rows=rows,
+        kind=np.int64(kind),
+        has_alive=np.int64(alive is not None),
+        has_floor=np.int64(floor is not None),
+    )
+
+    def source(ids: Sequence[int]) -> np.ndarray:
+        return np.asarray([sources[i][:2] for i in ids], np.int64).reshape(-1)
+
     found = jax.ffi.ffi_call(
         "jaxreg_select_threshold", jax.ShapeDtypeStruct((n_groups + n_leaves,), jnp.int32), vmap_method="sequential"
     )(
         counts.astype(jnp.int32),
-        *leaves,
+        *operands,
         *[x for m in per_leaf_masks for x in m],
         groups=np.asarray(groups, np.int64),
+        source=source(range(n_leaves)),
         **attributes,
     )
     out: list[jax.Array] = []
     for start in range(0, n_leaves, _MARKS_PER_CALL):
         ids = list(range(start, min(start + _MARKS_PER_CALL, n_leaves)))
-        results = [jax.ShapeDtypeStruct(leaves[i].shape, jnp.bool_) for i in ids]
+        results = [jax.ShapeDtypeStruct(sources[i][2], jnp.bool_) for i in ids]
         out += jax.ffi.ffi_call("jaxreg_select_mark", results, vmap_method="sequential")(
             found,
-            *[leaves[i] for i in ids],
+            *operands,
             *[m[i] for m in per_leaf_masks for i in ids],
             ids=np.asarray(ids, np.int64),
             groups=np.asarray([groups[i] for i in ids], np.int64),
+            source=source(ids),
             n_groups=np.int64(n_groups),
             n_leaves=np.int64(n_leaves),
             **attributes,
         )
     return out
+
+
+@functools.partial(jax.jit, static_argnames=("sources", "key_fn", "groups"))
+def lowest_in_stacks(
+    stacks: Sequence[jax.Array],
+    sources: tuple[tuple[int, int, tuple[int, ...]], ...],
+    key_fn: KeyFn,
+    groups: Sequence[int],
+    counts: jax.Array,
+    alive: Sequence[jax.Array] | None = None,
+) -> list[jax.Array]:
+    """:func:`lowest` of the leaves given as rows of stacks (see :func:`rows_of`): the
+    native calls read them in their stacks; elsewhere they are taken out first."""
+    kind = _native_kind(stacks, key_fn)
+    if kind is not None:
+        return _native_lowest(stacks, sources, kind, groups, counts, alive, None)
+    return lowest(rows_of(stacks, sources), key_fn, groups, counts, alive)
 
 
 @functools.partial(jax.jit, static_argnames=("key_fn", "groups"))
@@ -387,7 +428,8 @@ def lowest(
     groups = list(groups)
     kind = _native_kind(leaves, key_fn)
     if kind is not None:
-        return _native_lowest(leaves, kind, groups, counts, alive, floor)
+        sources = [(i, 0, tuple(jnp.shape(x))) for i, x in enumerate(leaves)]
+        return _native_lowest([jnp.reshape(x, (1, -1)) for x in leaves], sources, kind, groups, counts, alive, floor)
     if floor is not None:
         leaves = [jnp.where(f, key_fn(x), BOTTOM_KEY) for f, x in zip(floor, leaves)]
         key_fn = given_key

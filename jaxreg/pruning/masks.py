@@ -34,7 +34,7 @@ from flax import nnx
 from jaxreg import _checks, _tree
 from jaxreg.masks import Mask
 from jaxreg.pruning import _select
-from jaxreg.pruning.scores import Score, magnitude_score, uniform_draws, unit_norm
+from jaxreg.pruning.scores import Score, magnitude_score, uniform_stacks, unit_norm
 
 __all__ = [
     "apply_mask",
@@ -223,6 +223,7 @@ def rank_keep(
     kind: Callable[[Any], bool] = _prunable,
     previous: Any = None,
     floor: Sequence[jax.Array] | None = None,
+    stacked: tuple[list[jax.Array], list[Any]] | None = None,
 ) -> Any:
     """Keeps all but the lowest-ranked weights, per leaf or over the tree.
 
@@ -233,6 +234,8 @@ def rank_keep(
     ``previous``, only the weights it keeps are ranked and the amount is of those; the
     result keeps a subset of them (all of them on the leaves not pruned). ``floor`` (one
     bool array per leaf) ranks its False entries below all others, whatever their keys.
+    ``stacked`` (``(stacks, sources)`` of :func:`~jaxreg.pruning.scores.uniform_stacks`)
+    gives the arrays to rank as rows of stacks instead of ``prepare``.
     """
     _checks.check_scope(fn, scope)
     paths, leaves, treedef = _tree.leaves_with_paths(params)
@@ -256,13 +259,22 @@ def rank_keep(
         counts = leaf_counts(fn, [per_leaf[i] for i in picked], alive, [paths[i] for i in picked], old is not None)
     keep = [jnp.ones_like(x, dtype=jnp.bool_) for x in leaves] if old is None else list(old)
     if picked:
-        prepare = prepare or (lambda i, x: jnp.asarray(x))
-        ranked = [prepare(i, leaves[i]) for i in picked]
         ranked_alive = None if old is None else [old[i] for i in picked]
-        floors = None if floor is None else [floor[i] for i in picked]
-        pruned = _select.lowest(
-            ranked, key_fn=key_fn, groups=tuple(groups), counts=counts, alive=ranked_alive, floor=floors
-        )
+        if stacked is not None:
+            stacks, sources = stacked
+            pruned = _select.lowest_in_stacks(
+                stacks, tuple(sources[i] for i in picked), key_fn, tuple(groups), counts, ranked_alive
+            )
+        else:
+            prepare = prepare or (lambda i, x: jnp.asarray(x))
+            pruned = _select.lowest(
+                [prepare(i, leaves[i]) for i in picked],
+                key_fn=key_fn,
+                groups=tuple(groups),
+                counts=counts,
+                alive=ranked_alive,
+                floor=None if floor is None else [floor[i] for i in picked],
+            )
         for i, p in zip(picked, pruned):
             keep[i] = ~p if old is None else old[i] & ~p
     return treedef.unflatten(keep)
@@ -432,8 +444,8 @@ def random_mask(
     fn = "random_mask"
     amount = amount_of(fn, sparsity, keep_ratio, num_pruned)
     leaves = jax.tree.leaves(_tree.unbox(params))
-    draws = uniform_draws(key, leaves, _candidates(fn, where, params, leaves))
-    return rank_keep(fn, params, amount, scope, where, _select.order_key, lambda i, x: draws[i], previous=previous)
+    stacked = uniform_stacks(key, leaves, _candidates(fn, where, params, leaves))
+    return rank_keep(fn, params, amount, scope, where, _select.order_key, previous=previous, stacked=stacked)
 
 
 def threshold_mask(params: optax.Params, threshold: chex.Numeric | Any, where: Mask = None) -> Any:

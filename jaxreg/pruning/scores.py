@@ -61,15 +61,44 @@ def random_score(key: jax.Array) -> Score:
     return score
 
 
+def uniform_stacks(
+    key: jax.Array, leaves: Sequence[Any], picked: Sequence[bool] | None = None
+) -> tuple[list[jax.Array], list[Any]]:
+    """The draws of :func:`uniform_draws`, left in their stacks: ``(stacks, sources)``.
+
+    Leaves of one shape are drawn together, one threefry vmapped over their keys (leaf
+    ``i`` from ``fold_in(key, i)``, drawn flat: XLA compiles a 1-D threefry much faster
+    than one of the leaf's rank), so the program holds one threefry per shape. Leaf
+    ``i``'s draws are row ``r`` of ``stacks[o]`` for ``sources[i] = (o, r, shape)``; a
+    leaf with explicit mesh axes is drawn on its own devices (:func:`uniform_leaf`) as a
+    stack of its own. Leaves not ``picked`` get None.
+    """
+    stacks: list[jax.Array] = []
+    sources: list[Any] = [None] * len(leaves)
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, leaf in enumerate(leaves):
+        if picked is not None and not picked[i]:
+            continue
+        if _tree.explicit_sharding(leaf) is not None:
+            sources[i] = (len(stacks), 0, tuple(jnp.shape(leaf)))
+            stacks.append(uniform_leaf(jax.random.fold_in(key, i), leaf)[None])
+        else:
+            by_shape.setdefault(tuple(jnp.shape(leaf)), []).append(i)
+    for shape, members in by_shape.items():
+        size = int(np.prod(shape, dtype=np.int64))
+        keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.asarray(members, jnp.int32))
+        for row, i in enumerate(members):
+            sources[i] = (len(stacks), row, shape)
+        stacks.append(jax.vmap(lambda k, size=size: jax.random.uniform(k, (size,)))(keys))
+    return stacks, sources
+
+
 def uniform_draws(key: jax.Array, leaves: Sequence[Any], picked: Sequence[bool] | None = None) -> list[Any]:
     """The uniform float32 draws of :func:`random_score`: leaf ``i`` from ``fold_in(key, i)``.
 
-    Leaves of one shape are drawn together, one threefry vmapped over their keys, and
-    each reads its row at a runtime index (:func:`~jaxreg.pruning._select.runtime_range`):
-    the program holds one threefry per shape, not one per leaf, and one kernel per shape
-    that copies a row out. Each is drawn flat (XLA
-    compiles a 1-D threefry much faster than one of the leaf's rank); leaves with
-    explicit mesh axes are drawn on their own devices (:func:`uniform_leaf`).
+    Drawn as :func:`uniform_stacks` does; each leaf then reads its row at a runtime index
+    (:func:`~jaxreg.pruning._select.runtime_range`), one kernel per shape that copies a
+    row out, not one per leaf.
 
     Args:
       key: a JAX PRNG key.
@@ -79,23 +108,8 @@ def uniform_draws(key: jax.Array, leaves: Sequence[Any], picked: Sequence[bool] 
     Returns:
       One float32 array per leaf, shaped like it, uniform in ``[0, 1)``.
     """
-    index = _select.runtime_range(len(leaves))
-    draws: list[Any] = [None] * len(leaves)
-    by_shape: dict[tuple[int, ...], list[int]] = {}
-    for i, leaf in enumerate(leaves):
-        if picked is not None and not picked[i]:
-            continue
-        if _tree.explicit_sharding(leaf) is not None:
-            draws[i] = uniform_leaf(jax.random.fold_in(key, i), leaf)
-        else:
-            by_shape.setdefault(tuple(jnp.shape(leaf)), []).append(i)
-    for shape, members in by_shape.items():
-        size = int(np.prod(shape, dtype=np.int64))
-        keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.asarray(members, jnp.int32))
-        stack = jax.vmap(lambda k, size=size: jax.random.uniform(k, (size,)))(keys)
-        for j, i in enumerate(members):
-            draws[i] = _select.entry(stack, index[j]).reshape(shape)
-    return draws
+    stacks, sources = uniform_stacks(key, leaves, picked)
+    return _select.rows_of(stacks, sources)
 
 
 @jax.jit
