@@ -1,18 +1,8 @@
-"""Shared test set-up: XLA's CPU code at LLVM level 0, strict dtype promotion and random pytrees of mixed shapes."""
+"""Shared test set-up: strict dtype promotion and random pytrees of mixed shapes."""
 
 from __future__ import annotations
 
-import os
-
-# The suite's programs are small and each runs a few times, so compiling them, not
-# running them, is what its time goes to: LLVM's optimizations of the CPU code are
-# switched off (about a fifth less CPU time), in this process and in the ones the tests
-# start (notebooks, benchmarks). XLA's own passes (fusion, layout, the programs' HLO)
-# are unchanged. An XLA_FLAGS that sets the level already is left alone.
-if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
-
-import jax  # noqa: E402  (after XLA_FLAGS: the backend reads them when it starts)
+import jax
 import numpy as np
 import pytest
 
