@@ -96,10 +96,12 @@ def objective(entry: Entry, mask=None):
 def test_derivatives_match_finite_differences(name):
     entry = CATALOG[name]
     with jax.enable_x64(True):
-        f = jax.jit(objective(entry))
+        # Two compilations: the objective and its gradient (an eager grad of a jitted
+        # function would compile its forward and backward halves apart).
+        f, grad = jax.jit(objective(entry)), jax.jit(jax.grad(objective(entry), argnums=(0, 1, 2)))
         params, updates = tree(0, dtype=np.float64), tree(1, 0.3, dtype=np.float64)
         h = np.float64(entry.value)
-        grads = jax.grad(f, argnums=(0, 1, 2))(params, updates, h)
+        grads = grad(params, updates, h)
         directions = (tree(11, dtype=np.float64), tree(12, dtype=np.float64), np.float64(entry.hyper))
         eps = 1e-6
         for arg, (grad, direction) in enumerate(zip(grads, directions)):
@@ -152,8 +154,11 @@ def test_low_precision_leaves_keep_their_dtype_and_compute_in_float32(name, dtyp
 @pytest.mark.parametrize("name", NAMES)
 def test_float64_leaves_compute_in_float64(name):
     entry = CATALOG[name]
+    params, updates = tree(0, dtype=np.float64), tree(1, 0.3, dtype=np.float64)
+    # The float32 reference runs eagerly outside the x64 context, whose eager operations
+    # would all be compiled anew.
+    reference = run(entry, entry.value, *(jax.tree.map(lambda x: x.astype(np.float32), t) for t in (params, updates)))
     with jax.enable_x64(True):
-        params, updates = tree(0, dtype=np.float64), tree(1, 0.3, dtype=np.float64)
         step = jax.jit(lambda p, u: run(entry, entry.value, p, u))
         out = step(params, updates)
         # The float64 step of values with float32 ulps spread 1e-9 apart resolves them;
@@ -161,21 +166,19 @@ def test_float64_leaves_compute_in_float64(name):
         moved = step(params, jax.tree.map(lambda x: x * (1 + 1e-9), updates))
         assert all(out[k].dtype == np.float64 for k in SHAPES), name
         assert any(not np.array_equal(out[k], moved[k]) for k in SHAPES), name
-        reference = run(
-            entry, entry.value, *(jax.tree.map(lambda x: x.astype(np.float32), t) for t in (params, updates))
-        )
         assert_trees_close(out, reference, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_mixed_float32_and_float64_trees_work_and_keep_dtypes(name):
     entry = CATALOG[name]
+    expected = run(entry, entry.value, PARAMS, UPDATES)  # eager, outside x64 (see above)
     with jax.enable_x64(True):
         params = {"w": PARAMS["w"].astype(np.float64), "b": PARAMS["b"]}
         updates = {"w": UPDATES["w"].astype(np.float64), "b": UPDATES["b"]}
         out = jax.jit(lambda p, u: run(entry, entry.value, p, u))(params, updates)
         assert out["w"].dtype == np.float64 and out["b"].dtype == np.float32, name
-        assert_trees_close(out, run(entry, entry.value, PARAMS, UPDATES), rtol=1e-5, atol=1e-6)
+        assert_trees_close(out, expected, rtol=1e-5, atol=1e-6)
 
 
 COMPLEX_PARAMS = {k: (v + 1j * tree(2)[k]).astype(np.complex64) for k, v in PARAMS.items()}

@@ -468,7 +468,7 @@ def test_activation_score_is_the_mean_absolute_output_of_each_unit():
             want = np.broadcast_to(np.abs(np.asarray(out)).mean(axis=0), leaf[name].shape)
             np.testing.assert_allclose(leaf[name], want, rtol=1e-5)
     # Post-ReLU activity instead, and the pure dict of the state gives the same scores.
-    relu = pruning.activation_score(model, x, activation=jax.nn.relu)(p)
+    relu = jax.jit(pruning.activation_score(model, x, activation=jax.nn.relu))(p)
     np.testing.assert_allclose(relu["layers"][0]["bias"], np.maximum(np.asarray(h1), 0).mean(axis=0), rtol=1e-5)
 
 
@@ -477,7 +477,10 @@ def test_activation_score_prunes_the_least_active_units_and_channels():
     x = jax.random.normal(jax.random.key(3), (8, 12, 12, 1))
     params = nnx.state(model, nnx.Param)
     score = pruning.activation_score(model, x)
-    keep = pruning.structured_mask(params, 0.5, axis=-1, ord=np.inf, score=score, where=jaxreg.masks.weights_only)
+    # Under jit: the model's forward pass and the mask compile once, not op by op.
+    keep = jax.jit(
+        lambda p: pruning.structured_mask(p, 0.5, axis=-1, ord=np.inf, score=score, where=jaxreg.masks.weights_only)
+    )(params)
     conv = nnx.to_pure_dict(params)["convs"][0]
     out = (
         jax.lax.conv_general_dilated(x, conv["kernel"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
