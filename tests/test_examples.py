@@ -2,10 +2,7 @@
 
 Every ``examples/[0-9]*.py`` (jupytext percent format) is found automatically and run
 in its own Python process, a clean start like a fresh kernel, with ``JAXREG_SMALL=1``
-(fewer steps and points), ``JAXREG_FIGURES`` pointing at a temporary folder and
-XLA's CPU code compiled without LLVM's optimizations (``XLA_FLAGS`` gains
-``--xla_backend_optimization_level=0``: at the small size a notebook's time goes to
-compiling, and its checks hold at either level); up to
+(fewer steps and points) and ``JAXREG_FIGURES`` pointing at a temporary folder; up to
 ``JAXREG_EXAMPLES_WORKERS`` (default: 2, or 1 on one core) run at the same time. A
 notebook prints ``RESULT name=value`` lines (``examples/_common.py``'s ``report``);
 ``EXPECTED`` below lists, per notebook, the figures it must write and the checks its
@@ -349,10 +346,6 @@ EXPECTED: dict[str, Expectation] = {
 }
 
 
-XLA_FLAGS = os.environ.get("XLA_FLAGS", "")
-if "xla_backend_optimization_level" not in XLA_FLAGS:
-    XLA_FLAGS = f"{XLA_FLAGS} --xla_backend_optimization_level=0".strip()
-
 # Notebooks run in parallel, up to WORKERS at a time (each is mostly single-threaded
 # compilation), started in test order as soon as the module's first test asks for one.
 WORKERS = int(os.environ.get("JAXREG_EXAMPLES_WORKERS", min(2, os.cpu_count() or 1)))
@@ -382,8 +375,7 @@ class _Runner:
             folder = self._root / notebook.stem
             folder.mkdir()
             out, err = open(folder / "stdout.txt", "w+"), open(folder / "stderr.txt", "w+")
-            figures = str(folder / "figures")
-            env = dict(os.environ, JAXREG_SMALL="1", JAXREG_FIGURES=figures, MPLBACKEND="Agg", XLA_FLAGS=XLA_FLAGS)
+            env = dict(os.environ, JAXREG_SMALL="1", JAXREG_FIGURES=str(folder / "figures"), MPLBACKEND="Agg")
             proc = subprocess.Popen([sys.executable, notebook.name], cwd=EXAMPLES, env=env, stdout=out, stderr=err)
             self._running[notebook] = (proc, time.monotonic(), out, err, folder)
 
