@@ -28,50 +28,40 @@ SIZES = {"tiny": (64, 8, 20), "default": (2048, 256, 200)}  # (samples, features
 LAMBDAS = np.geomspace(1e-4, 1e-1, 16).astype(np.float32)
 
 
+def _lasso_run(features: int, steps: int, fused: bool, gradient: Callable[[dict], dict]):
+    """A run ``lam -> final params``: ``steps`` steps of SGD + L1 prox from zero on
+    ``gradient(params)`` (with ``fused``, each update one pass of ``jaxreg.apply_step``)."""
+
+    def run(lam):
+        prox = jaxreg.l1_prox(lam, learning_rate=0.05)
+        tx = jaxreg.chain(jaxreg.sgd(0.05), prox) if fused else optax.chain(optax.sgd(0.05), prox)
+        update = update_step.update_fn(tx, fused)
+        params = {"w": jnp.zeros((features, 1), jnp.float32)}
+
+        def step(carry, _):
+            p, s = carry
+            return update(p, s, gradient(p)), None
+
+        (params, _), _ = jax.lax.scan(step, (params, tx.init(params)), length=steps)
+        return params["w"]
+
+    return run
+
+
 def make_run(samples: int, features: int, steps: int, fused: bool = False):
-    """A training run ``lam -> final params`` on fixed synthetic data (with ``fused``,
-    the update is one pass of ``jaxreg.apply_step``)."""
+    """A training run ``lam -> final params`` of a lasso on fixed synthetic data."""
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((samples, features)), jnp.float32)
     w_true = rng.standard_normal((features, 1)) * (rng.random((features, 1)) < 0.2)
     y = x @ jnp.asarray(w_true, jnp.float32)
-
-    def run(lam):
-        prox = jaxreg.l1_prox(lam, learning_rate=0.05)
-        tx = jaxreg.chain(jaxreg.sgd(0.05), prox) if fused else optax.chain(optax.sgd(0.05), prox)
-        update = update_step.update_fn(tx, fused)
-        params = {"w": jnp.zeros((features, 1), jnp.float32)}
-
-        def step(carry, _):
-            p, s = carry
-            g = jax.grad(lambda q: jnp.mean((x @ q["w"] - y) ** 2))(p)
-            return update(p, s, g), None
-
-        (params, _), _ = jax.lax.scan(step, (params, tx.init(params)), length=steps)
-        return params["w"]
-
-    return run
+    return _lasso_run(features, steps, fused, jax.grad(lambda q: jnp.mean((x @ q["w"] - y) ** 2)))
 
 
 def make_step_run(features: int, steps: int, fused: bool):
-    """The update alone as a run ``lam -> final params``: ``steps`` steps of the same
-    chain on the gradient ``g + 0.01 * w`` (fixed ``g``)."""
+    """The update alone as a run ``lam -> final params``: the same steps on the gradient
+    ``g + 0.01 * w`` (fixed ``g``), no data."""
     g = jnp.asarray(np.random.default_rng(1).standard_normal((features, 1)), jnp.float32)
-
-    def run(lam):
-        prox = jaxreg.l1_prox(lam, learning_rate=0.05)
-        tx = jaxreg.chain(jaxreg.sgd(0.05), prox) if fused else optax.chain(optax.sgd(0.05), prox)
-        update = update_step.update_fn(tx, fused)
-        params = {"w": jnp.zeros((features, 1), jnp.float32)}
-
-        def step(carry, _):
-            p, s = carry
-            return update(p, s, {"w": g + 0.01 * p["w"]}), None
-
-        (params, _), _ = jax.lax.scan(step, (params, tx.init(params)), length=steps)
-        return params["w"]
-
-    return run
+    return _lasso_run(features, steps, fused, lambda p: {"w": g + 0.01 * p["w"]})
 
 
 def _runners(one: Callable[[jax.Array], jax.Array]) -> tuple[Callable[[], Any], Callable[[], Any]]:
