@@ -316,7 +316,7 @@ def _native_lowest(
     ``sources[i] = (o, r, s)``: a stack of same-sized leaves is one operand.
     """
     operands = [lax.stop_gradient(jnp.asarray(x)) for x in operands]  # a mask has no derivative
-    rows = np.asarray([1 if x.ndim == 0 else x.shape[0] for x in operands], np.int64)
+    rows = np.asarray([x.shape[0] for x in operands], np.int64)
     per_leaf_masks = [m for m in (alive, floor) if m is not None]
     n_groups, n_leaves = int(counts.shape[0]), len(sources)
     attributes = dict(
