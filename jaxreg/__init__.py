@@ -9,6 +9,7 @@ from importlib import metadata as _metadata
 
 from jaxreg import fused, masks, nn, penalties, pruning, schedules, training
 from jaxreg._param_space import StepCountState
+from jaxreg.buffers import write_into
 from jaxreg.clipping import (
     AdaptiveClipState,
     ClipByNormState,
@@ -100,4 +101,5 @@ __all__ = [
     "soft_threshold",
     "training",
     "unit_norm",
+    "write_into",
 ]

@@ -144,6 +144,7 @@ NOT_TRANSFORMS = frozenset(
         "schedules",
         "soft_threshold",
         "training",
+        "write_into",
     }
 )
 
