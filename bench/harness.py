@@ -31,12 +31,14 @@ def median_seconds(run: Callable[[], Any], repeats: int, warmup: int = 2) -> flo
     return interleaved_medians({"run": run}, repeats, warmup)["run"]
 
 
-def interleaved_medians(runs: Mapping[str, Callable[[], Any]], repeats: int, warmup: int = 2) -> dict[str, float]:
-    """Median wall time of each ``run()``, timed in turns: one call of each per round.
+def interleaved_times(runs: Mapping[str, Callable[[], Any]], repeats: int, warmup: int = 2) -> dict[str, list[float]]:
+    """Wall times of each ``run()``, timed in turns: one call of each per round.
 
     On a shared machine the speed drifts over seconds (neighbours, turbo, page cache);
     timing the implementations in turns exposes each to the same drift, so their ratios
-    hold even when the absolute times move. Each ``run`` must block until its work is done.
+    hold even when the absolute times move. Round ``i`` of every list is the same round,
+    so ratios can be taken round by round (:func:`paired_ratio`). Each ``run`` must block
+    until its work is done.
     """
     for run in runs.values():
         for _ in range(warmup):
@@ -47,7 +49,23 @@ def interleaved_medians(runs: Mapping[str, Callable[[], Any]], repeats: int, war
             start = time.perf_counter()
             run()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return times
+
+
+def interleaved_medians(runs: Mapping[str, Callable[[], Any]], repeats: int, warmup: int = 2) -> dict[str, float]:
+    """The median of each run's :func:`interleaved_times`."""
+    return {name: statistics.median(ts) for name, ts in interleaved_times(runs, repeats, warmup).items()}
+
+
+def paired_ratio(numerator: list[float], denominator: list[float]) -> tuple[float, float, float]:
+    """The median and quartiles of the round-by-round ratios of two :func:`interleaved_times` lists.
+
+    Drift moves both times of a round alike, so these ratios scatter less than the ratio
+    of two medians; the quartiles say how far they do.
+    """
+    ratios = np.asarray(numerator) / np.asarray(denominator)
+    q1, median, q3 = np.percentile(ratios, [25, 50, 75])
+    return float(median), float(q1), float(q3)
 
 
 def emit(record: dict[str, Any]) -> dict[str, Any]:

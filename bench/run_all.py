@@ -40,6 +40,8 @@ TABLES = {
         "update_share",
         "ratio_to_sgd",
         "speedup_vs_optax",
+        "speedup_vs_optax_q1",
+        "speedup_vs_optax_q3",
         "extra_over_sgd_ms",
         "compulsory_ms",
         "page_faults_per_step",

@@ -11,22 +11,31 @@ an MLP of about 10M parameters (batch 32 and 256), a small CNN (about 1M paramet
 * ``jaxreg``: the same chain as a ``jaxreg.chain`` run by ``jaxreg.apply_step`` (one pass);
 * ``jaxreg_pruned``: the same plus ``jaxreg.pruning.keep_pruned`` at 90% sparsity (the
   pass reads the mask);
+* ``optax_keep_grads`` / ``jaxreg_keep_grads``: ``optax`` and ``jaxreg`` with the step
+  returning its gradients into a donated buffer (``jaxreg.write_into``, what
+  ``jaxreg.nn.Optimizer(..., keep_grads=True)`` does), so that they are not among the
+  call's temporaries;
 * ``torch_eager``: the same model and data in PyTorch, ``clip_grad_norm_`` +
   ``AdamW(fused=True)`` + the same prox and clamp (``bench.update_step.torch_update``);
 * ``torch_compile``: the same with the model under ``torch.compile`` (the update eager).
 
-``fwd_bwd`` is the step without its update (the gradients only; ``torch_fwd_bwd`` for
-PyTorch), so ``update_share = (step - fwd_bwd) / step``. ``extra_over_sgd_ms`` is the
+``fwd_bwd`` is the step without its update (the gradients only, written into a donated
+buffer; ``torch_fwd_bwd`` for PyTorch), so ``update_share = (step - fwd_bwd) / step``. ``extra_over_sgd_ms`` is the
 step's time over ``sgd``'s, against ``compulsory_ms``: the chain's compulsory extra
 traffic over SGD (20 bytes per parameter: the norm's read of g, and reading and writing
 the two moments) at the copy bandwidth measured in the same run. All rows of one model
-are timed in turns, so drift on a shared machine moves them alike.
+are timed in turns, so drift on a shared machine moves them alike, and the ratios and
+differences are taken round by round (their medians; ``speedup_vs_optax_q1``/``_q3``
+are the quartiles). ``speedup_vs_optax`` compares with the optax row that handles its
+gradients alike: ``optax_keep_grads`` for the ``_keep_grads`` rows, ``optax`` for the
+others.
 """
 
 from __future__ import annotations
 
 import os
 import resource
+import statistics
 import time
 from collections.abc import Callable
 from typing import Any
@@ -191,21 +200,35 @@ def jax_runners(model: nnx.Module, x: np.ndarray, labels: np.ndarray) -> tuple[i
     grad = jax.jit(jax.grad(loss))
     members = update_step.jaxreg_chain().members
     keep = jax.jit(jaxreg.pruning.magnitude_mask)(params, SPARSITY)
-    updates = {
-        "sgd": (optax.sgd(update_step.LR), False),
-        "optax": (update_step.optax_chain(), False),
-        "jaxreg": (jaxreg.chain(*members), True),
-        "jaxreg_pruned": (jaxreg.chain(*members, jaxreg.pruning.keep_pruned(keep)), True),
+    updates = {  # name: (transformation, fused, gradients kept in a donated buffer)
+        "sgd": (optax.sgd(update_step.LR), False, False),
+        "optax": (update_step.optax_chain(), False, False),
+        "jaxreg": (jaxreg.chain(*members), True, False),
+        "jaxreg_pruned": (jaxreg.chain(*members, jaxreg.pruning.keep_pruned(keep)), True, False),
+        "optax_keep_grads": (update_step.optax_chain(), False, True),
+        "jaxreg_keep_grads": (jaxreg.chain(*members), True, True),
     }
-    runners = {"fwd_bwd": lambda: jax.block_until_ready(grad(params, x, labels))}
-    for name, (tx, fused) in updates.items():
+    # The gradients alone, written into a donated buffer: fresh output buffers would be
+    # faulted in every call and make the step without its update look slower than SGD's.
+    fwd_bwd = jax.jit(lambda kept, p, x, labels: [jaxreg.write_into(kept, grad(p, x, labels))], donate_argnums=0)
+    runners = {"fwd_bwd": update_step._jax_runner(fwd_bwd, [jax.tree.map(jnp.zeros_like, params)], params, x, labels)}
+    for name, (tx, fused, keep_grads) in updates.items():
         update = update_step.update_fn(tx, fused)
 
         def step(params, state, x, labels, update=update):
             return update(params, state, grad(params, x, labels))
 
+        def step_keeping_grads(params, state, kept, x, labels, update=update):
+            grads = jaxreg.write_into(kept, grad(params, x, labels))
+            return (*update(params, state, grads), grads)
+
         carry = jax.jit(lambda p, tx=tx: [jax.tree.map(jnp.copy, p), tx.init(p)])(params)  # one compile
-        runners[name] = update_step._jax_runner(jax.jit(step, donate_argnums=(0, 1)), carry, x, labels)
+        if keep_grads:
+            carry.append(jax.tree.map(jnp.zeros_like, params))
+            jitted = jax.jit(step_keeping_grads, donate_argnums=(0, 1, 2))
+        else:
+            jitted = jax.jit(step, donate_argnums=(0, 1))
+        runners[name] = update_step._jax_runner(jitted, carry, x, labels)
     return sum(int(np.size(p)) for p in jax.tree.leaves(params)), runners
 
 
@@ -255,10 +278,10 @@ def run(size: str, repeats: int, models: tuple[str, ...] = ("mlp", "cnn", "lm"))
             runs |= torch_runners(torch_model(model, shape), x, labels, compile_too=size != "tiny")
             failed = {name: why for name, why in runs.items() if isinstance(why, str)}
             alone = harness.median_seconds(probe, repeats)
-            times = harness.interleaved_medians(
+            times = harness.interleaved_times(
                 {"bandwidth": probe, **{k: v for k, v in runs.items() if k not in failed}}, repeats
             )
-            bandwidth = probe_bytes / min(alone, times.pop("bandwidth"))
+            bandwidth = probe_bytes / min(alone, statistics.median(times.pop("bandwidth")))
             faults = {name: page_faults_per_call(run) for name, run in runs.items() if name not in failed}
             del runs
             records += _records(model, batch, n, times, faults, failed, bandwidth)
@@ -279,21 +302,27 @@ def page_faults_per_call(run: Callable[[], Any], calls: int = 3) -> float:
 
 
 def _records(model: str, batch: int, n: int, times: dict, faults: dict, failed: dict, bandwidth: float) -> list[dict]:
+    """The records of one model and batch from :func:`harness.interleaved_times` lists."""
     base = dict(bench="train_step", model=model, batch=batch, params=n, machine=harness.machine_name())
     compulsory_ms = 1e3 * EXTRA_BYTES_PER_PARAM * n / bandwidth
-    sgd, optax_s = times["sgd"], times["optax"]
+    sgd = times["sgd"]
     out = []
     for impl, seconds in times.items():
-        fwd_bwd = times["torch_fwd_bwd" if impl.startswith("torch") else "fwd_bwd"]
+        median = statistics.median(seconds)
         record = dict(
-            base, impl=impl, median_s=seconds, bandwidth_gb_s=bandwidth / 1e9, page_faults_per_step=faults[impl]
+            base, impl=impl, median_s=median, bandwidth_gb_s=bandwidth / 1e9, page_faults_per_step=faults[impl]
         )
         if "fwd_bwd" not in impl:
+            fwd_bwd = statistics.median(times["torch_fwd_bwd" if impl.startswith("torch") else "fwd_bwd"])
+            optax_s = times["optax_keep_grads" if impl.endswith("_keep_grads") else "optax"]
+            speedup, q1, q3 = harness.paired_ratio(optax_s, seconds)
             record |= dict(
-                update_share=(seconds - fwd_bwd) / seconds,
-                ratio_to_sgd=seconds / sgd,
-                speedup_vs_optax=optax_s / seconds,
-                extra_over_sgd_ms=1e3 * (seconds - sgd),
+                update_share=(median - fwd_bwd) / median,
+                ratio_to_sgd=harness.paired_ratio(seconds, sgd)[0],
+                speedup_vs_optax=speedup,
+                speedup_vs_optax_q1=q1,
+                speedup_vs_optax_q3=q3,
+                extra_over_sgd_ms=1e3 * float(np.median(np.subtract(seconds, sgd))),
                 compulsory_ms=compulsory_ms,
             )
         out.append(harness.emit(record))
@@ -302,7 +331,7 @@ def _records(model: str, batch: int, n: int, times: dict, faults: dict, failed: 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     """Command line: ``python -m bench.train_step [--size tiny|default] [--repeats N]``."""
-    return harness.command_line(__doc__, SIZES, 7, run, argv)
+    return harness.command_line(__doc__, SIZES, 15, run, argv)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ from importlib import metadata as _metadata
 
 from jaxreg import fused, masks, nn, penalties, pruning, schedules, training
 from jaxreg._param_space import StepCountState
-from jaxreg.buffers import write_into
 from jaxreg.clipping import (
     AdaptiveClipState,
     ClipByNormState,
@@ -22,7 +21,7 @@ from jaxreg.clipping import (
     global_norm,
 )
 from jaxreg.decay import coupled_weight_decay, decoupled_weight_decay
-from jaxreg.fused import FusedChain, apply_step, chain
+from jaxreg.fused import FusedChain, apply_step, chain, write_into
 from jaxreg.masks import masked
 from jaxreg.noise import AddNoiseState, add_gradient_noise
 from jaxreg.optimizers import adam, sgd

@@ -48,6 +48,11 @@ of its own).
 Otherwise :func:`apply_step` runs ``tx.update`` and ``optax.apply_updates``: the same
 numbers (the tests hold the two to 1e-6), more memory traffic. On GPU and TPU XLA's own
 fusion already does well and the unfused path is used.
+
+In a jitted training step on CPU, return the gradients through :func:`write_into` into a
+donated buffer: a step that clips by the global norm keeps all its gradients alive, and
+as temporaries of the call they are mapped afresh (and faulted in page by page) every
+step once they pass 32 MB.
 """
 
 from __future__ import annotations
@@ -62,8 +67,9 @@ import optax
 
 from jaxreg import _native, _plan, _rules, _tree
 from jaxreg._native import codegen
+from jaxreg.buffers import write_into
 
-__all__ = ["FusedChain", "apply_step", "chain", "fast_path"]
+__all__ = ["FusedChain", "apply_step", "chain", "fast_path", "write_into"]
 
 
 class FusedChain(optax.GradientTransformationExtraArgs):
