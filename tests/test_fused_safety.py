@@ -9,9 +9,7 @@ import os
 import stat
 import subprocess
 import sys
-import textwrap
 import warnings
-from pathlib import Path
 
 import chex
 import jax
@@ -19,25 +17,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from isolated import REPO, run_python
 
 import jaxreg
 from jaxreg import _native, _rules, fused
 from jaxreg._native import cache, codegen
 
 pytestmark = pytest.mark.skipif(not _native.available(), reason=f"no native kernels: {_native.why_unavailable()}")
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _run_python(code: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
-        env={**os.environ, "JAX_PLATFORMS": "cpu", **env},
-    )
 
 
 @pytest.fixture(autouse=True)
@@ -55,7 +41,7 @@ def _unfused_step(tx, grads, state, params):
 def test_arguments_that_do_not_fit_raise_instead_of_crashing():
     # Before the checks: a larger gradient segfaulted, a smaller state aborted with
     # free(): invalid size, a larger or transposed state was accepted.
-    result = _run_python(
+    result = run_python(
         """
         import jax, jax.numpy as jnp, jaxreg
         tx = jaxreg.chain(jaxreg.clip_by_global_norm(1.0), jaxreg.adam(1e-3))
@@ -85,7 +71,7 @@ def test_arguments_that_do_not_fit_raise_instead_of_crashing():
 def test_custom_calls_whose_lanes_do_not_fit_raise_instead_of_crashing():
     # Under vmap the calls take the number of lanes from their results; every operand
     # must then hold that many blocks of its leaf, or the call refuses to run.
-    result = _run_python(
+    result = run_python(
         """
         import re
         import jax, jax.numpy as jnp, numpy as np, jaxreg
@@ -288,11 +274,11 @@ def test_a_truncated_cached_library_is_rebuilt_in_a_new_process(tmp_path):
         p = {"w": jnp.ones(3)}
         print(jaxreg.apply_step(tx, p, tx.init(p), p)[0]["w"][0])
     """
-    first = _run_python(step, **env)
+    first = run_python(step, **env)
     assert first.returncode == 0, first.stderr[-2000:]
     for library in (tmp_path / "native").glob("*.so"):
         library.write_bytes(library.read_bytes()[:4096])
-    second = _run_python(step, **env)
+    second = run_python(step, **env)
     assert second.returncode == 0, second.stderr[-2000:]
     assert second.stdout == first.stdout
 

@@ -2,11 +2,6 @@
 search give the same marks, bit for bit, and the native calls never crash the process."""
 
 import functools
-import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -14,13 +9,13 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from isolated import run_python
 
 from jaxreg import _native
 from jaxreg.pruning import _select
 
 pytestmark = pytest.mark.skipif(not _native.available(), reason=f"no native kernels: {_native.why_unavailable()}")
 
-REPO = Path(__file__).resolve().parents[1]
 SHAPES = [(7, 5), (40,), (3, 4, 2), (1,), (7, 5), (40,), (0,), (130, 3)]
 KEYS = {
     "magnitude": (_select.magnitude_key, np.float32),
@@ -160,14 +155,7 @@ def test_native_calls_whose_operands_do_not_fit_raise_instead_of_crashing():
             except Exception as error:
                 print(name, type(error).__name__, "jaxreg_select" in str(error))
         """
-    result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
-    )
+    result = run_python(code)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 13, lines
