@@ -59,6 +59,14 @@ def test_write_into_returns_the_values_and_never_reads_the_buffer():
         assert jax.tree.structure(got) == jax.tree.structure(values)
 
 
+def test_the_tie_to_the_buffer_costs_nothing_once_compiled():
+    # The select on a constant that keeps the buffer an operand is gone from the program.
+    jitted = jax.jit(lambda buf, p, x: jaxreg.write_into(buf, jax.grad(loss)(p, x)), donate_argnums=0)
+    text = jitted.lower(PARAMS, PARAMS, X).compile().as_text()
+    assert "select" not in text
+    assert {0, 1} <= _aliased_inputs(text)
+
+
 def test_the_gradients_are_written_into_the_donated_buffer_without_copies():
     jitted, kept = _compiled("write_into")
     _, dropped = _compiled("returned")  # negative control: returned, but not through write_into
