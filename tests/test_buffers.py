@@ -31,7 +31,8 @@ def loss(params, x):
     return jnp.mean(jnp.tanh(x @ params["a"]) @ params["b"])
 
 
-def step(params, state, grads, x, *, keep: bool):
+def step(params, state, grads, x, *, keep: bool | str):
+    """The step; ``keep``: False (gradients not returned), "returned" or "write_into"."""
     new_grads = jax.grad(loss)(params, x)
     if keep == "write_into":
         new_grads = jaxreg.write_into(grads, new_grads)
